@@ -1,0 +1,110 @@
+//! Per-event cost of each room: decode, redact (the single-pass scan), and
+//! Parquet encoding of a batch. Run with `cargo bench --bench pipeline`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use agentaudit::config::RedactConfig;
+use agentaudit::decode::{DecodeLimits, decode};
+use agentaudit::event::KafkaCoords;
+use agentaudit::traffic::{GenOptions, Generator};
+use agentaudit::redact::{Hits, Redactor};
+use agentaudit::sink::schema;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+
+fn corpus(n: usize, secret_ratio: f64) -> Vec<Vec<u8>> {
+    let mut g = Generator::new(GenOptions {
+        secret_ratio,
+        ..GenOptions::default()
+    });
+    (0..n).map(|_| g.next_message().payload).collect()
+}
+
+fn coords() -> KafkaCoords {
+    KafkaCoords {
+        topic: Arc::from("bench"),
+        partition: 0,
+        offset: 0,
+        kafka_ts_ms: None,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let payloads = corpus(10_000, 0.02);
+    let bytes: usize = payloads.iter().map(Vec::len).sum();
+    let now = chrono::Utc::now().timestamp_millis();
+    let limits = DecodeLimits::default();
+    let redactor = Redactor::new(&RedactConfig::default()).expect("redactor");
+
+    let mut g = c.benchmark_group("per_event");
+    g.throughput(Throughput::Elements(payloads.len() as u64));
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            for p in &payloads {
+                black_box(decode(Some(p), now, &limits).ok());
+            }
+        })
+    });
+    let events: Vec<_> = payloads
+        .iter()
+        .filter_map(|p| decode(Some(p), now, &limits).ok())
+        .collect();
+    g.bench_function("redact", |b| {
+        b.iter_batched(
+            || events.clone(),
+            |events| {
+                for e in events {
+                    black_box(redactor.redact_event(e, coords(), now));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    let records: Vec<_> = events
+        .iter()
+        .cloned()
+        .map(|e| redactor.redact_event(e, coords(), now))
+        .collect();
+    g.bench_function("parquet_encode", |b| {
+        b.iter_batched(
+            || records.clone(),
+            |mut records| {
+                let batch = schema::invocations_batch(&mut records).expect("batch");
+                let mut out = Vec::with_capacity(4 << 20);
+                let props = datafusion::parquet::file::properties::WriterProperties::builder()
+                    .set_compression(datafusion::parquet::basic::Compression::ZSTD(
+                        Default::default(),
+                    ))
+                    .build();
+                let mut w =
+                    datafusion::parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), Some(props))
+                        .expect("writer");
+                w.write(&batch).expect("write");
+                w.close().expect("close");
+                black_box(out.len())
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+
+    // The scan alone, on text with and without secrets, in bytes per second.
+    let clean: Vec<String> = payloads
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let mut g = c.benchmark_group("scan");
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function("one_pass_regexset", |b| {
+        b.iter(|| {
+            let mut hits = Hits::default();
+            for t in &clean {
+                black_box(redactor.scan(t, &mut hits));
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(name = pipeline; config = Criterion::default().sample_size(10); targets = benches);
+criterion_main!(pipeline);

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run). Installs what the tests need on a
+# fresh machine, then runs formatting, lints and every test.
+#
+# Installs, when missing, into $AGENTAUDIT_TOOLS (default ~/.cache/agentaudit-tools):
+#   - tansu (Kafka-compatible broker, a separate process for end-to-end tests):
+#       cargo install --locked tansu --features dynostore
+#   - a Python venv with kafka-python (a Kafka client that is not ours) and
+#     duckdb (reads the dataset with Hive partitioning), from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLS="${AGENTAUDIT_TOOLS:-$HOME/.cache/agentaudit-tools}"
+mkdir -p "$TOOLS"
+
+if [ ! -x "$TOOLS/bin/tansu" ]; then
+  echo "test.sh: installing tansu into $TOOLS (cargo install --locked tansu --features dynostore)…"
+  cargo install --locked tansu --features dynostore --root "$TOOLS"
+fi
+export TANSU_BIN="$TOOLS/bin/tansu"
+
+VENV="$TOOLS/venv"
+if ! "$VENV/bin/python" -c 'import kafka, duckdb' 2>/dev/null; then
+  echo "test.sh: installing kafka-python and duckdb into $VENV (pip)…"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check kafka-python duckdb
+fi
+export AGENTAUDIT_PYTHON="$VENV/bin/python"
+
+echo "test.sh: cargo fmt --check"
+cargo fmt --all -- --check
+echo "test.sh: cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "test.sh: cargo test"
+cargo test --all-targets -- --test-threads 2

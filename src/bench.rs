@@ -1,0 +1,178 @@
+//! Bench owns the end-to-end benchmark (`agentaudit bench`): pre-fill a topic
+//! on the embedded broker, measure the raw-consume floor of that topic, then
+//! the full pipeline to durable Parquet on the same topic, in one run.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+
+use crate::config::Config;
+use crate::traffic::{GenOptions, Generator};
+use crate::metrics::Metrics;
+use crate::pipeline::{self, PipelineError};
+use crate::sink::{DEAD_LETTER, INVOCATIONS};
+use crate::source::embedded::EmbeddedBroker;
+
+pub struct BenchOptions {
+    pub events: u64,
+    pub partitions: i32,
+    pub data_dir: PathBuf,
+    pub memory_budget_bytes: usize,
+}
+
+pub struct BenchReport {
+    pub events: u64,
+    pub mean_event_bytes: f64,
+    pub raw_consume_eps: f64,
+    pub pipeline_eps: f64,
+    pub parquet_bytes: u64,
+    pub parquet_files: u64,
+    pub peak_rss_growth_bytes: u64,
+    pub memory_budget_bytes: usize,
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mib = |b: f64| b / 1024.0 / 1024.0;
+        writeln!(f, "events                      {}", self.events)?;
+        writeln!(f, "mean event size             {:.0} B", self.mean_event_bytes)?;
+        writeln!(f, "raw consume (floor)         {:.0} events/s", self.raw_consume_eps)?;
+        writeln!(f, "pipeline to durable Parquet {:.0} events/s", self.pipeline_eps)?;
+        writeln!(
+            f,
+            "ratio pipeline/floor        {:.2}",
+            self.pipeline_eps / self.raw_consume_eps
+        )?;
+        writeln!(
+            f,
+            "Parquet written             {:.1} MiB in {} files ({:.1}x smaller than the JSON)",
+            mib(self.parquet_bytes as f64),
+            self.parquet_files,
+            self.mean_event_bytes * self.events as f64 / self.parquet_bytes.max(1) as f64
+        )?;
+        write!(
+            f,
+            "peak RSS growth in pipeline {:.0} MiB (budget {:.0} MiB)",
+            mib(self.peak_rss_growth_bytes as f64),
+            mib(self.memory_budget_bytes as f64)
+        )
+    }
+}
+
+/// Resident set size of this process, from /proc.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn runtime(e: impl fmt::Display) -> PipelineError {
+    PipelineError::Runtime(e.to_string())
+}
+
+pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
+    let topic = "bench-events";
+    let broker = EmbeddedBroker::start(topic, opts.partitions)?;
+    let brokers = broker.bootstrap_servers();
+
+    eprintln!("pre-filling {} events…", opts.events);
+    let producer = crate::traffic::producer(&brokers, &[])?;
+    let mut generator = Generator::new(GenOptions {
+        malformed_ratio: 0.001,
+        ..GenOptions::default()
+    });
+    let stop = AtomicBool::new(false);
+    crate::traffic::produce(&producer, topic, &mut generator, Some(opts.events), None, &stop)?;
+    drop(producer);
+
+    eprintln!("raw consume…");
+    let raw: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "bench-raw")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(runtime)?;
+    raw.subscribe(&[topic]).map_err(runtime)?;
+    let (mut n, mut bytes, mut started) = (0u64, 0u64, None);
+    while n < opts.events {
+        if let Some(Ok(m)) = raw.poll(Duration::from_millis(100)) {
+            started.get_or_insert_with(Instant::now);
+            // Copy the payload as the pipeline does, so the floor is honest.
+            bytes += m.payload().map(<[u8]>::to_vec).map_or(0, |v| v.len() as u64);
+            n += 1;
+        }
+    }
+    let raw_secs = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    drop(raw);
+
+    eprintln!("pipeline…");
+    let _ = std::fs::remove_dir_all(&opts.data_dir);
+    let mut cfg = Config::default();
+    cfg.kafka.topic = topic.into();
+    cfg.kafka.group = "bench-pipeline".into();
+    cfg.sink.data_dir = opts.data_dir.clone();
+    cfg.sink.memory_budget_bytes = opts.memory_budget_bytes;
+    cfg.sink.max_file_bytes = cfg.sink.max_file_bytes.min(opts.memory_budget_bytes / 2);
+    cfg.validate()?;
+    let metrics = Arc::new(Metrics::new());
+    let baseline_rss = rss_bytes();
+    let peak = Arc::new(AtomicU64::new(baseline_rss));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_bytes(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let started = Instant::now();
+    let running = pipeline::start(&cfg, &brokers, metrics.clone())?;
+    let written = |m: &Metrics| {
+        m.rows_written.with_label_values(&[INVOCATIONS]).get()
+            + m.rows_written.with_label_values(&[DEAD_LETTER]).get()
+    };
+    // Rows are counted only once durable; the last partial buffer is made
+    // durable by the flush that stopping performs, which is timed too.
+    while metrics.consumed.get() < opts.events && !running.finished() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    running.stop()?;
+    let pipeline_secs = started.elapsed().as_secs_f64();
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
+    let durable = written(&metrics);
+    if durable != opts.events {
+        return Err(runtime(format!(
+            "pipeline made {durable} rows durable, expected {}",
+            opts.events
+        )));
+    }
+    let files = [INVOCATIONS, DEAD_LETTER]
+        .iter()
+        .map(|t| metrics.files_written.with_label_values(&[t]).get())
+        .sum();
+    let parquet_bytes = [INVOCATIONS, DEAD_LETTER]
+        .iter()
+        .map(|t| metrics.bytes_written.with_label_values(&[t]).get())
+        .sum();
+    Ok(BenchReport {
+        events: opts.events,
+        mean_event_bytes: bytes as f64 / opts.events.max(1) as f64,
+        raw_consume_eps: opts.events as f64 / raw_secs.max(1e-9),
+        pipeline_eps: opts.events as f64 / pipeline_secs.max(1e-9),
+        parquet_bytes,
+        parquet_files: files,
+        peak_rss_growth_bytes: peak.load(Ordering::Relaxed).saturating_sub(baseline_rss),
+        memory_budget_bytes: opts.memory_budget_bytes,
+    })
+}

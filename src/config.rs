@@ -1,0 +1,406 @@
+//! Config owns the one typed configuration: defaults, then a TOML file, then
+//! `AGENTAUDIT_*` environment variables and command-line flags, validated
+//! once at start-up so that nothing later has to second-guess a setting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::decode::DecodeLimits;
+use crate::error::ConfigError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub decode: DecodeConfig,
+    pub redact: RedactConfig,
+    pub sink: SinkConfig,
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers; absent means "start the embedded broker".
+    pub brokers: Option<String>,
+    pub topic: String,
+    pub group: String,
+    /// Partitions of the topic the embedded broker creates.
+    pub embedded_partitions: i32,
+    /// librdkafka properties passed through as they are (`-X key=value`).
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeConfig {
+    pub max_event_bytes: usize,
+    pub max_depth: usize,
+    pub max_attributes: usize,
+    pub output_preview_chars: usize,
+    pub max_future_secs: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldAction {
+    /// Store as received, unscanned: only for fields known to be safe.
+    Keep,
+    Drop,
+    Mask,
+    /// Replace by an HMAC-SHA256 under `redact.hash_key`, so equal values
+    /// still join without being readable.
+    Hash,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldRuleConfig {
+    pub path: String,
+    pub action: FieldAction,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternConfig {
+    pub name: String,
+    pub regex: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactConfig {
+    /// Extra key-name fragments whose values are always secret.
+    pub secret_key_names: Vec<String>,
+    pub fields: Vec<FieldRuleConfig>,
+    pub patterns: Vec<PatternConfig>,
+    /// Key for `hash` field rules; prefer `AGENTAUDIT_REDACT_HASH_KEY`.
+    pub hash_key: Option<String>,
+    pub dead_letter_raw_chars: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    pub data_dir: PathBuf,
+    /// Roll files when the buffered rows reach this many bytes…
+    pub max_file_bytes: usize,
+    /// …or when the oldest buffered row is this old.
+    pub max_file_age_secs: u64,
+    /// Upper bound on memory held by buffered rows and in-flight messages.
+    pub memory_budget_bytes: usize,
+    pub zstd_level: i32,
+    pub row_group_rows: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    pub listen: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kafka: KafkaConfig::default(),
+            decode: DecodeConfig::default(),
+            redact: RedactConfig::default(),
+            sink: SinkConfig::default(),
+            serve: ServeConfig::default(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: None,
+            topic: "agent-events".into(),
+            group: "agentaudit".into(),
+            embedded_partitions: 4,
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        let d = DecodeLimits::default();
+        DecodeConfig {
+            max_event_bytes: d.max_bytes,
+            max_depth: d.max_depth,
+            max_attributes: d.max_attributes,
+            output_preview_chars: d.output_preview_chars,
+            max_future_secs: d.max_future_ms / 1000,
+        }
+    }
+}
+
+impl Default for RedactConfig {
+    fn default() -> Self {
+        RedactConfig {
+            secret_key_names: Vec::new(),
+            fields: Vec::new(),
+            patterns: Vec::new(),
+            hash_key: None,
+            dead_letter_raw_chars: 4096,
+        }
+    }
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            data_dir: PathBuf::from("./data"),
+            max_file_bytes: 128 * 1024 * 1024,
+            max_file_age_secs: 60,
+            memory_budget_bytes: 512 * 1024 * 1024,
+            zstd_level: 3,
+            row_group_rows: 128 * 1024,
+        }
+    }
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys are refused so a typo cannot silently
+    /// leave a default in force.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| {
+            // toml reports a byte span; turn it into the line an editor shows.
+            let line = e
+                .span()
+                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
+            match line {
+                Some(l) => format!("line {l}: {}", e.message()),
+                None => e.message().to_owned(),
+            }
+        })
+    }
+
+    pub fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_bytes: self.decode.max_event_bytes,
+            max_depth: self.decode.max_depth,
+            max_attributes: self.decode.max_attributes,
+            output_preview_chars: self.decode.output_preview_chars,
+            max_future_ms: self.decode.max_future_secs.saturating_mul(1000),
+            ..DecodeLimits::default()
+        }
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.serve
+            .listen
+            .parse()
+            .map_err(|e| ConfigError::invalid("serve.listen", format!("{e}")))
+    }
+
+    /// Checks every setting once, so that the pipeline can trust them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        if k.topic.trim().is_empty() {
+            return Err(ConfigError::invalid("kafka.topic", "must not be empty"));
+        }
+        if k.group.trim().is_empty() {
+            return Err(ConfigError::invalid("kafka.group", "must not be empty"));
+        }
+        if let Some(b) = &k.brokers
+            && b.trim().is_empty()
+        {
+            return Err(ConfigError::invalid("kafka.brokers", "must not be empty"));
+        }
+        if !(1..=256).contains(&k.embedded_partitions) {
+            return Err(ConfigError::invalid(
+                "kafka.embedded_partitions",
+                "must be 1 to 256",
+            ));
+        }
+        for reserved in ["enable.auto.commit", "enable.auto.offset.store", "group.id"] {
+            if k.options.contains_key(reserved) {
+                return Err(ConfigError::invalid(
+                    format!("kafka.options.{reserved}"),
+                    "is managed by agentaudit: offsets are committed only after data is durable",
+                ));
+            }
+        }
+        let d = &self.decode;
+        if !(1024..=64 * 1024 * 1024).contains(&d.max_event_bytes) {
+            return Err(ConfigError::invalid(
+                "decode.max_event_bytes",
+                "must be 1 KiB to 64 MiB",
+            ));
+        }
+        if !(2..=128).contains(&d.max_depth) {
+            return Err(ConfigError::invalid("decode.max_depth", "must be 2 to 128"));
+        }
+        if d.output_preview_chars > 4096 {
+            return Err(ConfigError::invalid(
+                "decode.output_preview_chars",
+                "must be at most 4096",
+            ));
+        }
+        if d.max_future_secs < 0 {
+            return Err(ConfigError::invalid("decode.max_future_secs", "must be ≥ 0"));
+        }
+        let s = &self.sink;
+        if s.max_file_bytes < 1024 * 1024 {
+            return Err(ConfigError::invalid("sink.max_file_bytes", "must be ≥ 1 MiB"));
+        }
+        if s.memory_budget_bytes < 2 * s.max_file_bytes.min(64 * 1024 * 1024) {
+            return Err(ConfigError::invalid(
+                "sink.memory_budget_bytes",
+                "must be at least twice min(max_file_bytes, 64 MiB)",
+            ));
+        }
+        if s.max_file_age_secs == 0 {
+            return Err(ConfigError::invalid("sink.max_file_age_secs", "must be ≥ 1"));
+        }
+        if !(1..=22).contains(&s.zstd_level) {
+            return Err(ConfigError::invalid("sink.zstd_level", "must be 1 to 22"));
+        }
+        if s.row_group_rows < 1024 {
+            return Err(ConfigError::invalid("sink.row_group_rows", "must be ≥ 1024"));
+        }
+        let r = &self.redact;
+        for rule in &r.fields {
+            let top = rule.path.split('.').next().unwrap_or_default();
+            let nested_ok = matches!(top, "input" | "attributes");
+            let leaf_ok = matches!(rule.path.as_str(), "actor" | "error_type" | "output_preview");
+            if !(leaf_ok || nested_ok && rule.path.contains('.'))
+                || rule.path.split('.').any(str::is_empty)
+            {
+                return Err(ConfigError::invalid(
+                    "redact.fields.path",
+                    format!(
+                        "`{}` must be actor, error_type, output_preview, input.<key>… or attributes.<key>",
+                        rule.path
+                    ),
+                ));
+            }
+        }
+        if r.dead_letter_raw_chars > 1024 * 1024 {
+            return Err(ConfigError::invalid(
+                "redact.dead_letter_raw_chars",
+                "must be at most 1 MiB",
+            ));
+        }
+        // Compiling the redactor checks every custom pattern and the hash key.
+        crate::redact::Redactor::new(r)?;
+        self.listen_addr()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../agentaudit.example.toml");
+        let cfg = Config::from_toml(text).expect("example parses");
+        cfg.validate().expect("example validates");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_line() {
+        let err = Config::from_toml("[sink]\ndata_dir = \"x\"\nmax_fil_bytes = 3\n").unwrap_err();
+        assert!(err.starts_with("line 3:"), "{err}");
+        assert!(err.contains("max_fil_bytes"), "{err}");
+    }
+
+    #[test]
+    fn managed_kafka_options_are_refused() {
+        let cfg = Config::from_toml("[kafka.options]\n\"enable.auto.commit\" = \"true\"\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("enable.auto.commit"), "{err}");
+    }
+
+    #[test]
+    fn hash_rule_without_key_is_refused() {
+        let cfg =
+            Config::from_toml("[[redact.fields]]\npath = \"actor\"\naction = \"hash\"\n").unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("hash_key"));
+    }
+
+    #[test]
+    fn bad_custom_pattern_is_refused() {
+        let cfg =
+            Config::from_toml("[[redact.patterns]]\nname = \"x\"\nregex = \"(unclosed\"\n").unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("pattern `x`"));
+    }
+}
+
+/// Settings that flags and `AGENTAUDIT_*` variables may override; `None`
+/// leaves the file's (or the default) value in force.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub brokers: Option<String>,
+    pub topic: Option<String>,
+    pub group: Option<String>,
+    pub kafka_options: Vec<(String, String)>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub hash_key: Option<String>,
+}
+
+impl Config {
+    /// Loads the file (when given), applies overrides and validates.
+    pub fn load(file: Option<&Path>, o: Overrides) -> Result<Config, ConfigError> {
+        let mut cfg = match file {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if o.brokers.is_some() {
+            cfg.kafka.brokers = o.brokers;
+        }
+        if let Some(t) = o.topic {
+            cfg.kafka.topic = t;
+        }
+        if let Some(g) = o.group {
+            cfg.kafka.group = g;
+        }
+        cfg.kafka.options.extend(o.kafka_options);
+        if let Some(d) = o.data_dir {
+            cfg.sink.data_dir = d;
+        }
+        if let Some(l) = o.listen {
+            cfg.serve.listen = l;
+        }
+        if o.hash_key.is_some() {
+            cfg.redact.hash_key = o.hash_key;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Parses a `-X key=value` librdkafka property.
+pub fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}

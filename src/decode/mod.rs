@@ -1,0 +1,551 @@
+//! Decode owns turning one Kafka message value into a valid v1 [`Event`], or
+//! into a [`DecodeFailure`] that names why it is not one.
+//!
+//! The decoder is strict on purpose: an event that is only half-understood is
+//! worse for an audit trail than a dead letter an operator can look at. It
+//! never panics on input and never echoes payload text in a failure detail.
+
+mod fields;
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::event::{
+    Approval, ApprovalDecision, DeadLetterReason, DecodeFailure, Event, OutputDigest, Status,
+};
+use fields::Field;
+
+/// Bounds the decoder enforces; anything past them is dead-lettered.
+#[derive(Debug, Clone)]
+pub struct DecodeLimits {
+    pub max_bytes: usize,
+    pub max_depth: usize,
+    pub max_attributes: usize,
+    pub max_attribute_value_chars: usize,
+    /// Characters of `output` kept as a preview (redacted later); 0 keeps none.
+    pub output_preview_chars: usize,
+    /// Events older than this epoch-millisecond instant are absurd.
+    pub min_ts_ms: i64,
+    /// Events further than this in the future of arrival are absurd.
+    pub max_future_ms: i64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_bytes: 1024 * 1024,
+            max_depth: 32,
+            max_attributes: 64,
+            max_attribute_value_chars: 1024,
+            output_preview_chars: 0,
+            // 2000-01-01T00:00:00Z
+            min_ts_ms: 946_684_800_000,
+            max_future_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+fn fail(reason: DeadLetterReason, detail: impl Into<String>) -> DecodeFailure {
+    DecodeFailure {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Decodes one message value. `now_ms` is the arrival time, used to reject
+/// timestamps absurdly far in the future.
+pub fn decode(
+    payload: Option<&[u8]>,
+    now_ms: i64,
+    limits: &DecodeLimits,
+) -> Result<Event, DecodeFailure> {
+    let bytes = payload.unwrap_or_default();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(fail(DeadLetterReason::Empty, "message value is empty"));
+    }
+    if bytes.len() > limits.max_bytes {
+        return Err(fail(
+            DeadLetterReason::TooLarge,
+            format!("{} bytes exceeds the limit of {}", bytes.len(), limits.max_bytes),
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        fail(
+            DeadLetterReason::InvalidUtf8,
+            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        )
+    })?;
+    let depth = json_depth(text.as_bytes());
+    if depth > limits.max_depth {
+        return Err(fail(
+            DeadLetterReason::TooDeep,
+            format!("nesting depth {depth} exceeds the limit of {}", limits.max_depth),
+        ));
+    }
+
+    let mut failure = None;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let seed = EventSeed {
+        failure: &mut failure,
+    };
+    let parsed = seed.deserialize(&mut de).and_then(|fields| {
+        de.end()?;
+        Ok(fields)
+    });
+    let fields = match parsed {
+        Ok(fields) => fields,
+        Err(err) => {
+            if let Some(f) = failure {
+                return Err(f);
+            }
+            return Err(classify_json_error(&err));
+        }
+    };
+    fields.into_event(now_ms, limits)
+}
+
+fn classify_json_error(err: &serde_json::Error) -> DecodeFailure {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Eof => fail(
+            DeadLetterReason::Truncated,
+            format!("JSON ends early at line {} column {}", err.line(), err.column()),
+        ),
+        Category::Data => fail(DeadLetterReason::NotAnObject, "value is not a JSON object"),
+        Category::Syntax | Category::Io => fail(
+            DeadLetterReason::InvalidJson,
+            format!("not valid JSON at line {} column {}", err.line(), err.column()),
+        ),
+    }
+}
+
+/// The deepest nesting of objects and arrays, found without parsing, so a
+/// hostile document is refused before any recursive code sees it.
+pub fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Any JSON value, keeping scalars and discarding the insides of compound
+/// values, so that a mistyped field becomes a named dead-letter reason instead
+/// of an anonymous serde error.
+#[derive(Debug)]
+enum Scalar<'de> {
+    Str(Cow<'de, str>),
+    Int(i128),
+    Float(f64),
+    Bool,
+    Null,
+    Object,
+    Array,
+}
+
+impl Scalar<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Scalar::Str(_) => "a string",
+            Scalar::Int(_) | Scalar::Float(_) => "a number",
+            Scalar::Bool => "a boolean",
+            Scalar::Null => "null",
+            Scalar::Object => "an object",
+            Scalar::Array => "an array",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Int(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::Int(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Bool)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Object)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Array)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A map key that borrows from the input when it can.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Raw field values as they came off the wire, before type and range checks.
+#[derive(Default)]
+struct RawFields<'de> {
+    values: [Option<Scalar<'de>>; fields::SCALAR_COUNT],
+    input: Option<serde_json::Value>,
+    output: Option<&'de serde_json::value::RawValue>,
+    approval: Option<serde_json::Value>,
+    attributes: Option<serde_json::Value>,
+    unknown: u32,
+}
+
+struct EventSeed<'a> {
+    failure: &'a mut Option<DecodeFailure>,
+}
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+    type Value = RawFields<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_> {
+    type Value = RawFields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut raw = RawFields::default();
+        let mut seen = [false; fields::FIELD_COUNT];
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let Some(field) = Field::from_name(&key) else {
+                raw.unknown = raw.unknown.saturating_add(1);
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            if std::mem::replace(&mut seen[field as usize], true) {
+                *self.failure = Some(fail(
+                    DeadLetterReason::InvalidField,
+                    format!("field `{}` appears more than once", field.name()),
+                ));
+                return Err(de::Error::custom("duplicate field"));
+            }
+            match field {
+                Field::Input => raw.input = Some(map.next_value()?),
+                Field::Output => raw.output = Some(map.next_value()?),
+                Field::Approval => raw.approval = Some(map.next_value()?),
+                Field::Attributes => raw.attributes = Some(map.next_value()?),
+                scalar => raw.values[scalar as usize] = Some(map.next_value()?),
+            }
+        }
+        Ok(raw)
+    }
+}
+
+impl<'de> RawFields<'de> {
+    fn take(&mut self, f: Field) -> Option<Scalar<'de>> {
+        match self.values[f as usize].take() {
+            Some(Scalar::Null) | None => None,
+            some => some,
+        }
+    }
+
+    fn required_str(&mut self, f: Field, max_chars: usize) -> Result<String, DecodeFailure> {
+        match self.take(f) {
+            None => Err(fail(
+                DeadLetterReason::MissingField,
+                format!("required field `{}` is missing", f.name()),
+            )),
+            Some(v) => checked_str(f, v, max_chars),
+        }
+    }
+
+    fn optional_str(&mut self, f: Field, max_chars: usize) -> Result<Option<String>, DecodeFailure> {
+        self.take(f).map(|v| checked_str(f, v, max_chars)).transpose()
+    }
+
+    fn optional_count(&mut self, f: Field) -> Result<Option<i64>, DecodeFailure> {
+        match self.take(f) {
+            None => Ok(None),
+            Some(Scalar::Int(n)) if (0..=i64::MAX as i128).contains(&n) => Ok(Some(n as i64)),
+            Some(Scalar::Int(_)) => Err(invalid(f, "must be an integer ≥ 0")),
+            Some(other) => Err(invalid(f, &format!("must be an integer, not {}", other.kind()))),
+        }
+    }
+
+    fn into_event(mut self, now_ms: i64, limits: &DecodeLimits) -> Result<Event, DecodeFailure> {
+        let event_id = self.required_str(Field::EventId, 128)?;
+        let ts_ms = self.timestamp(now_ms, limits)?;
+        let tenant = self.required_str(Field::Tenant, 128)?;
+        let agent_id = self.required_str(Field::AgentId, 128)?;
+        let environment = self.required_str(Field::Environment, 64)?.to_lowercase();
+        let tool = self.required_str(Field::Tool, 256)?;
+        let status = match self.required_str(Field::Status, 16)?.as_str() {
+            "ok" => Status::Ok,
+            "error" => Status::Error,
+            "denied" => Status::Denied,
+            "timeout" => Status::Timeout,
+            _ => return Err(invalid(Field::Status, "must be ok, error, denied or timeout")),
+        };
+        let latency_ms = match self.take(Field::LatencyMs) {
+            None => None,
+            Some(Scalar::Int(n)) if n >= 0 => Some(n as f64),
+            Some(Scalar::Float(x)) if x.is_finite() && x >= 0.0 => Some(x),
+            Some(_) => return Err(invalid(Field::LatencyMs, "must be a number ≥ 0")),
+        };
+        let output = match self.output {
+            None => None,
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) => Some(digest_output(raw, limits.output_preview_chars)),
+        };
+        Ok(Event {
+            event_id,
+            ts_ms,
+            tenant,
+            agent_id,
+            environment,
+            tool,
+            status,
+            actor: self.optional_str(Field::Actor, 1024)?,
+            workflow_id: self.optional_str(Field::WorkflowId, 256)?,
+            step: self.optional_count(Field::Step)?,
+            tool_call_id: self.optional_str(Field::ToolCallId, 256)?,
+            tool_type: self.optional_str(Field::ToolType, 128)?,
+            agent_version: self.optional_str(Field::AgentVersion, 128)?,
+            mcp_server: self.optional_str(Field::McpServer, 256)?,
+            mcp_server_version: self.optional_str(Field::McpServerVersion, 128)?,
+            credential_id: self.optional_str(Field::CredentialId, 256)?,
+            latency_ms,
+            error_type: self.optional_str(Field::ErrorType, 1024)?,
+            input: self.input.take().filter(|v| !v.is_null()),
+            output,
+            tokens_in: self.optional_count(Field::TokensIn)?,
+            tokens_out: self.optional_count(Field::TokensOut)?,
+            approval: self.approval.take().map(approval).transpose()?.flatten(),
+            attributes: self
+                .attributes
+                .take()
+                .map(|v| attributes(v, limits))
+                .transpose()?
+                .unwrap_or_default(),
+            unknown_fields: self.unknown,
+        })
+    }
+
+    fn timestamp(&mut self, now_ms: i64, limits: &DecodeLimits) -> Result<i64, DecodeFailure> {
+        let ts_ms = match self.take(Field::Ts) {
+            None => {
+                return Err(fail(
+                    DeadLetterReason::MissingField,
+                    "required field `ts` is missing",
+                ));
+            }
+            Some(Scalar::Int(n)) => i64::try_from(n).map_err(|_| {
+                fail(DeadLetterReason::TimestampOutOfRange, "`ts` does not fit in 64 bits")
+            })?,
+            Some(Scalar::Str(s)) => chrono::DateTime::parse_from_rfc3339(&s)
+                .map_err(|e| {
+                    fail(
+                        DeadLetterReason::InvalidTimestamp,
+                        format!("`ts` is not RFC 3339: {e}"),
+                    )
+                })?
+                .timestamp_millis(),
+            Some(other) => {
+                return Err(fail(
+                    DeadLetterReason::InvalidTimestamp,
+                    format!(
+                        "`ts` must be an RFC 3339 string or integer epoch milliseconds, not {}",
+                        other.kind()
+                    ),
+                ));
+            }
+        };
+        if ts_ms < limits.min_ts_ms || ts_ms > now_ms.saturating_add(limits.max_future_ms) {
+            return Err(fail(
+                DeadLetterReason::TimestampOutOfRange,
+                format!("`ts` {ts_ms} ms is outside the accepted range"),
+            ));
+        }
+        Ok(ts_ms)
+    }
+}
+
+fn invalid(f: Field, why: &str) -> DecodeFailure {
+    fail(
+        DeadLetterReason::InvalidField,
+        format!("field `{}` {why}", f.name()),
+    )
+}
+
+fn checked_str(f: Field, v: Scalar<'_>, max_chars: usize) -> Result<String, DecodeFailure> {
+    let Scalar::Str(s) = v else {
+        return Err(invalid(f, &format!("must be a string, not {}", v.kind())));
+    };
+    let chars = s.chars().count();
+    if chars == 0 || chars > max_chars {
+        return Err(invalid(f, &format!("must be 1 to {max_chars} characters")));
+    }
+    if f.is_identifier() && s.chars().any(char::is_control) {
+        return Err(invalid(f, "must not contain control characters"));
+    }
+    Ok(s.into_owned())
+}
+
+fn digest_output(raw: &serde_json::value::RawValue, preview_chars: usize) -> OutputDigest {
+    let text = raw.get();
+    // A JSON string is hashed by its content so that the digest matches what
+    // the tool returned, not how the producer escaped it.
+    let content: Cow<str> = if text.starts_with('"') {
+        serde_json::from_str::<String>(text)
+            .map(Cow::Owned)
+            .unwrap_or(Cow::Borrowed(text))
+    } else {
+        Cow::Borrowed(text)
+    };
+    let sha256 = hex::encode(Sha256::digest(content.as_bytes()));
+    let preview = (preview_chars > 0).then(|| content.chars().take(preview_chars).collect());
+    OutputDigest {
+        sha256,
+        bytes: content.len() as i64,
+        preview,
+    }
+}
+
+fn approval(v: serde_json::Value) -> Result<Option<Approval>, DecodeFailure> {
+    let obj = match v {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Object(o) => o,
+        _ => return Err(invalid(Field::Approval, "must be an object")),
+    };
+    let text = |k: &str| -> Result<Option<String>, DecodeFailure> {
+        match obj.get(k) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) if !s.is_empty() && s.chars().count() <= 256 => {
+                Ok(Some(s.clone()))
+            }
+            Some(_) => Err(invalid(
+                Field::Approval,
+                &format!("`{k}` must be a string of 1 to 256 characters"),
+            )),
+        }
+    };
+    let decision = match text("decision")?.as_deref() {
+        Some("approved") => ApprovalDecision::Approved,
+        Some("rejected") => ApprovalDecision::Rejected,
+        _ => {
+            return Err(invalid(
+                Field::Approval,
+                "`decision` must be approved or rejected",
+            ));
+        }
+    };
+    Ok(Some(Approval {
+        id: text("id")?,
+        approver: text("approver")?,
+        decision,
+    }))
+}
+
+fn attributes(
+    v: serde_json::Value,
+    limits: &DecodeLimits,
+) -> Result<Vec<(String, String)>, DecodeFailure> {
+    let obj = match v {
+        serde_json::Value::Null => return Ok(Vec::new()),
+        serde_json::Value::Object(o) => o,
+        _ => return Err(invalid(Field::Attributes, "must be an object")),
+    };
+    if obj.len() > limits.max_attributes {
+        return Err(invalid(
+            Field::Attributes,
+            &format!("has more than {} entries", limits.max_attributes),
+        ));
+    }
+    let mut out = Vec::with_capacity(obj.len());
+    for (k, v) in obj {
+        let serde_json::Value::String(s) = v else {
+            return Err(invalid(Field::Attributes, "values must be strings"));
+        };
+        if k.is_empty()
+            || k.chars().count() > 128
+            || s.chars().count() > limits.max_attribute_value_chars
+        {
+            return Err(invalid(
+                Field::Attributes,
+                &format!(
+                    "keys must be 1 to 128 characters and values at most {}",
+                    limits.max_attribute_value_chars
+                ),
+            ));
+        }
+        out.push((k, s));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

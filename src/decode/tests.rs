@@ -1,0 +1,165 @@
+//! Decoder unit tests: one case per dead-letter reason, plus the accepted forms.
+
+use super::*;
+
+const NOW: i64 = 1_790_000_000_000; // 2026-09-21T13:33:20Z
+const TS_2026_09_21_10H: i64 = 1_789_984_800_000;
+
+fn ok_json() -> serde_json::Value {
+    serde_json::json!({
+        "event_id": "e-1", "ts": "2026-09-21T10:00:00Z", "tenant": "acme",
+        "agent_id": "support-bot", "environment": "Production", "tool": "search_orders",
+        "status": "ok"
+    })
+}
+
+fn dec(v: &serde_json::Value) -> Result<Event, DecodeFailure> {
+    decode(Some(v.to_string().as_bytes()), NOW, &DecodeLimits::default())
+}
+
+fn reason_of(bytes: &[u8]) -> DeadLetterReason {
+    decode(Some(bytes), NOW, &DecodeLimits::default())
+        .expect_err("must fail")
+        .reason
+}
+
+#[test]
+fn minimal_event_decodes_and_normalises_environment() {
+    let e = dec(&ok_json()).expect("valid");
+    assert_eq!(e.environment, "production");
+    assert_eq!(e.ts_ms, TS_2026_09_21_10H);
+    assert_eq!(e.status, Status::Ok);
+    assert_eq!(e.unknown_fields, 0);
+}
+
+#[test]
+fn epoch_millis_and_otel_aliases_are_accepted() {
+    let v = serde_json::json!({
+        "event_id": "e-2", "ts": NOW - 1000, "tenant": "acme", "gen_ai.agent.id": "a1",
+        "environment": "staging", "gen_ai.tool.name": "http_get", "status": "error",
+        "gen_ai.tool.call.id": "call_9", "gen_ai.conversation.id": "wf-7",
+        "gen_ai.usage.input_tokens": 12, "gen_ai.usage.output_tokens": 30,
+        "error.type": "Timeout", "gen_ai.tool.call.arguments": {"url": "https://x"},
+        "gen_ai.tool.call.result": "body", "surprise": 1, "another": [1,2]
+    });
+    let e = dec(&v).expect("valid");
+    assert_eq!(e.ts_ms, NOW - 1000);
+    assert_eq!(e.agent_id, "a1");
+    assert_eq!(e.tool, "http_get");
+    assert_eq!(e.tool_call_id.as_deref(), Some("call_9"));
+    assert_eq!(e.workflow_id.as_deref(), Some("wf-7"));
+    assert_eq!((e.tokens_in, e.tokens_out), (Some(12), Some(30)));
+    assert_eq!(e.error_type.as_deref(), Some("Timeout"));
+    assert_eq!(e.input, Some(serde_json::json!({"url": "https://x"})));
+    assert_eq!(e.unknown_fields, 2);
+    let out = e.output.expect("output digest");
+    assert_eq!(out.bytes, 4);
+    assert_eq!(out.sha256, hex::encode(Sha256::digest(b"body")));
+    assert_eq!(out.preview, None, "previews are off by default");
+}
+
+#[test]
+fn output_preview_is_kept_only_when_enabled() {
+    let mut v = ok_json();
+    v["output"] = serde_json::json!({"rows": [1, 2, 3]});
+    let limits = DecodeLimits {
+        output_preview_chars: 5,
+        ..DecodeLimits::default()
+    };
+    let e = decode(Some(v.to_string().as_bytes()), NOW, &limits).expect("valid");
+    let out = e.output.expect("digest");
+    assert_eq!(out.preview.as_deref(), Some("{\"row"));
+    assert_eq!(out.bytes, r#"{"rows":[1,2,3]}"#.len() as i64);
+}
+
+#[test]
+fn approval_and_attributes_are_typed() {
+    let mut v = ok_json();
+    v["approval"] = serde_json::json!({"id": "ap-1", "approver": "bob", "decision": "approved"});
+    v["attributes"] = serde_json::json!({"region": "eu"});
+    v["step"] = serde_json::json!(3);
+    v["latency_ms"] = serde_json::json!(12.5);
+    let e = dec(&v).expect("valid");
+    let a = e.approval.expect("approval");
+    assert_eq!(a.decision, ApprovalDecision::Approved);
+    assert_eq!(a.approver.as_deref(), Some("bob"));
+    assert_eq!(e.attributes, vec![("region".into(), "eu".into())]);
+    assert_eq!(e.step, Some(3));
+    assert_eq!(e.latency_ms, Some(12.5));
+}
+
+#[test]
+fn every_dead_letter_reason_is_reachable() {
+    use DeadLetterReason::*;
+    assert_eq!(decode(None, NOW, &DecodeLimits::default()).unwrap_err().reason, Empty);
+    assert_eq!(reason_of(b"  \n"), Empty);
+    let big = vec![b' '; 10];
+    let small = DecodeLimits {
+        max_bytes: 5,
+        ..DecodeLimits::default()
+    };
+    assert_eq!(
+        decode(Some(&[b"{}".as_slice(), &big].concat()), NOW, &small)
+            .unwrap_err()
+            .reason,
+        TooLarge
+    );
+    assert_eq!(reason_of(b"{\"event_id\": \"\xff\"}"), InvalidUtf8);
+    assert_eq!(reason_of(b"{not json}"), InvalidJson);
+    assert_eq!(reason_of(b"{\"a\":1} trailing"), InvalidJson);
+    assert_eq!(reason_of(b"{\"event_id\": \"e-1\", \"ts\""), Truncated);
+    assert_eq!(reason_of(b"[1,2,3]"), NotAnObject);
+    assert_eq!(reason_of(b"\"just a string\""), NotAnObject);
+    let deep = format!("{{\"input\":{}{}}}", "[".repeat(40), "]".repeat(40));
+    assert_eq!(reason_of(deep.as_bytes()), TooDeep);
+
+    let mut v = ok_json();
+    v.as_object_mut().unwrap().remove("tenant");
+    assert_eq!(dec(&v).unwrap_err().reason, MissingField);
+    assert!(dec(&v).unwrap_err().detail.contains("tenant"));
+
+    let mut v = ok_json();
+    v["tenant"] = serde_json::json!(42);
+    assert_eq!(dec(&v).unwrap_err().reason, InvalidField);
+    let mut v = ok_json();
+    v["status"] = serde_json::json!("maybe");
+    assert_eq!(dec(&v).unwrap_err().reason, InvalidField);
+    let mut v = ok_json();
+    v["event_id"] = serde_json::json!("x".repeat(129));
+    assert_eq!(dec(&v).unwrap_err().reason, InvalidField);
+    let mut v = ok_json();
+    v["step"] = serde_json::json!(-1);
+    assert_eq!(dec(&v).unwrap_err().reason, InvalidField);
+    let mut v = ok_json();
+    v["tool"] = serde_json::json!("a\nb");
+    assert_eq!(dec(&v).unwrap_err().reason, InvalidField);
+    let dup = br#"{"event_id":"e","ts":1790000000000,"tenant":"a","agent_id":"b","environment":"p","tool":"t","gen_ai.tool.name":"u","status":"ok"}"#;
+    assert_eq!(reason_of(dup), InvalidField);
+
+    let mut v = ok_json();
+    v["ts"] = serde_json::json!("yesterday");
+    assert_eq!(dec(&v).unwrap_err().reason, InvalidTimestamp);
+    let mut v = ok_json();
+    v["ts"] = serde_json::json!(true);
+    assert_eq!(dec(&v).unwrap_err().reason, InvalidTimestamp);
+    let mut v = ok_json();
+    v["ts"] = serde_json::json!(5);
+    assert_eq!(dec(&v).unwrap_err().reason, TimestampOutOfRange);
+    let mut v = ok_json();
+    v["ts"] = serde_json::json!("2999-01-01T00:00:00Z");
+    assert_eq!(dec(&v).unwrap_err().reason, TimestampOutOfRange);
+}
+
+#[test]
+fn failure_details_never_echo_payload_text() {
+    let mut v = ok_json();
+    v["status"] = serde_json::json!("AKIAIOSFODNN7EXAMPLE");
+    let f = dec(&v).unwrap_err();
+    assert!(!f.detail.contains("AKIA"), "{}", f.detail);
+}
+
+#[test]
+fn depth_scan_ignores_brackets_inside_strings() {
+    assert_eq!(json_depth(br#"{"a":"[[[[{{{{\"]]"}"#), 1);
+    assert_eq!(json_depth(br#"{"a":[{"b":[]}]}"#), 4);
+}

@@ -1,0 +1,20 @@
+//! agentaudit: consume AI-agent tool-invocation events from Kafka, redact them,
+//! and keep them as partitioned Parquet that can be queried with SQL.
+//!
+//! The data flows one way — `source → decode → redact → sink` — and `query`
+//! reads what the sink wrote. `pipeline` wires the rooms together; `serve`
+//! exposes health and metrics while it runs.
+
+pub mod bench;
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod event;
+pub mod traffic;
+pub mod metrics;
+pub mod pipeline;
+pub mod query;
+pub mod redact;
+pub mod serve;
+pub mod sink;
+pub mod source;

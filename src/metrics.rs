@@ -1,0 +1,171 @@
+//! Metrics owns the Prometheus registry of `serve`. Every label here takes
+//! values from a closed set (dead-letter reasons, detector names, table
+//! names) or from the configured topic's partitions, never from event text.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub consumed: IntCounter,
+    pub decoded: IntCounter,
+    pub skipped_durable: IntCounter,
+    pub dead_letters: IntCounterVec,
+    pub redactions: IntCounterVec,
+    pub unknown_fields: IntCounter,
+    pub rows_written: IntCounterVec,
+    pub files_written: IntCounterVec,
+    pub bytes_written: IntCounterVec,
+    pub flush_seconds: Histogram,
+    pub flush_failures: IntCounter,
+    pub buffered_bytes: IntGauge,
+    pub buffered_rows: IntGauge,
+    pub memory_budget_bytes: IntGauge,
+    pub queue_batches: IntGauge,
+    pub queue_capacity: IntGauge,
+    pub consumer_lag: IntGaugeVec,
+    pub committed_offset: IntGaugeVec,
+    pub commit_failures: IntCounter,
+    pub recovered_renames: IntCounter,
+    pub discarded_staged_files: IntCounter,
+}
+
+/// Partitions numbered below this get their own lag/offset series; the rest
+/// share the series `partition="other"`.
+pub const MAX_PARTITION_SERIES: i64 = 1024;
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+impl Metrics {
+    /// Builds the registry. Metric definitions are constants, so a failure
+    /// here is a programming error, not an input error.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let flush_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "agentaudit_flush_seconds",
+                "Time to write, fsync and commit one flush of Parquet files",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .unwrap_or_else(|e| panic!("metric agentaudit_flush_seconds: {e}"));
+        r.register(Box::new(flush_seconds.clone()))
+            .unwrap_or_else(|e| panic!("metric agentaudit_flush_seconds: {e}"));
+        Metrics {
+            consumed: counter(&r, "agentaudit_events_consumed_total", "Kafka messages consumed"),
+            decoded: counter(&r, "agentaudit_events_decoded_total", "Messages decoded as valid v1 events"),
+            skipped_durable: counter(
+                &r,
+                "agentaudit_events_skipped_durable_total",
+                "Messages re-delivered after a restart whose rows were already durable, skipped",
+            ),
+            dead_letters: counter_vec(
+                &r,
+                "agentaudit_dead_letters_total",
+                "Messages dead-lettered, by reason",
+                &["reason"],
+            ),
+            redactions: counter_vec(
+                &r,
+                "agentaudit_redactions_total",
+                "Stored rows in which a detector or rule redacted something, by detector",
+                &["detector"],
+            ),
+            unknown_fields: counter(
+                &r,
+                "agentaudit_unknown_fields_total",
+                "Top-level event fields not in schema v1, ignored",
+            ),
+            rows_written: counter_vec(&r, "agentaudit_rows_written_total", "Rows made durable", &["table"]),
+            files_written: counter_vec(&r, "agentaudit_files_written_total", "Parquet files made durable", &["table"]),
+            bytes_written: counter_vec(&r, "agentaudit_bytes_written_total", "Parquet bytes made durable", &["table"]),
+            flush_seconds,
+            flush_failures: counter(&r, "agentaudit_flush_failures_total", "Flushes that failed (the process stops)"),
+            buffered_bytes: gauge(&r, "agentaudit_buffered_bytes", "Estimated bytes of rows waiting for the next flush"),
+            buffered_rows: gauge(&r, "agentaudit_buffered_rows", "Rows waiting for the next flush"),
+            memory_budget_bytes: gauge(&r, "agentaudit_memory_budget_bytes", "Configured memory budget for buffered data"),
+            queue_batches: gauge(&r, "agentaudit_queue_batches", "Message batches queued between consumer and writer"),
+            queue_capacity: gauge(&r, "agentaudit_queue_capacity_batches", "Capacity of the consumer-to-writer queue"),
+            consumer_lag: gauge_vec(
+                &r,
+                "agentaudit_consumer_lag",
+                "Messages behind the partition high watermark, as librdkafka reports it",
+                &["topic", "partition"],
+            ),
+            committed_offset: gauge_vec(
+                &r,
+                "agentaudit_committed_offset",
+                "Last offset committed to Kafka after its rows were durable",
+                &["topic", "partition"],
+            ),
+            commit_failures: counter(&r, "agentaudit_commit_failures_total", "Kafka offset commits that failed"),
+            recovered_renames: counter(
+                &r,
+                "agentaudit_recovered_renames_total",
+                "Files of a journaled flush renamed into place at start-up",
+            ),
+            discarded_staged_files: counter(
+                &r,
+                "agentaudit_discarded_staged_files_total",
+                "Staged files of an unjournaled flush discarded at start-up (their messages are consumed again)",
+            ),
+            registry: r,
+        }
+    }
+
+    /// The `partition` label for a partition, capped so a topic with a huge
+    /// partition count cannot blow up the series count.
+    pub fn partition_label(&self, partition: i32) -> String {
+        if i64::from(partition) < MAX_PARTITION_SERIES {
+            partition.to_string()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        let enc = prometheus::TextEncoder::new();
+        // Encoding into a Vec cannot fail on I/O; a failure would be a bug.
+        if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

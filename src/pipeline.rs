@@ -1,0 +1,340 @@
+//! Pipeline wires the rooms together for `serve` and `bench`: a consumer
+//! thread (source) feeding a writer thread that runs decode → redact → sink
+//! and commits offsets once the sink reports them durable.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::consumer::CommitMode;
+
+use crate::config::Config;
+use crate::decode::{self, DecodeLimits};
+use crate::error::{ConfigError, SinkError, SourceError};
+use crate::metrics::Metrics;
+use crate::redact::Redactor;
+use crate::sink::ParquetSink;
+use crate::source::{self, Durable, KafkaConsumer, RawMessage, Source, ToWriter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("a pipeline thread panicked: {0}")]
+    Panicked(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// The writer: everything downstream of the consumer, on one thread.
+struct Writer {
+    sink: ParquetSink,
+    redactor: Arc<Redactor>,
+    limits: DecodeLimits,
+    consumer: Arc<KafkaConsumer>,
+    durable: Durable,
+    topic: String,
+    metrics: Arc<Metrics>,
+    budget: usize,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<ToWriter>) -> Result<(), PipelineError> {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(250)) {
+                Ok(ToWriter::Batch(batch)) => {
+                    self.metrics.queue_batches.dec();
+                    self.process(batch);
+                    if self.sink.should_flush(self.budget / 2) {
+                        self.flush(CommitMode::Async)?;
+                    }
+                }
+                Ok(ToWriter::Barrier(reply)) => self.flush_and_reply(reply)?,
+                Ok(ToWriter::Finish(reply)) => {
+                    self.flush_and_reply(reply)?;
+                    return Ok(());
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.sink.should_flush(self.budget / 2) {
+                        self.flush(CommitMode::Async)?;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush(CommitMode::Sync)?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn flush_and_reply(
+        &mut self,
+        reply: std::sync::mpsc::SyncSender<Result<(), String>>,
+    ) -> Result<(), PipelineError> {
+        let result = self.flush(CommitMode::Sync);
+        // The requester may have gone away; the flush stands either way.
+        let _ = reply.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+        result.map_err(PipelineError::from)
+    }
+
+    fn process(&mut self, batch: Vec<RawMessage>) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let (mut decoded, mut unknown) = (0u64, 0u64);
+        self.metrics.consumed.inc_by(batch.len() as u64);
+        for m in batch {
+            match decode::decode(m.payload.as_deref(), now_ms, &self.limits) {
+                Ok(event) => {
+                    decoded += 1;
+                    unknown += u64::from(event.unknown_fields);
+                    let record = self.redactor.redact_event(event, m.coords, now_ms);
+                    for name in &record.redactions {
+                        self.metrics.redactions.with_label_values(&[name]).inc();
+                    }
+                    self.sink.push_record(record);
+                }
+                Err(failure) => {
+                    self.metrics
+                        .dead_letters
+                        .with_label_values(&[failure.reason.as_str()])
+                        .inc();
+                    let dl = self.redactor.redact_dead_letter(
+                        m.payload.as_deref(),
+                        failure,
+                        m.coords,
+                        now_ms,
+                    );
+                    for name in &dl.redactions {
+                        self.metrics.redactions.with_label_values(&[name]).inc();
+                    }
+                    self.sink.push_dead_letter(dl);
+                }
+            }
+        }
+        self.metrics.decoded.inc_by(decoded);
+        self.metrics.unknown_fields.inc_by(unknown);
+    }
+
+    fn flush(&mut self, mode: CommitMode) -> Result<(), SinkError> {
+        let outcome = self.sink.flush().inspect_err(|_| self.metrics.flush_failures.inc())?;
+        if outcome.rows > 0 {
+            tracing::debug!(
+                files = outcome.files,
+                rows = outcome.rows,
+                bytes = outcome.bytes,
+                "flushed"
+            );
+        }
+        if let Ok(mut d) = self.durable.lock()
+            && let Some(offsets) = self.sink.durable_offsets().get(&self.topic)
+        {
+            d.extend(offsets.iter().map(|(p, o)| (*p, *o)));
+        }
+        source::commit(&self.consumer, &outcome.committable, mode, &self.metrics);
+        Ok(())
+    }
+}
+
+/// A running pipeline: two threads and the flag that stops them.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    source: Option<JoinHandle<Result<(), SourceError>>>,
+    writer: Option<JoinHandle<Result<(), PipelineError>>>,
+    pub consumer: Arc<KafkaConsumer>,
+}
+
+impl Running {
+    /// True once either thread has ended (normally only after `stop`).
+    pub fn finished(&self) -> bool {
+        self.source.as_ref().is_none_or(JoinHandle::is_finished)
+            || self.writer.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stops consuming, flushes, commits and joins both threads.
+    pub fn stop(mut self) -> Result<(), PipelineError> {
+        self.stop.store(true, Ordering::SeqCst);
+        let source = join(self.source.take());
+        let writer = join(self.writer.take()).and_then(|r| r);
+        // The writer's error is the cause when both failed.
+        writer?;
+        source?.map_err(PipelineError::from)
+    }
+}
+
+fn join<T>(handle: Option<JoinHandle<T>>) -> Result<T, PipelineError> {
+    match handle {
+        None => Err(PipelineError::Panicked("thread already joined".into())),
+        Some(h) => h.join().map_err(|p| {
+            PipelineError::Panicked(
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default(),
+            )
+        }),
+    }
+}
+
+/// Opens the dataset, recovers it, and starts consuming from `brokers`.
+pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Running, PipelineError> {
+    let redactor = Arc::new(Redactor::new(&cfg.redact)?);
+    metrics
+        .memory_budget_bytes
+        .set(cfg.sink.memory_budget_bytes as i64);
+    let sink = ParquetSink::open(&cfg.sink, metrics.clone())?;
+    let durable: Durable = Arc::new(Mutex::new(
+        sink.durable_offsets()
+            .get(&cfg.kafka.topic)
+            .cloned()
+            .unwrap_or_default(),
+    ));
+    let (source, rx) = Source::new(cfg, brokers, durable.clone(), metrics.clone())?;
+    let consumer = source.consumer.clone();
+    let writer = Writer {
+        sink,
+        redactor,
+        limits: cfg.decode_limits(),
+        consumer: consumer.clone(),
+        durable,
+        topic: cfg.kafka.topic.clone(),
+        metrics,
+        budget: cfg.sink.memory_budget_bytes,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = std::thread::Builder::new()
+        .name("agentaudit-writer".into())
+        .spawn(move || writer.run(rx))
+        .map_err(|e| PipelineError::Runtime(format!("spawning the writer: {e}")))?;
+    let source_stop = stop.clone();
+    let source = std::thread::Builder::new()
+        .name("agentaudit-consumer".into())
+        .spawn(move || source.run(&source_stop))
+        .map_err(|e| PipelineError::Runtime(format!("spawning the consumer: {e}")))?;
+    Ok(Running {
+        stop,
+        source: Some(source),
+        writer: Some(writer),
+        consumer,
+    })
+}
+
+/// `agentaudit serve`: starts the embedded broker when no brokers are
+/// configured, the HTTP surface, the pipeline and (with `demo_rate`) the demo
+/// traffic generator; runs until SIGINT or SIGTERM, then flushes, commits
+/// and returns.
+pub async fn serve(cfg: Config, demo_rate: Option<u32>) -> Result<(), PipelineError> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(crate::serve::Health::default());
+    let embedded = match &cfg.kafka.brokers {
+        Some(_) => None,
+        None => Some(crate::source::embedded::EmbeddedBroker::start(
+            &cfg.kafka.topic,
+            cfg.kafka.embedded_partitions,
+        )?),
+    };
+    let brokers = match (&cfg.kafka.brokers, &embedded) {
+        (Some(b), _) => b.clone(),
+        (None, Some(e)) => e.bootstrap_servers(),
+        (None, None) => unreachable!("an embedded broker is started when no brokers are set"),
+    };
+    if embedded.is_some() {
+        println!(
+            "agentaudit: embedded Kafka broker at {brokers} (in memory), topic `{}`; produce with any Kafka client, e.g.\n  kcat -P -b {brokers} -t {}",
+            cfg.kafka.topic, cfg.kafka.topic
+        );
+    }
+    let listen = cfg.listen_addr()?;
+    let (listener, bound) = crate::serve::bind(listen)
+        .await
+        .map_err(|e| ConfigError::invalid("serve.listen", format!("cannot bind {listen}: {e}")))?;
+    println!("agentaudit: metrics at http://{bound}/metrics, data in {}", cfg.sink.data_dir.display());
+    let app = crate::serve::router(metrics.clone(), health.clone());
+    let http = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+
+    let running = tokio::task::block_in_place(|| start(&cfg, &brokers, metrics.clone()))?;
+    health.alive.store(true, Ordering::SeqCst);
+
+    let demo_stop = Arc::new(AtomicBool::new(false));
+    let demo = match demo_rate {
+        None => None,
+        Some(rate) => {
+            let producer = crate::traffic::producer(&brokers, &[])?;
+            let topic = cfg.kafka.topic.clone();
+            let stop = demo_stop.clone();
+            println!("agentaudit: demo traffic at {rate} events/s into `{topic}`");
+            Some(std::thread::spawn(move || {
+                let mut g = crate::traffic::Generator::new(crate::traffic::GenOptions {
+                    malformed_ratio: 0.005,
+                    ..Default::default()
+                });
+                crate::traffic::produce(&producer, &topic, &mut g, None, Some(rate), &stop)
+            }))
+        }
+    };
+
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let mut last_report = std::time::Instant::now();
+    let mut terminate = signal_terminate()?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            _ = ticker.tick() => {
+                health.ready.store(
+                    crate::source::Source::is_assigned(&running.consumer),
+                    Ordering::SeqCst,
+                );
+                if running.finished() {
+                    tracing::error!("a pipeline thread stopped unexpectedly");
+                    break;
+                }
+                if last_report.elapsed() >= Duration::from_secs(10) {
+                    last_report = std::time::Instant::now();
+                    report_progress(&metrics);
+                }
+            }
+        }
+    }
+    tracing::info!("stopping: flushing and committing");
+    health.ready.store(false, Ordering::SeqCst);
+    demo_stop.store(true, Ordering::SeqCst);
+    if let Some(d) = demo
+        && let Ok(Err(e)) = d.join()
+    {
+        tracing::warn!(error = %e, "demo generator");
+    }
+    let result = tokio::task::block_in_place(|| running.stop());
+    health.alive.store(false, Ordering::SeqCst);
+    http.abort();
+    report_progress(&metrics);
+    drop(embedded);
+    result
+}
+
+fn report_progress(m: &Metrics) {
+    let sum = |v: &prometheus::IntCounterVec, label: &str| v.with_label_values(&[label]).get();
+    tracing::info!(
+        consumed = m.consumed.get(),
+        decoded = m.decoded.get(),
+        dead_lettered = m.consumed.get().saturating_sub(m.decoded.get()),
+        rows_written = sum(&m.rows_written, crate::sink::INVOCATIONS)
+            + sum(&m.rows_written, crate::sink::DEAD_LETTER),
+        files_written = sum(&m.files_written, crate::sink::INVOCATIONS)
+            + sum(&m.files_written, crate::sink::DEAD_LETTER),
+        "progress"
+    );
+}
+
+fn signal_terminate() -> Result<tokio::signal::unix::Signal, PipelineError> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| PipelineError::Runtime(format!("installing the SIGTERM handler: {e}")))
+}

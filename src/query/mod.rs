@@ -1,0 +1,149 @@
+//! Query owns read-only SQL over the dataset the sink wrote: DataFusion with
+//! the tables `invocations` and `dead_letter`, Hive partition columns `dt`
+//! and `hour` (pruned by filters on them), named `$parameters`, and output as
+//! a table, CSV or JSON lines. Anything that would write is refused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::ListingOptions;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
+
+use crate::error::QueryError;
+use crate::sink::{self, schema};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+/// A session with every table of the dataset under `data_dir` registered.
+/// Tables whose directory does not exist yet are registered empty.
+pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .set_bool("datafusion.execution.parquet.pushdown_filters", true);
+    let ctx = SessionContext::new_with_config(config);
+    for (name, table_schema) in [
+        (sink::INVOCATIONS, schema::INVOCATIONS.clone()),
+        (sink::DEAD_LETTER, schema::DEAD_LETTER.clone()),
+    ] {
+        let dir = data_dir.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            QueryError::DataFusion(datafusion::error::DataFusionError::IoError(e))
+        })?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(vec![
+                ("dt".to_owned(), DataType::Utf8),
+                ("hour".to_owned(), DataType::Utf8),
+            ]);
+        let url = format!("{}/", std::path::absolute(&dir).unwrap_or(dir).display());
+        ctx.register_listing_table(name, url, options, Some(table_schema), None)
+            .await?;
+    }
+    Ok(ctx)
+}
+
+/// Parses `NAME=VALUE` pairs given with `--param`.
+pub fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>, QueryError> {
+    raw.iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            _ => Err(QueryError::BadParam(p.clone())),
+        })
+        .collect()
+}
+
+fn refuse_writes(plan: &LogicalPlan) -> Result<(), QueryError> {
+    let kind = match plan {
+        LogicalPlan::Ddl(_) => "DDL",
+        LogicalPlan::Dml(_) => "DML",
+        LogicalPlan::Copy(_) => "COPY",
+        LogicalPlan::Statement(_) => "session",
+        _ => return Ok(()),
+    };
+    Err(QueryError::NotReadOnly(kind.to_owned()))
+}
+
+/// Plans and runs one read-only statement. Parameters are bound as strings
+/// (`$tenant`); CAST them in SQL where another type is needed.
+pub async fn run(
+    ctx: &SessionContext,
+    sql: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<Vec<RecordBatch>, QueryError> {
+    let plan = ctx.state().create_logical_plan(sql).await?;
+    refuse_writes(&plan)?;
+    let needed = plan.get_parameter_names()?;
+    let mut missing: Vec<&String> = needed
+        .iter()
+        .filter(|n| !params.contains_key(n.trim_start_matches('$')))
+        .collect();
+    missing.sort();
+    if let Some(name) = missing.first() {
+        return Err(QueryError::MissingParam(name.trim_start_matches('$').to_owned()));
+    }
+    let df = ctx.execute_logical_plan(plan).await?;
+    let df = if needed.is_empty() {
+        df
+    } else {
+        let values: HashMap<String, ScalarValue> = params
+            .iter()
+            .map(|(k, v)| (k.clone(), ScalarValue::Utf8(Some(v.clone()))))
+            .collect();
+        df.with_param_values(values)?
+    };
+    Ok(df.collect().await?)
+}
+
+/// Reads a named query file.
+pub fn read_query_file(path: &Path) -> Result<String, QueryError> {
+    std::fs::read_to_string(path).map_err(|source| QueryError::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Renders batches in the requested format.
+pub fn render(batches: &[RecordBatch], format: Format) -> Result<String, QueryError> {
+    use datafusion::arrow::error::ArrowError;
+    let arrow = |e: ArrowError| QueryError::DataFusion(e.into());
+    match format {
+        Format::Table => Ok(datafusion::arrow::util::pretty::pretty_format_batches(batches)
+            .map_err(arrow)?
+            .to_string()
+            + "\n"),
+        Format::Csv => {
+            let mut buf = Vec::new();
+            {
+                let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut buf);
+                for b in batches {
+                    w.write(b).map_err(arrow)?;
+                }
+            }
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+        Format::Json => {
+            let mut buf = Vec::new();
+            {
+                let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
+                for b in batches {
+                    w.write(b).map_err(arrow)?;
+                }
+                w.finish().map_err(arrow)?;
+            }
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Redaction tests: every detector with a true positive and a near miss, key
+//! rules, field rules, and dead letters.
+
+use super::*;
+use crate::config::{FieldRuleConfig, PatternConfig};
+use crate::event::{DeadLetterReason, Status};
+use std::sync::Arc;
+
+fn redactor() -> Redactor {
+    Redactor::new(&RedactConfig::default()).expect("default redactor")
+}
+
+fn scan(text: &str) -> (String, Vec<String>) {
+    let r = redactor();
+    let mut hits = Hits::default();
+    let out = r.scan(text, &mut hits).unwrap_or_else(|| text.to_owned());
+    (out, r.hit_names(hits))
+}
+
+/// (detector, text containing a secret, the secret, a near miss that stays)
+const CASES: &[(&str, &str, &str, &str)] = &[
+    ("aws_access_key", "key AKIAIOSFODNN7EXAMPLE here", "AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPL"),
+    (
+        "aws_secret_key",
+        "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "aws_region=eu-west-1 and forty chars wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    ),
+    (
+        "github_token",
+        "ghp_16C7e42F292c6912E7710c838347Ae178B4a ok",
+        "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+        "ghp_short123",
+    ),
+    (
+        "slack_token",
+        "xoxb-263594206564-FGqddMF8t08v8N7Oq4i57vs1",
+        "xoxb-263594206564-FGqddMF8t08v8N7Oq4i57vs1",
+        "xoxz-263594206564",
+    ),
+    ("stripe_key", "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_demo_4eC39HqLyjWDarjtT1zdp7dc"),
+    (
+        "google_api_key",
+        "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
+        "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
+        "AIzaShort",
+    ),
+    (
+        "openai_key",
+        "OPENAI sk-proj-abcdefghijklmnopqrstuvwx0123",
+        "sk-proj-abcdefghijklmnopqrstuvwx0123",
+        "sk-short",
+    ),
+    (
+        "anthropic_key",
+        "sk-ant-api03-abcdefghijklmnopqrstuvwxyz012345",
+        "sk-ant-api03-abcdefghijklmnopqrstuvwxyz012345",
+        "sk-ant-x",
+    ),
+    (
+        "jwt",
+        "t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "eyJhbGciOiJIUzI1NiJ9 alone",
+    ),
+    (
+        "private_key",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----",
+        "MIIEowIBAAKCAQEA7",
+        "-----BEGIN PUBLIC KEY-----\nMIIBIjAN\n-----END PUBLIC KEY-----",
+    ),
+    ("bearer_token", "Authorization: Bearer abcDEF123456789xyz", "abcDEF123456789xyz", "the bearer of bad news"),
+    ("url_password", "postgres://app:hunter2secret@db:5432/x", "hunter2secret", "https://example.com:8443/path"),
+    ("secret_assignment", "login with password=Tr0ub4dor&3 now", "Tr0ub4dor", "the password field is empty"),
+    ("email", "write to jane.doe@example.co.uk today", "jane.doe@example.co.uk", "not an @ address"),
+    ("credit_card", "card 4111 1111 1111 1111 exp", "4111 1111 1111 1111", "card 4111 1111 1111 1112 exp"),
+    ("iban", "pay GB82WEST12345698765432 now", "GB82WEST12345698765432", "pay GB82WEST12345698765433 now"),
+    ("us_ssn", "ssn 123-45-6789", "123-45-6789", "ssn 666-45-6789"),
+];
+
+#[test]
+fn every_detector_finds_its_secret_and_keeps_its_near_miss() {
+    for (name, text, secret, near_miss) in CASES {
+        let (out, hits) = scan(text);
+        assert!(!out.contains(secret), "{name}: secret survived in {out:?}");
+        assert!(out.contains(&format!("[REDACTED:{name}]")), "{name}: no marker in {out:?}");
+        assert!(hits.contains(&(*name).to_owned()), "{name}: hits were {hits:?}");
+        let (kept, hits) = scan(near_miss);
+        assert!(
+            !hits.contains(&(*name).to_owned()),
+            "{name}: near miss {near_miss:?} was redacted as {kept:?}"
+        );
+    }
+}
+
+#[test]
+fn epoch_millis_are_not_card_numbers() {
+    let (out, hits) = scan("at 1790000000000 and 1790000000001");
+    assert!(hits.is_empty(), "{out}");
+}
+
+#[test]
+fn overlapping_matches_leave_no_fragment() {
+    // The JWT contains text the bearer detector also matches.
+    let text = "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N";
+    let (out, hits) = scan(text);
+    assert!(!out.contains("eyJ"), "{out}");
+    assert!(!out.contains("dozjg"), "{out}");
+    assert!(hits.len() >= 1);
+}
+
+fn event(input: serde_json::Value) -> Event {
+    Event {
+        event_id: "e".into(),
+        ts_ms: 1_790_000_000_000,
+        tenant: "acme".into(),
+        agent_id: "a".into(),
+        environment: "production".into(),
+        tool: "t".into(),
+        status: Status::Ok,
+        actor: Some("jane@example.com".into()),
+        workflow_id: None,
+        step: None,
+        tool_call_id: None,
+        tool_type: None,
+        agent_version: None,
+        mcp_server: None,
+        mcp_server_version: None,
+        credential_id: None,
+        latency_ms: None,
+        error_type: Some("failed for sk_live_4eC39HqLyjWDarjtT1zdp7dc".into()),
+        input: Some(input),
+        output: None,
+        tokens_in: None,
+        tokens_out: None,
+        approval: None,
+        attributes: vec![
+            ("api_token".into(), "plain-looking".into()),
+            ("note".into(), "mail bob@example.com".into()),
+        ],
+        unknown_fields: 0,
+    }
+}
+
+fn coords() -> KafkaCoords {
+    KafkaCoords {
+        topic: Arc::from("t"),
+        partition: 0,
+        offset: 7,
+        kafka_ts_ms: None,
+    }
+}
+
+#[test]
+fn event_fields_are_redacted_and_detectors_recorded() {
+    let input = serde_json::json!({
+        "query": "find jane@example.com",
+        "password": "hunter2",
+        "nested": {"client_secret": 12345, "cards": [4111111111111111u64, 42]},
+        "max_tokens": 100
+    });
+    let r = redactor().redact_event(event(input), coords(), 0);
+    let stored = format!(
+        "{} {} {:?} {:?}",
+        r.input_json.as_deref().unwrap_or_default(),
+        r.attributes_json.as_deref().unwrap_or_default(),
+        r.event.actor,
+        r.event.error_type
+    );
+    for secret in ["jane@example.com", "hunter2", "12345", "4111111111111111", "plain-looking", "bob@example.com", "sk_live_"] {
+        assert!(!stored.contains(secret), "{secret} survived: {stored}");
+    }
+    assert!(stored.contains("\"max_tokens\":100"), "non-secret key kept: {stored}");
+    assert!(r.event.input.is_none(), "raw input must not travel on");
+    for name in ["credit_card", "email", "secret_key_name", "stripe_key"] {
+        assert!(r.redactions.contains(&name.to_owned()), "{name} missing from {:?}", r.redactions);
+    }
+}
+
+#[test]
+fn field_rules_keep_drop_mask_and_hash() {
+    let cfg = RedactConfig {
+        fields: vec![
+            FieldRuleConfig { path: "actor".into(), action: FieldAction::Hash },
+            FieldRuleConfig { path: "input.keep_me".into(), action: FieldAction::Keep },
+            FieldRuleConfig { path: "input.drop_me".into(), action: FieldAction::Drop },
+            FieldRuleConfig { path: "input.mask_me".into(), action: FieldAction::Mask },
+        ],
+        hash_key: Some("k1".into()),
+        ..RedactConfig::default()
+    };
+    let r = Redactor::new(&cfg).expect("valid");
+    let input = serde_json::json!({
+        "keep_me": "ops@example.com", "drop_me": "x", "mask_me": "y", "other": "z@example.com"
+    });
+    let rec = r.redact_event(event(input), coords(), 0);
+    let v: serde_json::Value = serde_json::from_str(rec.input_json.as_deref().unwrap()).unwrap();
+    assert_eq!(v["keep_me"], "ops@example.com");
+    assert!(v.get("drop_me").is_none());
+    assert_eq!(v["mask_me"], MASK);
+    assert_eq!(v["other"], "[REDACTED:email]");
+    let actor = rec.event.actor.clone().unwrap();
+    assert!(actor.starts_with("hmac:") && !actor.contains("jane"), "{actor}");
+    // Same key, same value → same pseudonym; another key → another one.
+    let again = r.redact_event(event(serde_json::json!({})), coords(), 0);
+    assert_eq!(again.event.actor, rec.event.actor);
+    let other = Redactor::new(&RedactConfig { hash_key: Some("k2".into()), ..cfg }).unwrap();
+    let third = other.redact_event(event(serde_json::json!({})), coords(), 0);
+    assert_ne!(third.event.actor, rec.event.actor);
+}
+
+#[test]
+fn custom_patterns_and_secret_key_names_apply() {
+    let cfg = RedactConfig {
+        patterns: vec![PatternConfig { name: "ticket".into(), regex: r"TICKET-[0-9]{4}".into() }],
+        secret_key_names: vec!["customer_ref".into()],
+        ..RedactConfig::default()
+    };
+    let r = Redactor::new(&cfg).unwrap();
+    let rec = r.redact_event(
+        event(serde_json::json!({"q": "see TICKET-1234", "customer_ref": "C-9"})),
+        coords(),
+        0,
+    );
+    let input = rec.input_json.unwrap();
+    assert!(input.contains("[REDACTED:ticket]") && !input.contains("1234"), "{input}");
+    assert!(!input.contains("C-9"), "{input}");
+}
+
+#[test]
+fn dead_letters_are_redacted_before_truncation() {
+    let cfg = RedactConfig { dead_letter_raw_chars: 30, ..RedactConfig::default() };
+    let r = Redactor::new(&cfg).unwrap();
+    let failure = DecodeFailure { reason: DeadLetterReason::InvalidJson, detail: "x".into() };
+    // The key starts before the cut and ends after it.
+    let raw = b"garbage garbage ga AKIAIOSFODNN7EXAMPLE tail";
+    let dl = r.redact_dead_letter(Some(raw), failure.clone(), coords(), 0);
+    assert!(!dl.raw.contains("AKIA"), "{}", dl.raw);
+    assert_eq!(dl.raw.chars().count(), 30);
+    assert_eq!(dl.raw_bytes, raw.len() as i64);
+    assert_eq!(dl.redactions, vec!["aws_access_key".to_owned()]);
+
+    // Valid JSON with a mistyped field still gets key-name rules.
+    let json = br#"{"tenant": 5, "password": "opensesame"}"#;
+    let dl = Redactor::new(&RedactConfig::default())
+        .unwrap()
+        .redact_dead_letter(Some(json), failure, coords(), 0);
+    assert!(!dl.raw.contains("opensesame"), "{}", dl.raw);
+}

@@ -1,0 +1,252 @@
+//! The Arrow schemas of the stored tables and the conversion of buffered rows
+//! into sorted record batches.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{
+    ArrayRef, Float64Builder, Int32Builder, Int64Builder, ListBuilder, RecordBatch,
+    StringBuilder, TimestampMillisecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
+
+use crate::event::{DeadLetter, Record};
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+fn utf8(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+}
+
+fn redactions_field() -> Field {
+    Field::new(
+        "redactions",
+        DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        false,
+    )
+}
+
+/// Columns of `invocations`, in the order they are written. The sort key
+/// (tenant, agent_id, tool, ts) makes tenant/agent/tool filters prune row
+/// groups and pages through their statistics.
+pub static INVOCATIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("event_id", false),
+        Field::new("ts", ts_type(), false),
+        utf8("tenant", false),
+        utf8("agent_id", false),
+        utf8("environment", false),
+        utf8("tool", false),
+        utf8("status", false),
+        utf8("actor", true),
+        utf8("workflow_id", true),
+        Field::new("step", DataType::Int64, true),
+        utf8("tool_call_id", true),
+        utf8("tool_type", true),
+        utf8("agent_version", true),
+        utf8("mcp_server", true),
+        utf8("mcp_server_version", true),
+        utf8("credential_id", true),
+        Field::new("latency_ms", DataType::Float64, true),
+        utf8("error_type", true),
+        utf8("input", true),
+        utf8("output_sha256", true),
+        Field::new("output_bytes", DataType::Int64, true),
+        utf8("output_preview", true),
+        Field::new("tokens_in", DataType::Int64, true),
+        Field::new("tokens_out", DataType::Int64, true),
+        utf8("approval_id", true),
+        utf8("approval_approver", true),
+        utf8("approval_decision", true),
+        utf8("attributes", true),
+        redactions_field(),
+        Field::new("unknown_fields", DataType::Int32, false),
+        utf8("src_topic", false),
+        Field::new("src_partition", DataType::Int32, false),
+        Field::new("src_offset", DataType::Int64, false),
+        Field::new("ingested_at", ts_type(), false),
+    ]))
+});
+
+/// Column indices of the invocations sort key, for Parquet sorting metadata.
+pub const INVOCATIONS_SORT_KEY: [usize; 4] = [2, 3, 5, 1];
+
+pub static DEAD_LETTER: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("reason", false),
+        utf8("detail", false),
+        utf8("raw", false),
+        Field::new("raw_bytes", DataType::Int64, false),
+        redactions_field(),
+        utf8("src_topic", false),
+        Field::new("src_partition", DataType::Int32, false),
+        Field::new("src_offset", DataType::Int64, false),
+        Field::new("kafka_ts", ts_type(), true),
+        Field::new("ingested_at", ts_type(), false),
+    ]))
+});
+
+pub const DEAD_LETTER_SORT_KEY: [usize; 2] = [6, 7];
+
+fn tz(b: TimestampMillisecondBuilder) -> TimestampMillisecondBuilder {
+    b.with_timezone("UTC")
+}
+
+fn list_of(rows: usize) -> ListBuilder<StringBuilder> {
+    ListBuilder::with_capacity(StringBuilder::new(), rows)
+}
+
+/// Sorts records by the sort key and turns them into one batch.
+pub fn invocations_batch(rows: &mut [Record]) -> Result<RecordBatch, ArrowError> {
+    rows.sort_by(|a, b| {
+        (&a.event.tenant, &a.event.agent_id, &a.event.tool, a.event.ts_ms).cmp(&(
+            &b.event.tenant,
+            &b.event.agent_id,
+            &b.event.tool,
+            b.event.ts_ms,
+        ))
+    });
+    let n = rows.len();
+    let s = || StringBuilder::with_capacity(n, n * 16);
+    let (mut event_id, mut tenant, mut agent_id, mut environment, mut tool, mut status) =
+        (s(), s(), s(), s(), s(), s());
+    let (mut actor, mut workflow_id, mut tool_call_id, mut tool_type) = (s(), s(), s(), s());
+    let (mut agent_version, mut mcp_server, mut mcp_server_version, mut credential_id) =
+        (s(), s(), s(), s());
+    let (mut error_type, mut input, mut output_sha256, mut output_preview) = (s(), s(), s(), s());
+    let (mut approval_id, mut approval_approver, mut approval_decision, mut attributes) =
+        (s(), s(), s(), s());
+    let mut src_topic = s();
+    let mut ts = tz(TimestampMillisecondBuilder::with_capacity(n));
+    let mut ingested_at = tz(TimestampMillisecondBuilder::with_capacity(n));
+    let i64b = || Int64Builder::with_capacity(n);
+    let (mut step, mut output_bytes, mut tokens_in, mut tokens_out, mut src_offset) =
+        (i64b(), i64b(), i64b(), i64b(), i64b());
+    let mut latency_ms = Float64Builder::with_capacity(n);
+    let mut unknown_fields = Int32Builder::with_capacity(n);
+    let mut src_partition = Int32Builder::with_capacity(n);
+    let mut redactions = list_of(n);
+
+    for r in rows.iter() {
+        let e = &r.event;
+        event_id.append_value(&e.event_id);
+        ts.append_value(e.ts_ms);
+        tenant.append_value(&e.tenant);
+        agent_id.append_value(&e.agent_id);
+        environment.append_value(&e.environment);
+        tool.append_value(&e.tool);
+        status.append_value(e.status.as_str());
+        actor.append_option(e.actor.as_deref());
+        workflow_id.append_option(e.workflow_id.as_deref());
+        step.append_option(e.step);
+        tool_call_id.append_option(e.tool_call_id.as_deref());
+        tool_type.append_option(e.tool_type.as_deref());
+        agent_version.append_option(e.agent_version.as_deref());
+        mcp_server.append_option(e.mcp_server.as_deref());
+        mcp_server_version.append_option(e.mcp_server_version.as_deref());
+        credential_id.append_option(e.credential_id.as_deref());
+        latency_ms.append_option(e.latency_ms);
+        error_type.append_option(e.error_type.as_deref());
+        input.append_option(r.input_json.as_deref());
+        output_sha256.append_option(e.output.as_ref().map(|o| o.sha256.as_str()));
+        output_bytes.append_option(e.output.as_ref().map(|o| o.bytes));
+        output_preview.append_option(e.output.as_ref().and_then(|o| o.preview.as_deref()));
+        tokens_in.append_option(e.tokens_in);
+        tokens_out.append_option(e.tokens_out);
+        let a = e.approval.as_ref();
+        approval_id.append_option(a.and_then(|a| a.id.as_deref()));
+        approval_approver.append_option(a.and_then(|a| a.approver.as_deref()));
+        approval_decision.append_option(a.map(|a| a.decision.as_str()));
+        attributes.append_option(r.attributes_json.as_deref());
+        for name in &r.redactions {
+            redactions.values().append_value(name);
+        }
+        redactions.append(true);
+        unknown_fields.append_value(i32::try_from(e.unknown_fields).unwrap_or(i32::MAX));
+        src_topic.append_value(&*r.coords.topic);
+        src_partition.append_value(r.coords.partition);
+        src_offset.append_value(r.coords.offset);
+        ingested_at.append_value(r.ingested_at_ms);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(event_id.finish()),
+        Arc::new(ts.finish()),
+        Arc::new(tenant.finish()),
+        Arc::new(agent_id.finish()),
+        Arc::new(environment.finish()),
+        Arc::new(tool.finish()),
+        Arc::new(status.finish()),
+        Arc::new(actor.finish()),
+        Arc::new(workflow_id.finish()),
+        Arc::new(step.finish()),
+        Arc::new(tool_call_id.finish()),
+        Arc::new(tool_type.finish()),
+        Arc::new(agent_version.finish()),
+        Arc::new(mcp_server.finish()),
+        Arc::new(mcp_server_version.finish()),
+        Arc::new(credential_id.finish()),
+        Arc::new(latency_ms.finish()),
+        Arc::new(error_type.finish()),
+        Arc::new(input.finish()),
+        Arc::new(output_sha256.finish()),
+        Arc::new(output_bytes.finish()),
+        Arc::new(output_preview.finish()),
+        Arc::new(tokens_in.finish()),
+        Arc::new(tokens_out.finish()),
+        Arc::new(approval_id.finish()),
+        Arc::new(approval_approver.finish()),
+        Arc::new(approval_decision.finish()),
+        Arc::new(attributes.finish()),
+        Arc::new(redactions.finish()),
+        Arc::new(unknown_fields.finish()),
+        Arc::new(src_topic.finish()),
+        Arc::new(src_partition.finish()),
+        Arc::new(src_offset.finish()),
+        Arc::new(ingested_at.finish()),
+    ];
+    RecordBatch::try_new(INVOCATIONS.clone(), columns)
+}
+
+/// Sorts dead letters by their Kafka coordinates and turns them into a batch.
+pub fn dead_letter_batch(rows: &mut [DeadLetter]) -> Result<RecordBatch, ArrowError> {
+    rows.sort_by_key(|d| (d.coords.partition, d.coords.offset));
+    let n = rows.len();
+    let s = || StringBuilder::with_capacity(n, n * 32);
+    let (mut reason, mut detail, mut raw, mut src_topic) = (s(), s(), s(), s());
+    let mut raw_bytes = Int64Builder::with_capacity(n);
+    let mut redactions = list_of(n);
+    let mut src_partition = Int32Builder::with_capacity(n);
+    let mut src_offset = Int64Builder::with_capacity(n);
+    let mut kafka_ts = tz(TimestampMillisecondBuilder::with_capacity(n));
+    let mut ingested_at = tz(TimestampMillisecondBuilder::with_capacity(n));
+    for d in rows.iter() {
+        reason.append_value(d.reason.as_str());
+        detail.append_value(&d.detail);
+        raw.append_value(&d.raw);
+        raw_bytes.append_value(d.raw_bytes);
+        for name in &d.redactions {
+            redactions.values().append_value(name);
+        }
+        redactions.append(true);
+        src_topic.append_value(&*d.coords.topic);
+        src_partition.append_value(d.coords.partition);
+        src_offset.append_value(d.coords.offset);
+        kafka_ts.append_option(d.coords.kafka_ts_ms);
+        ingested_at.append_value(d.ingested_at_ms);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(reason.finish()),
+        Arc::new(detail.finish()),
+        Arc::new(raw.finish()),
+        Arc::new(raw_bytes.finish()),
+        Arc::new(redactions.finish()),
+        Arc::new(src_topic.finish()),
+        Arc::new(src_partition.finish()),
+        Arc::new(src_offset.finish()),
+        Arc::new(kafka_ts.finish()),
+        Arc::new(ingested_at.finish()),
+    ];
+    RecordBatch::try_new(DEAD_LETTER.clone(), columns)
+}

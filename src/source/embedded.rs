@@ -1,0 +1,33 @@
+//! The embedded default broker: librdkafka's in-process mock cluster, a real
+//! Kafka-protocol listener on 127.0.0.1 that any Kafka client can produce to.
+//! It keeps data in memory only and exists for first runs, demos and tests.
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+
+use crate::error::SourceError;
+
+pub struct EmbeddedBroker {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl EmbeddedBroker {
+    /// Starts a one-broker cluster and creates `topic` with `partitions`.
+    pub fn start(topic: &str, partitions: i32) -> Result<EmbeddedBroker, SourceError> {
+        let cluster = MockCluster::new(1).map_err(SourceError::kafka("starting the embedded broker"))?;
+        cluster
+            .create_topic(topic, partitions, 1)
+            .map_err(SourceError::kafka(format!("creating topic {topic}")))?;
+        Ok(EmbeddedBroker { cluster })
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), SourceError> {
+        self.cluster
+            .create_topic(topic, partitions, 1)
+            .map_err(SourceError::kafka(format!("creating topic {topic}")))
+    }
+}

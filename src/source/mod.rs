@@ -1,0 +1,301 @@
+//! Source owns the Kafka side: the consumer, its rebalance handling, the
+//! embedded broker, and handing raw messages to the writer in bounded batches.
+//!
+//! Offsets are never committed here on a timer: the writer commits them once
+//! the rows they produced are durable. On a revoke the consumer waits for the
+//! writer to flush and commit before the partitions are released, so the next
+//! owner starts exactly where the dataset ends.
+
+pub mod embedded;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::config::{Config, KafkaConfig};
+use crate::error::SourceError;
+use crate::event::KafkaCoords;
+use crate::metrics::Metrics;
+
+/// One message as the writer receives it: its coordinates and a copy of its
+/// value (the borrowed librdkafka buffer cannot cross threads).
+#[derive(Debug)]
+pub struct RawMessage {
+    pub coords: KafkaCoords,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// What flows from the consumer thread to the writer thread.
+pub enum ToWriter {
+    Batch(Vec<RawMessage>),
+    /// Flush everything received so far, commit synchronously, then reply.
+    Barrier(SyncSender<Result<(), String>>),
+    /// Like `Barrier`, then end the writer: the consumer is stopping.
+    Finish(SyncSender<Result<(), String>>),
+}
+
+/// Next offset already durable in the dataset, per partition of our topic.
+pub type Durable = Arc<Mutex<BTreeMap<i32, i64>>>;
+
+pub struct SourceContext {
+    metrics: Arc<Metrics>,
+    to_writer: SyncSender<ToWriter>,
+    /// Bumped on every assignment so the poll loop reloads `Durable`.
+    assignments: AtomicU64,
+    assigned: AtomicBool,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[topic.as_str(), &self.metrics.partition_label(*partition)])
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions revoked: flushing before release");
+            self.assigned.store(false, Ordering::SeqCst);
+            if let Err(e) = barrier(&self.to_writer) {
+                // The writer is gone (shutting down or failed); what it had
+                // not made durable was never committed, so it is re-read.
+                tracing::warn!(error = %e, "no flush on revoke");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+            self.assignments.fetch_add(1, Ordering::SeqCst);
+            self.assigned.store(tpl.count() > 0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Sends a barrier and waits until the writer has flushed and committed.
+pub fn barrier(to_writer: &SyncSender<ToWriter>) -> Result<(), String> {
+    flush_and_wait(to_writer, ToWriter::Barrier)
+}
+
+fn flush_and_wait(
+    to_writer: &SyncSender<ToWriter>,
+    message: fn(SyncSender<Result<(), String>>) -> ToWriter,
+) -> Result<(), String> {
+    let (tx, rx) = sync_channel(1);
+    to_writer
+        .send(message(tx))
+        .map_err(|_| "writer stopped".to_owned())?;
+    rx.recv().map_err(|_| "writer stopped".to_owned())?
+}
+
+pub type KafkaConsumer = BaseConsumer<SourceContext>;
+
+/// Batches are cut at this many messages or bytes, whichever comes first.
+const BATCH_MESSAGES: usize = 2048;
+const BATCH_BYTES: usize = 1024 * 1024;
+
+/// The queue between consumer and writer holds at most this share of the
+/// memory budget; librdkafka's prefetch gets another share.
+fn queue_capacity(budget: usize) -> usize {
+    (budget / 8 / BATCH_BYTES).clamp(2, 256)
+}
+
+pub struct Source {
+    pub consumer: Arc<KafkaConsumer>,
+    to_writer: SyncSender<ToWriter>,
+    topic: Arc<str>,
+    durable: Durable,
+    metrics: Arc<Metrics>,
+}
+
+pub fn client_config(k: &KafkaConfig, brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (key, value) in &k.options {
+        c.set(key, value);
+    }
+    c
+}
+
+impl Source {
+    /// Creates the consumer and subscribes it. `durable` must already hold
+    /// the dataset's durable offsets for the topic. The receiver is the
+    /// writer's end of the queue.
+    pub fn new(
+        cfg: &Config,
+        brokers: &str,
+        durable: Durable,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Source, Receiver<ToWriter>), SourceError> {
+        let capacity = queue_capacity(cfg.sink.memory_budget_bytes);
+        metrics.queue_capacity.set(capacity as i64);
+        let (to_writer, writer_rx) = sync_channel(capacity);
+        let context = SourceContext {
+            metrics: metrics.clone(),
+            to_writer: to_writer.clone(),
+            assignments: AtomicU64::new(0),
+            assigned: AtomicBool::new(false),
+        };
+        let prefetch_kib = (cfg.sink.memory_budget_bytes / 8 / 1024).clamp(1024, 2_097_151);
+        let mut cc = client_config(&cfg.kafka, brokers);
+        cc.set("group.id", &cfg.kafka.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        for (key, default) in [
+            ("auto.offset.reset", "earliest".to_owned()),
+            ("statistics.interval.ms", "5000".to_owned()),
+            ("queued.max.messages.kbytes", prefetch_kib.to_string()),
+        ] {
+            if cc.get(key).is_none() {
+                cc.set(key, default);
+            }
+        }
+        let consumer: KafkaConsumer = cc
+            .create_with_context(context)
+            .map_err(SourceError::kafka("creating the consumer"))?;
+        consumer
+            .subscribe(&[&cfg.kafka.topic])
+            .map_err(SourceError::kafka(format!("subscribing to {}", cfg.kafka.topic)))?;
+        let source = Source {
+            consumer: Arc::new(consumer),
+            to_writer,
+            topic: Arc::from(cfg.kafka.topic.as_str()),
+            durable,
+            metrics,
+        };
+        Ok((source, writer_rx))
+    }
+
+    pub fn is_assigned(consumer: &KafkaConsumer) -> bool {
+        consumer.context().assigned.load(Ordering::SeqCst)
+    }
+
+    /// Polls until `stop` is set, handing batches to the writer. Returns
+    /// after a final barrier, so everything consumed is durable and
+    /// committed (or the writer failed, which is then the error).
+    pub fn run(self, stop: &AtomicBool) -> Result<(), SourceError> {
+        let Source {
+            consumer,
+            to_writer,
+            topic,
+            durable,
+            metrics,
+        } = self;
+        let mut seen_assignments = u64::MAX;
+        let mut skip_below: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut batch = Vec::with_capacity(BATCH_MESSAGES);
+        let mut batch_bytes = 0usize;
+        let send = |batch: &mut Vec<RawMessage>, batch_bytes: &mut usize| {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let full = std::mem::replace(batch, Vec::with_capacity(BATCH_MESSAGES));
+            *batch_bytes = 0;
+            metrics.queue_batches.inc();
+            to_writer
+                .send(ToWriter::Batch(full))
+                .map_err(|_| SourceError::SinkStopped("writer thread ended".into()))
+        };
+        while !stop.load(Ordering::SeqCst) {
+            let generation = consumer.context().assignments.load(Ordering::SeqCst);
+            if generation != seen_assignments {
+                seen_assignments = generation;
+                skip_below = durable.lock().map(|d| d.clone()).unwrap_or_default();
+            }
+            let timeout = if batch.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                Duration::ZERO
+            };
+            match consumer.poll(timeout) {
+                None => send(&mut batch, &mut batch_bytes)?,
+                Some(Err(e)) => {
+                    // Broker and transport errors are retried by librdkafka;
+                    // they are logged, never fatal to the loop.
+                    tracing::warn!(error = %e, "consumer error");
+                }
+                Some(Ok(m)) => {
+                    let partition = m.partition();
+                    let offset = m.offset();
+                    if skip_below.get(&partition).is_some_and(|&d| offset < d) {
+                        metrics.skipped_durable.inc();
+                        continue;
+                    }
+                    let payload = m.payload().map(<[u8]>::to_vec);
+                    batch_bytes += payload.as_ref().map_or(0, Vec::len) + 64;
+                    batch.push(RawMessage {
+                        coords: KafkaCoords {
+                            topic: topic.clone(),
+                            partition,
+                            offset,
+                            kafka_ts_ms: m.timestamp().to_millis(),
+                        },
+                        payload,
+                    });
+                    if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
+                        send(&mut batch, &mut batch_bytes)?;
+                    }
+                }
+            }
+        }
+        send(&mut batch, &mut batch_bytes)?;
+        flush_and_wait(&to_writer, ToWriter::Finish).map_err(SourceError::SinkStopped)
+    }
+}
+
+/// Commits the given next offsets for `topic`.
+pub fn commit(
+    consumer: &KafkaConsumer,
+    offsets: &[(String, i32, i64)],
+    mode: CommitMode,
+    metrics: &Metrics,
+) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, next) in offsets {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+            tracing::error!(error = %e, "building commit list");
+            metrics.commit_failures.inc();
+            return;
+        }
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => {
+            for (topic, partition, next) in offsets {
+                metrics
+                    .committed_offset
+                    .with_label_values(&[topic.as_str(), &metrics.partition_label(*partition)])
+                    .set(*next);
+            }
+        }
+        Err(e) => {
+            // The dataset is already durable and the journal records these
+            // offsets, so a failed commit costs only a re-read that the
+            // durable-offset filter skips.
+            tracing::warn!(error = %e, "offset commit failed");
+            metrics.commit_failures.inc();
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! Traffic owns synthetic agent traffic: realistic multi-tenant tool invocations
+//! (some carrying planted secrets, some malformed on request) for the demo,
+//! the benchmarks and the tests, and a producer that ships it to a topic.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use serde_json::{Value, json};
+
+use crate::error::SourceError;
+
+const TENANTS: &[&str] = &[
+    "acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka", "cyberdyne",
+    "soylent", "tyrell", "aperture",
+];
+const AGENT_KINDS: &[&str] = &["support-bot", "ops-agent", "billing-agent", "research-agent"];
+/// (tool, weight, Tier A)
+const TOOLS: &[(&str, u32, bool)] = &[
+    ("search_orders", 30, false),
+    ("get_customer", 25, false),
+    ("search_docs", 25, false),
+    ("list_tickets", 15, false),
+    ("query_db", 12, false),
+    ("http_get", 12, false),
+    ("read_file", 8, false),
+    ("lookup_invoice", 8, false),
+    ("update_ticket", 8, false),
+    ("send_email", 6, false),
+    ("create_refund", 3, true),
+    ("export_csv", 2, true),
+    ("run_shell", 2, false),
+    ("grant_role", 1, true),
+    ("delete_record", 1, true),
+    ("deploy_service", 1, true),
+];
+
+/// What kind of message a generated payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Valid,
+    /// Deliberately not a valid v1 event; its name says how.
+    Malformed(&'static str),
+}
+
+/// One generated message and the secrets planted in it (empty for most).
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub kind: Kind,
+    pub event_id: Option<String>,
+    pub secrets: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenOptions {
+    pub seed: u64,
+    /// Share of messages carrying a planted secret, 0..=1.
+    pub secret_ratio: f64,
+    /// Share of messages that are malformed, 0..=1.
+    pub malformed_ratio: f64,
+    /// Event time of the first event, epoch ms; events advance ~10 ms each.
+    pub start_ms: i64,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions {
+            seed: 42,
+            secret_ratio: 0.02,
+            malformed_ratio: 0.0,
+            start_ms: chrono::Utc::now().timestamp_millis() - 3_600_000,
+        }
+    }
+}
+
+pub struct Generator {
+    rng: SmallRng,
+    opts: GenOptions,
+    n: u64,
+    workflows: Vec<(String, i64)>,
+}
+
+fn alnum(rng: &mut SmallRng, n: usize, alphabet: &[u8]) -> String {
+    (0..n)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+        .collect()
+}
+
+const UPPER_DIGITS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/// A card number with a valid Luhn digit, starting with 4 (Visa-like).
+fn luhn_card(rng: &mut SmallRng) -> String {
+    let mut digits: Vec<u32> = std::iter::once(4)
+        .chain((0..14).map(|_| rng.random_range(0..10)))
+        .collect();
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 0 {
+                let dd = d * 2;
+                if dd > 9 { dd - 9 } else { dd }
+            } else {
+                d
+            }
+        })
+        .sum();
+    digits.push((10 - sum % 10) % 10);
+    digits.iter().map(|d| char::from_digit(*d, 10).unwrap_or('0')).collect()
+}
+
+/// A planted secret: the text to embed and the part that must never be stored.
+fn secret(rng: &mut SmallRng) -> (String, String) {
+    match rng.random_range(0..14) {
+        0 => {
+            let s = format!("AKIA{}", alnum(rng, 16, UPPER_DIGITS));
+            (format!("use key {s} for s3"), s)
+        }
+        1 => {
+            let s = format!("ghp_{}", alnum(rng, 36, ALNUM));
+            (format!("token={s}"), s)
+        }
+        2 => {
+            let s = format!("sk_live_{}", alnum(rng, 24, ALNUM));
+            (format!("stripe {s}"), s)
+        }
+        3 => {
+            let s = format!("xoxb-{}-{}", alnum(rng, 12, b"0123456789"), alnum(rng, 24, ALNUM));
+            (format!("post with {s}"), s)
+        }
+        4 => {
+            let s = format!("AIza{}", alnum(rng, 35, ALNUM));
+            (format!("maps key {s}"), s)
+        }
+        5 => {
+            let s = format!("sk-proj-{}", alnum(rng, 40, ALNUM));
+            (format!("OPENAI_API_KEY {s}"), s)
+        }
+        6 => {
+            let s = format!("sk-ant-api03-{}", alnum(rng, 40, ALNUM));
+            (format!("anthropic {s}"), s)
+        }
+        7 => {
+            let s = format!(
+                "eyJhbGciOiJIUzI1NiJ9.eyJ{}.{}",
+                alnum(rng, 24, ALNUM),
+                alnum(rng, 32, ALNUM)
+            );
+            (format!("jwt {s}"), s)
+        }
+        8 => {
+            let s = alnum(rng, 40, ALNUM);
+            (format!("Authorization: Bearer {s}"), s)
+        }
+        9 => {
+            let s = format!("Pw{}", alnum(rng, 12, ALNUM));
+            (format!("postgres://app:{s}@db.internal:5432/orders"), s)
+        }
+        10 => {
+            let s = format!("{}@example.com", alnum(rng, 8, b"abcdefghijklmnop").to_lowercase());
+            (format!("reply to {s}"), s)
+        }
+        11 => {
+            let s = luhn_card(rng);
+            (format!("card {s} exp 12/29"), s)
+        }
+        12 => {
+            let body = alnum(rng, 64, ALNUM);
+            let s = format!("-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----");
+            (s.clone(), body)
+        }
+        _ => {
+            let s = format!("{}", alnum(rng, 8, ALNUM));
+            (format!("password={s}"), s)
+        }
+    }
+}
+
+impl Generator {
+    pub fn new(opts: GenOptions) -> Generator {
+        Generator {
+            rng: SmallRng::seed_from_u64(opts.seed),
+            opts,
+            n: 0,
+            workflows: Vec::new(),
+        }
+    }
+
+    fn pick_tool(&mut self) -> (&'static str, bool) {
+        let total: u32 = TOOLS.iter().map(|t| t.1).sum();
+        let mut x = self.rng.random_range(0..total);
+        for &(name, w, tier_a) in TOOLS {
+            if x < w {
+                return (name, tier_a);
+            }
+            x -= w;
+        }
+        (TOOLS[0].0, TOOLS[0].2)
+    }
+
+    fn input_for(&mut self, tool: &str) -> Value {
+        let r = &mut self.rng;
+        match tool {
+            "search_orders" => json!({"customer_ref": format!("C-{}", r.random_range(1000..99999)), "status": "open", "limit": 20}),
+            "get_customer" => json!({"customer_id": r.random_range(1..500_000), "fields": ["name", "plan", "region"]}),
+            "search_docs" => json!({"query": "how do I rotate my api credentials", "top_k": 5}),
+            "list_tickets" => json!({"queue": "billing", "since_days": 7}),
+            "query_db" => json!({"sql": "SELECT id, status FROM orders WHERE updated_at > now() - interval '1 day' LIMIT 100"}),
+            "http_get" => json!({"url": format!("https://api.partner.example/v2/items/{}", r.random_range(1..10000)), "timeout_s": 10}),
+            "read_file" => json!({"path": "/srv/app/config/settings.yaml"}),
+            "send_email" => json!({"template": "refund_issued", "locale": "en"}),
+            "run_shell" => json!({"cmd": "df -h /var/lib/app"}),
+            "create_refund" => json!({"order_id": r.random_range(1..1_000_000), "amount_cents": r.random_range(100..50_000), "currency": "EUR"}),
+            _ => json!({"id": r.random_range(1..1_000_000)}),
+        }
+    }
+
+    /// The next message.
+    pub fn next_message(&mut self) -> Generated {
+        self.n += 1;
+        if self.opts.malformed_ratio > 0.0 && self.rng.random_bool(self.opts.malformed_ratio.min(1.0)) {
+            return self.malformed();
+        }
+        let (mut event, secrets) = self.valid_event();
+        let event_id = event["event_id"].as_str().map(str::to_owned);
+        let key = event["tenant"].as_str().unwrap_or_default().to_owned();
+        if let Some(obj) = event.as_object_mut() {
+            obj.retain(|_, v| !v.is_null());
+        }
+        Generated {
+            key,
+            payload: event.to_string().into_bytes(),
+            kind: Kind::Valid,
+            event_id,
+            secrets,
+        }
+    }
+
+    fn valid_event(&mut self) -> (Value, Vec<String>) {
+        let ts = self.opts.start_ms + (self.n as i64) * 10;
+        let tenant = TENANTS[self.rng.random_range(0..TENANTS.len())];
+        let agent = format!("{tenant}-{}", AGENT_KINDS[self.rng.random_range(0..AGENT_KINDS.len())]);
+        let (tool, tier_a) = self.pick_tool();
+        let environment = match self.rng.random_range(0..10) {
+            0 => "development",
+            1 | 2 => "staging",
+            _ => "production",
+        };
+        let status = match self.rng.random_range(0..100) {
+            0..=92 => "ok",
+            93..=96 => "error",
+            97..=98 => "denied",
+            _ => "timeout",
+        };
+        // Workflows run a handful of steps before a new one starts.
+        if self.workflows.len() < 64 || self.rng.random_bool(0.1) {
+            let id = format!("wf-{:016x}", self.rng.random::<u64>());
+            if self.workflows.len() >= 256 {
+                let i = self.rng.random_range(0..self.workflows.len());
+                self.workflows.swap_remove(i);
+            }
+            self.workflows.push((id, 0));
+        }
+        let wi = self.rng.random_range(0..self.workflows.len());
+        self.workflows[wi].1 += 1;
+        let (workflow_id, step) = self.workflows[wi].clone();
+        let mut input = self.input_for(tool);
+        let mut secrets = Vec::new();
+        if self.rng.random_bool(self.opts.secret_ratio.clamp(0.0, 1.0)) {
+            let (text, s) = secret(&mut self.rng);
+            input["note"] = Value::String(text);
+            secrets.push(s);
+        }
+        let latency = (self.rng.random::<f64>() * 3.0).exp() * 20.0;
+        let output = format!(
+            "{} rows matched; first: id={} status=open updated=2026-11-27 region=eu-west-1 plan=business",
+            self.rng.random_range(0..200),
+            self.rng.random_range(1..1_000_000)
+        );
+        let approval = (tier_a && self.rng.random_bool(0.95)).then(|| {
+            json!({"id": format!("apr-{}", self.rng.random_range(1..1_000_000)),
+                   "approver": "oncall-lead", "decision": "approved"})
+        });
+        let event = json!({
+            "event_id": format!("evt-{:08x}-{:016x}", self.opts.seed as u32, self.n),
+            "ts": ts,
+            "tenant": tenant,
+            "agent_id": agent,
+            "environment": environment,
+            "tool": tool,
+            "status": status,
+            "actor": format!("user-{}", self.rng.random_range(1..5000)),
+            "workflow_id": workflow_id,
+            "step": step,
+            "tool_call_id": format!("call_{:012x}", self.rng.random::<u64>() >> 16),
+            "tool_type": "function",
+            "agent_version": "1.4.2",
+            "credential_id": format!("cred-{agent}"),
+            "latency_ms": (latency * 10.0).round() / 10.0,
+            "error_type": (status == "error").then_some("UpstreamTimeout"),
+            "input": input,
+            "output": output,
+            "tokens_in": self.rng.random_range(50..4000),
+            "tokens_out": self.rng.random_range(10..800),
+            "approval": approval,
+        });
+        (event, secrets)
+    }
+
+    fn malformed(&mut self) -> Generated {
+        let (mut event, mut secrets) = self.valid_event();
+        let key = event["tenant"].as_str().unwrap_or_default().to_owned();
+        let (name, payload): (&'static str, Vec<u8>) = match self.rng.random_range(0..9) {
+            0 => ("not_json", b"ERROR 2026-11-28 agent crashed: stack overflow".to_vec()),
+            1 => {
+                let text = event.to_string();
+                ("truncated", text.as_bytes()[..text.len() / 2].to_vec())
+            }
+            2 => {
+                if let Some(o) = event.as_object_mut() {
+                    o.remove("tenant");
+                }
+                ("missing_field", event.to_string().into_bytes())
+            }
+            3 => {
+                event["ts"] = json!("last tuesday");
+                ("bad_timestamp", event.to_string().into_bytes())
+            }
+            4 => ("not_an_object", b"[1,2,3]".to_vec()),
+            5 => ("empty", Vec::new()),
+            6 => {
+                let mut b = event.to_string().into_bytes();
+                b.insert(10, 0xff);
+                ("invalid_utf8", b)
+            }
+            7 => {
+                let deep = format!("{{\"input\":{}1{}}}", "[".repeat(64), "]".repeat(64));
+                ("too_deep", deep.into_bytes())
+            }
+            _ => {
+                // A secret in a message that is not even JSON must still be
+                // redacted from the dead-letter table.
+                let (text, s) = secret(&mut self.rng);
+                secrets.push(s);
+                ("secret_in_garbage", format!("agent log line: {text} <<<").into_bytes())
+            }
+        };
+        Generated {
+            key,
+            payload,
+            kind: Kind::Malformed(name),
+            event_id: None,
+            secrets,
+        }
+    }
+}
+
+/// A producer tuned for throughput, with `extra` librdkafka properties.
+pub fn producer(
+    brokers: &str,
+    extra: &[(String, String)],
+) -> Result<ThreadedProducer<DefaultProducerContext>, SourceError> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000");
+    for (k, v) in extra {
+        cc.set(k, v);
+    }
+    cc.create()
+        .map_err(SourceError::kafka("creating the producer"))
+}
+
+/// Produces `count` messages (or until `stop`) at up to `rate` per second
+/// (unlimited when `None`). Returns how many were handed to the producer;
+/// all of them are delivered when this returns.
+pub fn produce(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    generator: &mut Generator,
+    count: Option<u64>,
+    rate: Option<u32>,
+    stop: &AtomicBool,
+) -> Result<u64, SourceError> {
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while count.is_none_or(|c| sent < c) && !stop.load(Ordering::Relaxed) {
+        if let Some(r) = rate {
+            let due = started + Duration::from_secs_f64(sent as f64 / f64::from(r.max(1)));
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep((due - now).min(Duration::from_millis(100)));
+                continue;
+            }
+        }
+        let g = generator.next_message();
+        let mut record = BaseRecord::to(topic).key(&g.key).payload(&g.payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(SourceError::kafka("producing")(e)),
+            }
+        }
+        sent += 1;
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .map_err(SourceError::kafka("flushing the producer"))?;
+    Ok(sent)
+}
+
+/// Writes `count` generated messages as JSON lines (malformed ones that are
+/// not single-line text are written as they are, so a reader sees them too).
+pub fn write_jsonl(path: &std::path::Path, opts: GenOptions, count: u64) -> std::io::Result<u64> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut g = Generator::new(opts);
+    for _ in 0..count {
+        let m = g.next_message();
+        out.write_all(&m.payload)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(count)
+}

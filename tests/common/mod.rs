@@ -1,0 +1,232 @@
+//! Helpers shared by the end-to-end tests: a generated corpus with its ground
+//! truth, a `serve` child process, and dataset queries.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use agentaudit::traffic::{GenOptions, Generated, Generator, Kind};
+
+/// Generated messages and what they must become.
+pub struct Corpus {
+    pub messages: Vec<Generated>,
+    pub valid_ids: BTreeSet<String>,
+    pub malformed: usize,
+    pub secrets: Vec<String>,
+}
+
+impl Corpus {
+    pub fn generate(n: usize, seed: u64) -> Corpus {
+        let mut g = Generator::new(GenOptions {
+            seed,
+            secret_ratio: 0.2,
+            malformed_ratio: 0.05,
+            ..GenOptions::default()
+        });
+        let messages: Vec<Generated> = (0..n).map(|_| g.next_message()).collect();
+        let valid_ids = messages
+            .iter()
+            .filter_map(|m| m.event_id.clone())
+            .collect::<BTreeSet<_>>();
+        let malformed = messages.iter().filter(|m| m.kind != Kind::Valid).count();
+        let secrets = messages.iter().flat_map(|m| m.secrets.clone()).collect();
+        assert_eq!(valid_ids.len() + malformed, n, "event ids are unique");
+        Corpus {
+            messages,
+            valid_ids,
+            malformed,
+            secrets,
+        }
+    }
+
+    /// Produces every message with our own (librdkafka) producer.
+    pub fn produce(&self, brokers: &str, topic: &str) {
+        produce_slice(&self.messages, brokers, topic);
+    }
+}
+
+pub fn produce_slice(messages: &[Generated], brokers: &str, topic: &str) {
+    use rdkafka::producer::{BaseRecord, Producer};
+    let producer = agentaudit::traffic::producer(brokers, &[]).expect("producer");
+    for m in messages {
+        let mut record = BaseRecord::to(topic).key(&m.key).payload(&m.payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// A running `agentaudit serve` child.
+pub struct Serve {
+    pub child: Child,
+    pub metrics_addr: String,
+}
+
+impl Serve {
+    pub fn start(args: &[&str]) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agentaudit"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("AGENTAUDIT_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn agentaudit serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let metrics_addr = loop {
+            let line = lines
+                .next()
+                .expect("serve exited before printing its metrics address")
+                .expect("read stdout");
+            if let Some(rest) = line.split("metrics at http://").nth(1) {
+                break rest.split('/').next().unwrap_or_default().to_owned();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Serve {
+            child,
+            metrics_addr,
+        }
+    }
+
+    /// GET a path on the serve HTTP surface; (status, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(&self.metrics_addr, path)
+    }
+
+    /// Sum of every series of a metric family (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        let Some((_, body)) = self.get("/metrics") else {
+            return 0.0;
+        };
+        metric_sum(&body, name)
+    }
+
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut ok: impl FnMut(&Serve) -> bool) {
+        let start = Instant::now();
+        while !ok(self) {
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM and wait: a clean stop flushes and commits.
+    pub fn terminate(mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "serve did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no flush, no commit, no goodbye.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Some((status, body))
+}
+
+pub fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Runs SQL over a dataset and returns the rows as JSON objects.
+pub fn query(data_dir: &Path, sql: &str, params: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    let params: BTreeMap<String, String> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let text = rt
+        .block_on(async {
+            let ctx = agentaudit::query::session(data_dir).await?;
+            let batches = agentaudit::query::run(&ctx, sql, &params).await?;
+            agentaudit::query::render(&batches, agentaudit::query::Format::Json)
+        })
+        .unwrap_or_else(|e| panic!("query failed: {e}\n{sql}"));
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+pub fn count(data_dir: &Path, sql: &str) -> i64 {
+    let rows = query(data_dir, sql, &[]);
+    rows.first()
+        .and_then(|r| r.as_object()?.values().next()?.as_i64())
+        .unwrap_or(0)
+}
+
+/// Every stored string of both tables, as one text, for secret checks.
+pub fn everything_stored(data_dir: &Path) -> String {
+    let mut all = String::new();
+    for table in ["invocations", "dead_letter"] {
+        for row in query(data_dir, &format!("SELECT * FROM {table}"), &[]) {
+            all.push_str(&row.to_string());
+            all.push('\n');
+        }
+    }
+    all
+}
+
+/// Asserts the dataset holds exactly the corpus, once, with nothing secret.
+pub fn assert_dataset_matches(data_dir: &Path, corpus: &Corpus) {
+    let ids: BTreeSet<String> = query(data_dir, "SELECT event_id FROM invocations", &[])
+        .into_iter()
+        .filter_map(|r| r["event_id"].as_str().map(str::to_owned))
+        .collect();
+    let rows = count(data_dir, "SELECT count(*) AS n FROM invocations");
+    assert_eq!(rows as usize, corpus.valid_ids.len(), "one row per valid event");
+    assert_eq!(ids, corpus.valid_ids, "exactly the valid events");
+    let dead = count(data_dir, "SELECT count(*) AS n FROM dead_letter");
+    let distinct_dead = count(
+        data_dir,
+        "SELECT count(*) AS n FROM (SELECT DISTINCT src_partition, src_offset FROM dead_letter)",
+    );
+    assert_eq!(dead as usize, corpus.malformed, "every malformed message dead-lettered");
+    assert_eq!(distinct_dead, dead, "each dead letter once");
+    let stored = everything_stored(data_dir);
+    for s in &corpus.secrets {
+        assert!(!stored.contains(s.as_str()), "secret {s:?} was stored");
+    }
+    assert!(!corpus.secrets.is_empty(), "the corpus plants secrets");
+}

@@ -1,0 +1,75 @@
+//! Crash safety: SIGKILL `serve` at random points while it consumes, restart
+//! it each time; the final dataset holds every event exactly once.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use agentaudit::source::embedded::EmbeddedBroker;
+use common::{Corpus, Serve, assert_dataset_matches, count};
+use rand::{Rng, SeedableRng};
+
+#[test]
+fn sigkill_at_random_points_loses_and_duplicates_nothing() {
+    let topic = "crash-events";
+    let broker = EmbeddedBroker::start(topic, 4).expect("broker");
+    let brokers = broker.bootstrap_servers();
+    let corpus = Arc::new(Corpus::generate(24_000, 11));
+    let total = corpus.messages.len();
+
+    // Traffic keeps arriving while serve is being killed and restarted.
+    let producing = Arc::new(AtomicBool::new(true));
+    let producer = {
+        let (corpus, brokers, producing) = (corpus.clone(), brokers.clone(), producing.clone());
+        std::thread::spawn(move || {
+            for chunk in corpus.messages.chunks(1000) {
+                common::produce_slice(chunk, &brokers, topic);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            producing.store(false, Ordering::SeqCst);
+        })
+    };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().unwrap();
+    let config = dir.path().join("crash.toml");
+    // Flush often so kills land before, during and after flushes.
+    std::fs::write(&config, "[sink]\nmax_file_age_secs = 1\n").unwrap();
+    let args = [
+        "--brokers", &brokers, "--topic", topic, "--group", "crash", "--data-dir", data,
+        "--config", config.to_str().unwrap(),
+        "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
+    ];
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+    let mut kills = 0;
+    while kills < 6 {
+        let serve = Serve::start(&args);
+        serve.wait_until("consumption", Duration::from_secs(60), |s| {
+            s.metric("agentaudit_events_consumed_total") > 0.0 || !producing.load(Ordering::SeqCst)
+        });
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..2500)));
+        serve.kill();
+        kills += 1;
+    }
+    producer.join().expect("producer");
+
+    let serve = Serve::start(&args);
+    let stored = || {
+        count(dir.path(), "SELECT count(*) AS n FROM invocations") as usize
+            + count(dir.path(), "SELECT count(*) AS n FROM dead_letter") as usize
+    };
+    let start = std::time::Instant::now();
+    while stored() < total {
+        assert!(start.elapsed() < Duration::from_secs(120), "only {} of {total} stored", stored());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(serve.terminate().success());
+    assert!(
+        stored() == total,
+        "{} rows stored for {total} messages after {kills} kills",
+        stored()
+    );
+    assert_dataset_matches(dir.path(), &corpus);
+}
