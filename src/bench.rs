@@ -89,7 +89,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         ..GenOptions::default()
     });
     let stop = AtomicBool::new(false);
-    crate::traffic::produce(&producer, topic, &mut generator, Some(opts.events), None, &stop)?;
+    // Unkeyed, so the events spread over every partition: the embedded
+    // broker keeps only the newest 5 MiB of each partition.
+    let pace = crate::traffic::Pace {
+        count: Some(opts.events),
+        rate: None,
+        keyed: false,
+    };
+    crate::traffic::produce(&producer, topic, &mut generator, pace, &stop)?;
     drop(producer);
 
     eprintln!("raw consume…");

@@ -86,7 +86,9 @@ enum Command {
     Bench {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
-        #[arg(long, default_value_t = 4)]
+        /// The embedded broker keeps only the newest 5 MiB of a partition, so
+        /// a million ~500 B events need 128 partitions to stay whole.
+        #[arg(long, default_value_t = 128)]
         partitions: i32,
         /// Where the benchmark writes its dataset (emptied first).
         #[arg(long, default_value = "./target/bench-data")]
@@ -181,7 +183,12 @@ fn main() -> anyhow::Result<()> {
                     let producer = agentaudit::traffic::producer(&brokers, &kafka.kafka_option)?;
                     let mut g = agentaudit::traffic::Generator::new(opts);
                     let stop = std::sync::atomic::AtomicBool::new(false);
-                    agentaudit::traffic::produce(&producer, &topic, &mut g, Some(events), None, &stop)?
+                    let pace = agentaudit::traffic::Pace {
+                        count: Some(events),
+                        rate: None,
+                        keyed: true,
+                    };
+                    agentaudit::traffic::produce(&producer, &topic, &mut g, pace, &stop)?
                 }
             };
             eprintln!("generated {n} events");

@@ -276,7 +276,12 @@ pub async fn serve(cfg: Config, demo_rate: Option<u32>) -> Result<(), PipelineEr
                     malformed_ratio: 0.005,
                     ..Default::default()
                 });
-                crate::traffic::produce(&producer, &topic, &mut g, None, Some(rate), &stop)
+                let pace = crate::traffic::Pace {
+                    count: None,
+                    rate: Some(rate),
+                    keyed: true,
+                };
+                crate::traffic::produce(&producer, &topic, &mut g, pace, &stop)
             }))
         }
     };

@@ -14,9 +14,9 @@ use rand::{Rng, SeedableRng};
 #[test]
 fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let topic = "crash-events";
-    let broker = EmbeddedBroker::start(topic, 4).expect("broker");
+    let broker = EmbeddedBroker::start(topic, 8).expect("broker");
     let brokers = broker.bootstrap_servers();
-    let corpus = Arc::new(Corpus::generate(24_000, 11));
+    let corpus = Arc::new(Corpus::generate(16_000, 11));
     let total = corpus.messages.len();
 
     // Traffic keeps arriving while serve is being killed and restarted.
@@ -24,7 +24,7 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let producer = {
         let (corpus, brokers, producing) = (corpus.clone(), brokers.clone(), producing.clone());
         std::thread::spawn(move || {
-            for chunk in corpus.messages.chunks(1000) {
+            for chunk in corpus.messages.chunks(800) {
                 common::produce_slice(chunk, &brokers, topic);
                 std::thread::sleep(Duration::from_millis(300));
             }
@@ -45,7 +45,7 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
     let mut kills = 0;
     while kills < 6 {
-        let serve = Serve::start(&args);
+        let mut serve = Serve::start(&args);
         serve.wait_until("consumption", Duration::from_secs(60), |s| {
             s.metric("agentaudit_events_consumed_total") > 0.0 || !producing.load(Ordering::SeqCst)
         });
@@ -55,14 +55,31 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     }
     producer.join().expect("producer");
 
-    let serve = Serve::start(&args);
+    let mut serve = Serve::start(&args);
     let stored = || {
         count(dir.path(), "SELECT count(*) AS n FROM invocations") as usize
             + count(dir.path(), "SELECT count(*) AS n FROM dead_letter") as usize
     };
     let start = std::time::Instant::now();
     while stored() < total {
-        assert!(start.elapsed() < Duration::from_secs(120), "only {} of {total} stored", stored());
+        if start.elapsed() > Duration::from_secs(120) {
+            let per_partition = common::query(
+                dir.path(),
+                "SELECT src_partition, count(*) AS n, min(src_offset) AS lo, max(src_offset) AS hi \
+                 FROM (SELECT src_partition, src_offset FROM invocations \
+                       UNION ALL SELECT src_partition, src_offset FROM dead_letter) \
+                 GROUP BY 1 ORDER BY 1",
+                &[],
+            );
+            let metrics = serve.get("/metrics").map(|m| m.1).unwrap_or_default();
+            let lag: Vec<&str> = metrics
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| l.contains("consumer_lag") || l.contains("committed_offset") || l.contains("skipped") || l.contains("recovered") || l.contains("discarded"))
+                .collect();
+            let journal = std::fs::read_to_string(dir.path().join("_state/journal.json")).unwrap_or_default();
+            panic!("only {} of {total} stored; per partition {per_partition:?}; {lag:#?}\n{journal}", stored());
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(serve.terminate().success());

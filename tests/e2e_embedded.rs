@@ -19,7 +19,7 @@ fn corpus_lands_exactly_once_and_redacted() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().unwrap();
-    let serve = Serve::start(&["--brokers", &brokers, "--topic", topic, "--group", "e2e", "--data-dir", data]);
+    let mut serve = Serve::start(&["--brokers", &brokers, "--topic", topic, "--group", "e2e", "--data-dir", data]);
     serve.wait_until("readiness", Duration::from_secs(60), |s| {
         s.get("/readyz").is_some_and(|(code, _)| code == 200)
     });
@@ -48,7 +48,7 @@ fn corpus_lands_exactly_once_and_redacted() {
     assert_eq!(staged, 0);
 
     // A restart on the same data directory and group adds nothing.
-    let serve = Serve::start(&["--brokers", &brokers, "--topic", topic, "--group", "e2e", "--data-dir", data]);
+    let mut serve = Serve::start(&["--brokers", &brokers, "--topic", topic, "--group", "e2e", "--data-dir", data]);
     std::thread::sleep(Duration::from_secs(3));
     assert!(serve.terminate().success());
     assert_dataset_matches(dir.path(), &corpus);
@@ -58,7 +58,7 @@ fn corpus_lands_exactly_once_and_redacted() {
 fn demo_mode_runs_the_whole_product_with_one_command() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().unwrap();
-    let serve = Serve::start(&["--demo", "--demo-rate", "500", "--data-dir", data]);
+    let mut serve = Serve::start(&["--demo", "--demo-rate", "500", "--data-dir", data]);
     serve.wait_until("demo events consumed", Duration::from_secs(60), |s| {
         s.metric("agentaudit_events_consumed_total") >= 500.0
     });

@@ -83,7 +83,7 @@ fn foreign_client_through_tansu_lands_once_and_duckdb_reads_it() {
     assert!(out.status.success(), "produce.py: {}", String::from_utf8_lossy(&out.stderr));
 
     let data = dir.path().join("data");
-    let serve = Serve::start(&[
+    let mut serve = Serve::start(&[
         "--brokers", &brokers, "--topic", topic, "--group", "tansu-e2e",
         "--data-dir", data.to_str().unwrap(),
     ]);

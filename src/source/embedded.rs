@@ -1,6 +1,8 @@
 //! The embedded default broker: librdkafka's in-process mock cluster, a real
 //! Kafka-protocol listener on 127.0.0.1 that any Kafka client can produce to.
 //! It keeps data in memory only and exists for first runs, demos and tests.
+//! librdkafka caps each mock partition at 5 MiB or 100 000 messages and
+//! drops the oldest beyond that, so large loads need many partitions.
 
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;

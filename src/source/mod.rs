@@ -52,6 +52,9 @@ pub struct SourceContext {
     /// Bumped on every assignment so the poll loop reloads `Durable`.
     assignments: AtomicU64,
     assigned: AtomicBool,
+    /// Set once the final flush is done: a revoke during close has nothing
+    /// left to flush.
+    writer_done: AtomicBool,
 }
 
 impl ClientContext for SourceContext {
@@ -75,6 +78,9 @@ impl ConsumerContext for SourceContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions revoked: flushing before release");
             self.assigned.store(false, Ordering::SeqCst);
+            if self.writer_done.load(Ordering::SeqCst) {
+                return;
+            }
             if let Err(e) = barrier(&self.to_writer) {
                 // The writer is gone (shutting down or failed); what it had
                 // not made durable was never committed, so it is re-read.
@@ -155,6 +161,7 @@ impl Source {
             to_writer: to_writer.clone(),
             assignments: AtomicU64::new(0),
             assigned: AtomicBool::new(false),
+            writer_done: AtomicBool::new(false),
         };
         let prefetch_kib = (cfg.sink.memory_budget_bytes / 8 / 1024).clamp(1024, 2_097_151);
         let mut cc = client_config(&cfg.kafka, brokers);
@@ -259,7 +266,9 @@ impl Source {
             }
         }
         send(&mut batch, &mut batch_bytes)?;
-        flush_and_wait(&to_writer, ToWriter::Finish).map_err(SourceError::SinkStopped)
+        flush_and_wait(&to_writer, ToWriter::Finish).map_err(SourceError::SinkStopped)?;
+        consumer.context().writer_done.store(true, Ordering::SeqCst);
+        Ok(())
     }
 }
 

@@ -372,7 +372,10 @@ pub fn producer(
     cc.set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "200000");
+        .set("queue.buffering.max.messages", "200000")
+        // Unkeyed messages go to a random partition each, not in sticky runs,
+        // so every partition stays under the embedded broker's 5 MiB cap.
+        .set("sticky.partitioning.linger.ms", "0");
     for (k, v) in extra {
         cc.set(k, v);
     }
@@ -380,17 +383,28 @@ pub fn producer(
         .map_err(SourceError::kafka("creating the producer"))
 }
 
-/// Produces `count` messages (or until `stop`) at up to `rate` per second
-/// (unlimited when `None`). Returns how many were handed to the producer;
-/// all of them are delivered when this returns.
+/// How much and how fast `produce` sends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pace {
+    /// Stop after this many messages; `None` runs until `stop`.
+    pub count: Option<u64>,
+    /// At most this many messages per second; `None` is as fast as possible.
+    pub rate: Option<u32>,
+    /// Key messages by tenant (per-tenant ordering) instead of spreading them
+    /// over all partitions.
+    pub keyed: bool,
+}
+
+/// Produces messages until `pace.count` or `stop`. Returns how many were
+/// handed to the producer; all of them are delivered when this returns.
 pub fn produce(
     producer: &ThreadedProducer<DefaultProducerContext>,
     topic: &str,
     generator: &mut Generator,
-    count: Option<u64>,
-    rate: Option<u32>,
+    pace: Pace,
     stop: &AtomicBool,
 ) -> Result<u64, SourceError> {
+    let Pace { count, rate, keyed } = pace;
     let started = Instant::now();
     let mut sent = 0u64;
     while count.is_none_or(|c| sent < c) && !stop.load(Ordering::Relaxed) {
@@ -403,7 +417,10 @@ pub fn produce(
             }
         }
         let g = generator.next_message();
-        let mut record = BaseRecord::to(topic).key(&g.key).payload(&g.payload);
+        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(&g.payload);
+        if keyed {
+            record = record.key(&g.key);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,

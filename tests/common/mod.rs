@@ -53,7 +53,9 @@ pub fn produce_slice(messages: &[Generated], brokers: &str, topic: &str) {
     use rdkafka::producer::{BaseRecord, Producer};
     let producer = agentaudit::traffic::producer(brokers, &[]).expect("producer");
     for m in messages {
-        let mut record = BaseRecord::to(topic).key(&m.key).payload(&m.payload);
+        // Unkeyed: spread over all partitions, since the embedded broker
+        // keeps only the newest 5 MiB of each.
+        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(&m.payload);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -67,10 +69,19 @@ pub fn produce_slice(messages: &[Generated], brokers: &str, topic: &str) {
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
-/// A running `agentaudit serve` child.
+/// A running `agentaudit serve` child, killed if the test fails first.
 pub struct Serve {
     pub child: Child,
     pub metrics_addr: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Serve {
@@ -79,7 +90,10 @@ impl Serve {
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
-            .env("AGENTAUDIT_LOG", "warn")
+            .env(
+                "AGENTAUDIT_LOG",
+                std::env::var("AGENTAUDIT_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -125,7 +139,7 @@ impl Serve {
     }
 
     /// SIGTERM and wait: a clean stop flushes and commits.
-    pub fn terminate(mut self) -> ExitStatus {
+    pub fn terminate(&mut self) -> ExitStatus {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -142,7 +156,7 @@ impl Serve {
     }
 
     /// SIGKILL: no flush, no commit, no goodbye.
-    pub fn kill(mut self) {
+    pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");
     }
