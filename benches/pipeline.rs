@@ -7,9 +7,9 @@ use std::sync::Arc;
 use agentaudit::config::RedactConfig;
 use agentaudit::decode::{DecodeLimits, decode};
 use agentaudit::event::KafkaCoords;
-use agentaudit::traffic::{GenOptions, Generator};
 use agentaudit::redact::{Hits, Redactor};
 use agentaudit::sink::schema;
+use agentaudit::traffic::{GenOptions, Generator};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 fn corpus(n: usize, secret_ratio: f64) -> Vec<Vec<u8>> {
@@ -76,9 +76,12 @@ fn benches(c: &mut Criterion) {
                         Default::default(),
                     ))
                     .build();
-                let mut w =
-                    datafusion::parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), Some(props))
-                        .expect("writer");
+                let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(
+                    &mut out,
+                    batch.schema(),
+                    Some(props),
+                )
+                .expect("writer");
                 w.write(&batch).expect("write");
                 w.close().expect("close");
                 black_box(out.len())

@@ -13,11 +13,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 
 use crate::config::Config;
-use crate::traffic::{GenOptions, Generator};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineError};
 use crate::sink::{DEAD_LETTER, INVOCATIONS};
 use crate::source::embedded::EmbeddedBroker;
+use crate::traffic::{GenOptions, Generator};
 
 pub struct BenchOptions {
     pub events: u64,
@@ -41,9 +41,21 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mib = |b: f64| b / 1024.0 / 1024.0;
         writeln!(f, "events                      {}", self.events)?;
-        writeln!(f, "mean event size             {:.0} B", self.mean_event_bytes)?;
-        writeln!(f, "raw consume (floor)         {:.0} events/s", self.raw_consume_eps)?;
-        writeln!(f, "pipeline to durable Parquet {:.0} events/s", self.pipeline_eps)?;
+        writeln!(
+            f,
+            "mean event size             {:.0} B",
+            self.mean_event_bytes
+        )?;
+        writeln!(
+            f,
+            "raw consume (floor)         {:.0} events/s",
+            self.raw_consume_eps
+        )?;
+        writeln!(
+            f,
+            "pipeline to durable Parquet {:.0} events/s",
+            self.pipeline_eps
+        )?;
         writeln!(
             f,
             "ratio pipeline/floor        {:.2}",
@@ -113,7 +125,10 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         if let Some(Ok(m)) = raw.poll(Duration::from_millis(100)) {
             started.get_or_insert_with(Instant::now);
             // Copy the payload as the pipeline does, so the floor is honest.
-            bytes += m.payload().map(<[u8]>::to_vec).map_or(0, |v| v.len() as u64);
+            bytes += m
+                .payload()
+                .map(<[u8]>::to_vec)
+                .map_or(0, |v| v.len() as u64);
             n += 1;
         }
     }

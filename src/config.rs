@@ -189,9 +189,13 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| {
             // toml reports a byte span; turn it into the line an editor shows.
-            let line = e
-                .span()
-                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
+            let line = e.span().map(|s| {
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1
+            });
             match line {
                 Some(l) => format!("line {l}: {}", e.message()),
                 None => e.message().to_owned(),
@@ -262,11 +266,17 @@ impl Config {
             ));
         }
         if d.max_future_secs < 0 {
-            return Err(ConfigError::invalid("decode.max_future_secs", "must be ≥ 0"));
+            return Err(ConfigError::invalid(
+                "decode.max_future_secs",
+                "must be ≥ 0",
+            ));
         }
         let s = &self.sink;
         if s.max_file_bytes < 1024 * 1024 {
-            return Err(ConfigError::invalid("sink.max_file_bytes", "must be ≥ 1 MiB"));
+            return Err(ConfigError::invalid(
+                "sink.max_file_bytes",
+                "must be ≥ 1 MiB",
+            ));
         }
         if s.memory_budget_bytes < 2 * s.max_file_bytes.min(64 * 1024 * 1024) {
             return Err(ConfigError::invalid(
@@ -275,19 +285,28 @@ impl Config {
             ));
         }
         if s.max_file_age_secs == 0 {
-            return Err(ConfigError::invalid("sink.max_file_age_secs", "must be ≥ 1"));
+            return Err(ConfigError::invalid(
+                "sink.max_file_age_secs",
+                "must be ≥ 1",
+            ));
         }
         if !(1..=22).contains(&s.zstd_level) {
             return Err(ConfigError::invalid("sink.zstd_level", "must be 1 to 22"));
         }
         if s.row_group_rows < 1024 {
-            return Err(ConfigError::invalid("sink.row_group_rows", "must be ≥ 1024"));
+            return Err(ConfigError::invalid(
+                "sink.row_group_rows",
+                "must be ≥ 1024",
+            ));
         }
         let r = &self.redact;
         for rule in &r.fields {
             let top = rule.path.split('.').next().unwrap_or_default();
             let nested_ok = matches!(top, "input" | "attributes");
-            let leaf_ok = matches!(rule.path.as_str(), "actor" | "error_type" | "output_preview");
+            let leaf_ok = matches!(
+                rule.path.as_str(),
+                "actor" | "error_type" | "output_preview"
+            );
             if !(leaf_ok || nested_ok && rule.path.contains('.'))
                 || rule.path.split('.').any(str::is_empty)
             {
@@ -333,7 +352,8 @@ mod tests {
 
     #[test]
     fn managed_kafka_options_are_refused() {
-        let cfg = Config::from_toml("[kafka.options]\n\"enable.auto.commit\" = \"true\"\n").unwrap();
+        let cfg =
+            Config::from_toml("[kafka.options]\n\"enable.auto.commit\" = \"true\"\n").unwrap();
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("enable.auto.commit"), "{err}");
     }
@@ -347,9 +367,14 @@ mod tests {
 
     #[test]
     fn bad_custom_pattern_is_refused() {
-        let cfg =
-            Config::from_toml("[[redact.patterns]]\nname = \"x\"\nregex = \"(unclosed\"\n").unwrap();
-        assert!(cfg.validate().unwrap_err().to_string().contains("pattern `x`"));
+        let cfg = Config::from_toml("[[redact.patterns]]\nname = \"x\"\nregex = \"(unclosed\"\n")
+            .unwrap();
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("pattern `x`")
+        );
     }
 }
 

@@ -67,7 +67,9 @@ pub enum SourceError {
 }
 
 impl SourceError {
-    pub fn kafka(context: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> SourceError {
+    pub fn kafka(
+        context: impl Into<String>,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> SourceError {
         let context = context.into();
         move |source| SourceError::Kafka { context, source }
     }

@@ -9,7 +9,11 @@ use agentaudit::config::{Config, Overrides, parse_kafka_option};
 use agentaudit::query::Format;
 
 #[derive(Parser)]
-#[command(name = "agentaudit", version, about = "Audit trail, redaction and SQL for AI agent tool calls shipped through Kafka")]
+#[command(
+    name = "agentaudit",
+    version,
+    about = "Audit trail, redaction and SQL for AI agent tool calls shipped through Kafka"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -75,14 +75,24 @@ impl Metrics {
                 "agentaudit_flush_seconds",
                 "Time to write, fsync and commit one flush of Parquet files",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
         )
         .unwrap_or_else(|e| panic!("metric agentaudit_flush_seconds: {e}"));
         r.register(Box::new(flush_seconds.clone()))
             .unwrap_or_else(|e| panic!("metric agentaudit_flush_seconds: {e}"));
         Metrics {
-            consumed: counter(&r, "agentaudit_events_consumed_total", "Kafka messages consumed"),
-            decoded: counter(&r, "agentaudit_events_decoded_total", "Messages decoded as valid v1 events"),
+            consumed: counter(
+                &r,
+                "agentaudit_events_consumed_total",
+                "Kafka messages consumed",
+            ),
+            decoded: counter(
+                &r,
+                "agentaudit_events_decoded_total",
+                "Messages decoded as valid v1 events",
+            ),
             skipped_durable: counter(
                 &r,
                 "agentaudit_events_skipped_durable_total",
@@ -105,16 +115,55 @@ impl Metrics {
                 "agentaudit_unknown_fields_total",
                 "Top-level event fields not in schema v1, ignored",
             ),
-            rows_written: counter_vec(&r, "agentaudit_rows_written_total", "Rows made durable", &["table"]),
-            files_written: counter_vec(&r, "agentaudit_files_written_total", "Parquet files made durable", &["table"]),
-            bytes_written: counter_vec(&r, "agentaudit_bytes_written_total", "Parquet bytes made durable", &["table"]),
+            rows_written: counter_vec(
+                &r,
+                "agentaudit_rows_written_total",
+                "Rows made durable",
+                &["table"],
+            ),
+            files_written: counter_vec(
+                &r,
+                "agentaudit_files_written_total",
+                "Parquet files made durable",
+                &["table"],
+            ),
+            bytes_written: counter_vec(
+                &r,
+                "agentaudit_bytes_written_total",
+                "Parquet bytes made durable",
+                &["table"],
+            ),
             flush_seconds,
-            flush_failures: counter(&r, "agentaudit_flush_failures_total", "Flushes that failed (the process stops)"),
-            buffered_bytes: gauge(&r, "agentaudit_buffered_bytes", "Estimated bytes of rows waiting for the next flush"),
-            buffered_rows: gauge(&r, "agentaudit_buffered_rows", "Rows waiting for the next flush"),
-            memory_budget_bytes: gauge(&r, "agentaudit_memory_budget_bytes", "Configured memory budget for buffered data"),
-            queue_batches: gauge(&r, "agentaudit_queue_batches", "Message batches queued between consumer and writer"),
-            queue_capacity: gauge(&r, "agentaudit_queue_capacity_batches", "Capacity of the consumer-to-writer queue"),
+            flush_failures: counter(
+                &r,
+                "agentaudit_flush_failures_total",
+                "Flushes that failed (the process stops)",
+            ),
+            buffered_bytes: gauge(
+                &r,
+                "agentaudit_buffered_bytes",
+                "Estimated bytes of rows waiting for the next flush",
+            ),
+            buffered_rows: gauge(
+                &r,
+                "agentaudit_buffered_rows",
+                "Rows waiting for the next flush",
+            ),
+            memory_budget_bytes: gauge(
+                &r,
+                "agentaudit_memory_budget_bytes",
+                "Configured memory budget for buffered data",
+            ),
+            queue_batches: gauge(
+                &r,
+                "agentaudit_queue_batches",
+                "Message batches queued between consumer and writer",
+            ),
+            queue_capacity: gauge(
+                &r,
+                "agentaudit_queue_capacity_batches",
+                "Capacity of the consumer-to-writer queue",
+            ),
             consumer_lag: gauge_vec(
                 &r,
                 "agentaudit_consumer_lag",
@@ -127,7 +176,11 @@ impl Metrics {
                 "Last offset committed to Kafka after its rows were durable",
                 &["topic", "partition"],
             ),
-            commit_failures: counter(&r, "agentaudit_commit_failures_total", "Kafka offset commits that failed"),
+            commit_failures: counter(
+                &r,
+                "agentaudit_commit_failures_total",
+                "Kafka offset commits that failed",
+            ),
             recovered_renames: counter(
                 &r,
                 "agentaudit_recovered_renames_total",

@@ -121,7 +121,10 @@ impl Writer {
     }
 
     fn flush(&mut self, mode: CommitMode) -> Result<(), SinkError> {
-        let outcome = self.sink.flush().inspect_err(|_| self.metrics.flush_failures.inc())?;
+        let outcome = self
+            .sink
+            .flush()
+            .inspect_err(|_| self.metrics.flush_failures.inc())?;
         if outcome.rows > 0 {
             tracing::debug!(
                 files = outcome.files,
@@ -252,7 +255,10 @@ pub async fn serve(cfg: Config, demo_rate: Option<u32>) -> Result<(), PipelineEr
     let (listener, bound) = crate::serve::bind(listen)
         .await
         .map_err(|e| ConfigError::invalid("serve.listen", format!("cannot bind {listen}: {e}")))?;
-    println!("agentaudit: metrics at http://{bound}/metrics, data in {}", cfg.sink.data_dir.display());
+    println!(
+        "agentaudit: metrics at http://{bound}/metrics, data in {}",
+        cfg.sink.data_dir.display()
+    );
     let app = crate::serve::router(metrics.clone(), health.clone());
     let http = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -38,9 +38,20 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     // Flush often so kills land before, during and after flushes.
     std::fs::write(&config, "[sink]\nmax_file_age_secs = 1\n").unwrap();
     let args = [
-        "--brokers", &brokers, "--topic", topic, "--group", "crash", "--data-dir", data,
-        "--config", config.to_str().unwrap(),
-        "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
+        "--brokers",
+        &brokers,
+        "--topic",
+        topic,
+        "--group",
+        "crash",
+        "--data-dir",
+        data,
+        "--config",
+        config.to_str().unwrap(),
+        "-X",
+        "session.timeout.ms=6000",
+        "-X",
+        "heartbeat.interval.ms=500",
     ];
     let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
     let mut kills = 0;
@@ -75,10 +86,20 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
             let lag: Vec<&str> = metrics
                 .lines()
                 .filter(|l| !l.starts_with('#'))
-                .filter(|l| l.contains("consumer_lag") || l.contains("committed_offset") || l.contains("skipped") || l.contains("recovered") || l.contains("discarded"))
+                .filter(|l| {
+                    l.contains("consumer_lag")
+                        || l.contains("committed_offset")
+                        || l.contains("skipped")
+                        || l.contains("recovered")
+                        || l.contains("discarded")
+                })
                 .collect();
-            let journal = std::fs::read_to_string(dir.path().join("_state/journal.json")).unwrap_or_default();
-            panic!("only {} of {total} stored; per partition {per_partition:?}; {lag:#?}\n{journal}", stored());
+            let journal =
+                std::fs::read_to_string(dir.path().join("_state/journal.json")).unwrap_or_default();
+            panic!(
+                "only {} of {total} stored; per partition {per_partition:?}; {lag:#?}\n{journal}",
+                stored()
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }

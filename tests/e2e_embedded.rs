@@ -19,7 +19,16 @@ fn corpus_lands_exactly_once_and_redacted() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().unwrap();
-    let mut serve = Serve::start(&["--brokers", &brokers, "--topic", topic, "--group", "e2e", "--data-dir", data]);
+    let mut serve = Serve::start(&[
+        "--brokers",
+        &brokers,
+        "--topic",
+        topic,
+        "--group",
+        "e2e",
+        "--data-dir",
+        data,
+    ]);
     serve.wait_until("readiness", Duration::from_secs(60), |s| {
         s.get("/readyz").is_some_and(|(code, _)| code == 200)
     });
@@ -34,21 +43,38 @@ fn corpus_lands_exactly_once_and_redacted() {
     );
     assert!(common::metric_sum(&metrics, "agentaudit_redactions_total") > 0.0);
     for secret in &corpus.secrets {
-        assert!(!metrics.contains(secret.as_str()), "a secret reached /metrics");
+        assert!(
+            !metrics.contains(secret.as_str()),
+            "a secret reached /metrics"
+        );
     }
     let status = serve.terminate();
     assert!(status.success(), "clean stop exits 0: {status:?}");
 
     assert_dataset_matches(dir.path(), &corpus);
     // Every dead-letter reason the generator produces is named.
-    let reasons = count(dir.path(), "SELECT count(DISTINCT reason) AS n FROM dead_letter");
+    let reasons = count(
+        dir.path(),
+        "SELECT count(DISTINCT reason) AS n FROM dead_letter",
+    );
     assert!(reasons >= 6, "only {reasons} distinct dead-letter reasons");
     // Files are complete Parquet under Hive partitions; nothing left staged.
-    let staged = std::fs::read_dir(dir.path().join("_staging")).unwrap().count();
+    let staged = std::fs::read_dir(dir.path().join("_staging"))
+        .unwrap()
+        .count();
     assert_eq!(staged, 0);
 
     // A restart on the same data directory and group adds nothing.
-    let mut serve = Serve::start(&["--brokers", &brokers, "--topic", topic, "--group", "e2e", "--data-dir", data]);
+    let mut serve = Serve::start(&[
+        "--brokers",
+        &brokers,
+        "--topic",
+        topic,
+        "--group",
+        "e2e",
+        "--data-dir",
+        data,
+    ]);
     std::thread::sleep(Duration::from_secs(3));
     assert!(serve.terminate().success());
     assert_dataset_matches(dir.path(), &corpus);
@@ -69,5 +95,8 @@ fn demo_mode_runs_the_whole_product_with_one_command() {
         dir.path(),
         "SELECT count(*) AS n FROM invocations WHERE array_length(redactions) > 0",
     );
-    assert!(secrets > 0, "demo traffic carries secrets that get redacted");
+    assert!(
+        secrets > 0,
+        "demo traffic carries secrets that get redacted"
+    );
 }

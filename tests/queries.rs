@@ -15,22 +15,85 @@ use agentaudit::sink::ParquetSink;
 use common::query;
 use serde_json::json;
 
-fn ev(id: &str, ts: &str, tenant: &str, agent: &str, tool: &str, status: &str) -> serde_json::Value {
+fn ev(
+    id: &str,
+    ts: &str,
+    tenant: &str,
+    agent: &str,
+    tool: &str,
+    status: &str,
+) -> serde_json::Value {
     json!({"event_id": id, "ts": ts, "tenant": tenant, "agent_id": agent,
            "environment": "production", "tool": tool, "status": status})
 }
 
 fn build_dataset(dir: &Path) {
     let mut events = vec![
-        ev("e1", "2026-11-20T10:00:00Z", "acme", "a1", "search_orders", "ok"),
-        ev("e2", "2026-11-20T10:00:05Z", "acme", "a1", "create_refund", "ok"),
-        ev("e3", "2026-11-20T10:00:10Z", "acme", "a1", "create_refund", "ok"),
-        ev("e4", "2026-11-20T10:01:00Z", "acme", "a1", "send_email", "error"),
-        ev("e5", "2026-11-20T10:01:10Z", "acme", "a1", "send_email", "error"),
-        ev("e6", "2026-11-20T10:01:20Z", "acme", "a1", "send_email", "denied"),
+        ev(
+            "e1",
+            "2026-11-20T10:00:00Z",
+            "acme",
+            "a1",
+            "search_orders",
+            "ok",
+        ),
+        ev(
+            "e2",
+            "2026-11-20T10:00:05Z",
+            "acme",
+            "a1",
+            "create_refund",
+            "ok",
+        ),
+        ev(
+            "e3",
+            "2026-11-20T10:00:10Z",
+            "acme",
+            "a1",
+            "create_refund",
+            "ok",
+        ),
+        ev(
+            "e4",
+            "2026-11-20T10:01:00Z",
+            "acme",
+            "a1",
+            "send_email",
+            "error",
+        ),
+        ev(
+            "e5",
+            "2026-11-20T10:01:10Z",
+            "acme",
+            "a1",
+            "send_email",
+            "error",
+        ),
+        ev(
+            "e6",
+            "2026-11-20T10:01:20Z",
+            "acme",
+            "a1",
+            "send_email",
+            "denied",
+        ),
         ev("e7", "2026-11-20T10:02:00Z", "acme", "a1", "http_get", "ok"),
-        ev("e8", "2026-11-20T11:00:00Z", "globex", "g1", "delete_record", "denied"),
-        ev("e9", "2026-11-21T00:30:00Z", "globex", "g1", "query_db", "ok"),
+        ev(
+            "e8",
+            "2026-11-20T11:00:00Z",
+            "globex",
+            "g1",
+            "delete_record",
+            "denied",
+        ),
+        ev(
+            "e9",
+            "2026-11-21T00:30:00Z",
+            "globex",
+            "g1",
+            "query_db",
+            "ok",
+        ),
     ];
     for (i, step) in [(0, 1), (1, 2), (2, 3)] {
         events[i]["workflow_id"] = json!("wf1");
@@ -80,41 +143,89 @@ fn named_queries_answer_the_known_dataset() {
     build_dataset(dir.path());
     let d = dir.path();
 
-    let rows = query(d, &sql("tenant_timeline"), &[
-        ("tenant", "acme"), ("since", "2026-11-20T10:00:00Z"), ("until", "2026-11-20T10:01:30Z"),
-    ]);
+    let rows = query(
+        d,
+        &sql("tenant_timeline"),
+        &[
+            ("tenant", "acme"),
+            ("since", "2026-11-20T10:00:00Z"),
+            ("until", "2026-11-20T10:01:30Z"),
+        ],
+    );
     assert_eq!(ids(&rows), ["e1", "e2", "e3", "e4", "e5", "e6"]);
 
-    let rows = query(d, &sql("agent_timeline"), &[
-        ("agent", "g1"), ("since", "2026-11-20T00:00:00Z"), ("until", "2026-11-22T00:00:00Z"),
-    ]);
+    let rows = query(
+        d,
+        &sql("agent_timeline"),
+        &[
+            ("agent", "g1"),
+            ("since", "2026-11-20T00:00:00Z"),
+            ("until", "2026-11-22T00:00:00Z"),
+        ],
+    );
     assert_eq!(ids(&rows), ["e8", "e9"], "spans two dt partitions");
 
     let rows = query(d, &sql("workflow_replay"), &[("workflow", "wf1")]);
     assert_eq!(ids(&rows), ["e1", "e2", "e3"]);
     assert_eq!(rows[2]["step"], 3);
 
-    let rows = query(d, &sql("secrets_by_tool"), &[("since", "2026-11-01T00:00:00Z")]);
+    let rows = query(
+        d,
+        &sql("secrets_by_tool"),
+        &[("since", "2026-11-01T00:00:00Z")],
+    );
     let found: Vec<(String, String, String)> = rows
         .iter()
-        .map(|r| (r["tenant"].to_string(), r["tool"].to_string(), r["detector"].to_string()))
+        .map(|r| {
+            (
+                r["tenant"].to_string(),
+                r["tool"].to_string(),
+                r["detector"].to_string(),
+            )
+        })
         .collect();
     assert_eq!(found.len(), 2, "{rows:?}");
-    assert!(found.contains(&("\"acme\"".into(), "\"http_get\"".into(), "\"aws_access_key\"".into())));
-    assert!(found.contains(&("\"globex\"".into(), "\"query_db\"".into(), "\"email\"".into())));
+    assert!(found.contains(&(
+        "\"acme\"".into(),
+        "\"http_get\"".into(),
+        "\"aws_access_key\"".into()
+    )));
+    assert!(found.contains(&(
+        "\"globex\"".into(),
+        "\"query_db\"".into(),
+        "\"email\"".into()
+    )));
 
-    let rows = query(d, &sql("error_bursts"), &[("since", "2026-11-20T00:00:00Z"), ("min_count", "3")]);
+    let rows = query(
+        d,
+        &sql("error_bursts"),
+        &[("since", "2026-11-20T00:00:00Z"), ("min_count", "3")],
+    );
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!((rows[0]["errors"].as_i64(), rows[0]["denials"].as_i64()), (Some(2), Some(1)));
+    assert_eq!(
+        (rows[0]["errors"].as_i64(), rows[0]["denials"].as_i64()),
+        (Some(2), Some(1))
+    );
     assert_eq!(rows[0]["agent_id"], "a1");
 
-    let rows = query(d, &sql("tier_a_approvals"), &[("since", "2026-11-20T00:00:00Z")]);
+    let rows = query(
+        d,
+        &sql("tier_a_approvals"),
+        &[("since", "2026-11-20T00:00:00Z")],
+    );
     assert_eq!(rows.len(), 3, "{rows:?}");
-    assert_eq!(rows[0]["event_id"], "e3", "the unapproved refund sorts first");
+    assert_eq!(
+        rows[0]["event_id"], "e3",
+        "the unapproved refund sorts first"
+    );
     assert_eq!(rows[0]["unapproved"], true);
     assert!(rows[1..].iter().all(|r| r["unapproved"] == false));
 
-    let rows = query(d, &sql("dead_letters"), &[("since", "2000-01-01T00:00:00Z")]);
+    let rows = query(
+        d,
+        &sql("dead_letters"),
+        &[("since", "2000-01-01T00:00:00Z")],
+    );
     let mut reasons: Vec<&str> = rows.iter().filter_map(|r| r["reason"].as_str()).collect();
     reasons.sort();
     assert_eq!(reasons, ["invalid_json", "missing_field"]);
@@ -136,7 +247,10 @@ fn every_named_query_opens_with_when_to_use() {
 fn writes_are_refused_and_missing_params_named() {
     let dir = tempfile::tempdir().unwrap();
     build_dataset(dir.path());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let ctx = agentaudit::query::session(dir.path()).await.unwrap();
         let none = Default::default();
@@ -148,13 +262,19 @@ fn writes_are_refused_and_missing_params_named() {
             "DROP TABLE invocations",
             "SET datafusion.execution.batch_size = 1",
         ] {
-            let err = agentaudit::query::run(&ctx, statement, &none).await.unwrap_err();
+            let err = agentaudit::query::run(&ctx, statement, &none)
+                .await
+                .unwrap_err();
             assert!(err.to_string().contains("read-only"), "{statement}: {err}");
         }
         assert!(!std::path::Path::new("/tmp/agentaudit-copy.csv").exists());
-        let err = agentaudit::query::run(&ctx, "SELECT * FROM invocations WHERE tenant = $tenant", &none)
-            .await
-            .unwrap_err();
+        let err = agentaudit::query::run(
+            &ctx,
+            "SELECT * FROM invocations WHERE tenant = $tenant",
+            &none,
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("`tenant`"), "{err}");
     });
 }

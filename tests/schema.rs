@@ -59,7 +59,11 @@ fn hand_written_cases_agree() {
     cases.push((missing, false));
     for (doc, ok) in cases {
         assert_eq!(v.is_valid(&doc), ok, "schema on {doc}");
-        let decoded = decode(Some(doc.to_string().as_bytes()), now, &DecodeLimits::default());
+        let decoded = decode(
+            Some(doc.to_string().as_bytes()),
+            now,
+            &DecodeLimits::default(),
+        );
         assert_eq!(decoded.is_ok(), ok, "decoder on {doc}: {decoded:?}");
     }
 }

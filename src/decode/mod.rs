@@ -10,8 +10,8 @@ mod fields;
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
 use crate::event::{
@@ -70,7 +70,11 @@ pub fn decode(
     if bytes.len() > limits.max_bytes {
         return Err(fail(
             DeadLetterReason::TooLarge,
-            format!("{} bytes exceeds the limit of {}", bytes.len(), limits.max_bytes),
+            format!(
+                "{} bytes exceeds the limit of {}",
+                bytes.len(),
+                limits.max_bytes
+            ),
         ));
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
@@ -83,7 +87,10 @@ pub fn decode(
     if depth > limits.max_depth {
         return Err(fail(
             DeadLetterReason::TooDeep,
-            format!("nesting depth {depth} exceeds the limit of {}", limits.max_depth),
+            format!(
+                "nesting depth {depth} exceeds the limit of {}",
+                limits.max_depth
+            ),
         ));
     }
 
@@ -113,12 +120,20 @@ fn classify_json_error(err: &serde_json::Error) -> DecodeFailure {
     match err.classify() {
         Category::Eof => fail(
             DeadLetterReason::Truncated,
-            format!("JSON ends early at line {} column {}", err.line(), err.column()),
+            format!(
+                "JSON ends early at line {} column {}",
+                err.line(),
+                err.column()
+            ),
         ),
         Category::Data => fail(DeadLetterReason::NotAnObject, "value is not a JSON object"),
         Category::Syntax | Category::Io => fail(
             DeadLetterReason::InvalidJson,
-            format!("not valid JSON at line {} column {}", err.line(), err.column()),
+            format!(
+                "not valid JSON at line {} column {}",
+                err.line(),
+                err.column()
+            ),
         ),
     }
 }
@@ -323,8 +338,14 @@ impl<'de> RawFields<'de> {
         }
     }
 
-    fn optional_str(&mut self, f: Field, max_chars: usize) -> Result<Option<String>, DecodeFailure> {
-        self.take(f).map(|v| checked_str(f, v, max_chars)).transpose()
+    fn optional_str(
+        &mut self,
+        f: Field,
+        max_chars: usize,
+    ) -> Result<Option<String>, DecodeFailure> {
+        self.take(f)
+            .map(|v| checked_str(f, v, max_chars))
+            .transpose()
     }
 
     fn optional_count(&mut self, f: Field) -> Result<Option<i64>, DecodeFailure> {
@@ -332,7 +353,10 @@ impl<'de> RawFields<'de> {
             None => Ok(None),
             Some(Scalar::Int(n)) if (0..=i64::MAX as i128).contains(&n) => Ok(Some(n as i64)),
             Some(Scalar::Int(_)) => Err(invalid(f, "must be an integer ≥ 0")),
-            Some(other) => Err(invalid(f, &format!("must be an integer, not {}", other.kind()))),
+            Some(other) => Err(invalid(
+                f,
+                &format!("must be an integer, not {}", other.kind()),
+            )),
         }
     }
 
@@ -348,7 +372,12 @@ impl<'de> RawFields<'de> {
             "error" => Status::Error,
             "denied" => Status::Denied,
             "timeout" => Status::Timeout,
-            _ => return Err(invalid(Field::Status, "must be ok, error, denied or timeout")),
+            _ => {
+                return Err(invalid(
+                    Field::Status,
+                    "must be ok, error, denied or timeout",
+                ));
+            }
         };
         let latency_ms = match self.take(Field::LatencyMs) {
             None => None,
@@ -404,7 +433,10 @@ impl<'de> RawFields<'de> {
                 ));
             }
             Some(Scalar::Int(n)) => i64::try_from(n).map_err(|_| {
-                fail(DeadLetterReason::TimestampOutOfRange, "`ts` does not fit in 64 bits")
+                fail(
+                    DeadLetterReason::TimestampOutOfRange,
+                    "`ts` does not fit in 64 bits",
+                )
             })?,
             Some(Scalar::Str(s)) => chrono::DateTime::parse_from_rfc3339(&s)
                 .map_err(|e| {

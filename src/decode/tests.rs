@@ -14,7 +14,11 @@ fn ok_json() -> serde_json::Value {
 }
 
 fn dec(v: &serde_json::Value) -> Result<Event, DecodeFailure> {
-    decode(Some(v.to_string().as_bytes()), NOW, &DecodeLimits::default())
+    decode(
+        Some(v.to_string().as_bytes()),
+        NOW,
+        &DecodeLimits::default(),
+    )
 }
 
 fn reason_of(bytes: &[u8]) -> DeadLetterReason {
@@ -91,7 +95,12 @@ fn approval_and_attributes_are_typed() {
 #[test]
 fn every_dead_letter_reason_is_reachable() {
     use DeadLetterReason::*;
-    assert_eq!(decode(None, NOW, &DecodeLimits::default()).unwrap_err().reason, Empty);
+    assert_eq!(
+        decode(None, NOW, &DecodeLimits::default())
+            .unwrap_err()
+            .reason,
+        Empty
+    );
     assert_eq!(reason_of(b"  \n"), Empty);
     let big = vec![b' '; 10];
     let small = DecodeLimits {

@@ -37,9 +37,8 @@ pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
         (sink::DEAD_LETTER, schema::DEAD_LETTER.clone()),
     ] {
         let dir = data_dir.join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            QueryError::DataFusion(datafusion::error::DataFusionError::IoError(e))
-        })?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| QueryError::DataFusion(datafusion::error::DataFusionError::IoError(e)))?;
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
             .with_file_extension(".parquet")
             .with_table_partition_cols(vec![
@@ -90,7 +89,9 @@ pub async fn run(
         .collect();
     missing.sort();
     if let Some(name) = missing.first() {
-        return Err(QueryError::MissingParam(name.trim_start_matches('$').to_owned()));
+        return Err(QueryError::MissingParam(
+            name.trim_start_matches('$').to_owned(),
+        ));
     }
     let df = ctx.execute_logical_plan(plan).await?;
     let df = if needed.is_empty() {
@@ -118,10 +119,12 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<String, QueryEr
     use datafusion::arrow::error::ArrowError;
     let arrow = |e: ArrowError| QueryError::DataFusion(e.into());
     match format {
-        Format::Table => Ok(datafusion::arrow::util::pretty::pretty_format_batches(batches)
-            .map_err(arrow)?
-            .to_string()
-            + "\n"),
+        Format::Table => Ok(
+            datafusion::arrow::util::pretty::pretty_format_batches(batches)
+                .map_err(arrow)?
+                .to_string()
+                + "\n",
+        ),
         Format::Csv => {
             let mut buf = Vec::new();
             {

@@ -14,8 +14,8 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::config::{FieldAction, RedactConfig};
-use crate::event::{DeadLetter, DecodeFailure, Event, KafkaCoords, Record};
 use crate::error::ConfigError;
+use crate::event::{DeadLetter, DecodeFailure, Event, KafkaCoords, Record};
 use detectors::{BUILT_INS, SECRET_KEY_FRAGMENTS, SECRET_KEY_SUFFIXES};
 
 /// Name recorded when a value was replaced because of its key name.
@@ -77,7 +77,10 @@ impl Redactor {
         if detectors.len() > MAX_DETECTORS {
             return Err(ConfigError::invalid(
                 "redact.patterns",
-                format!("at most {} custom patterns", MAX_DETECTORS - BUILT_INS.len()),
+                format!(
+                    "at most {} custom patterns",
+                    MAX_DETECTORS - BUILT_INS.len()
+                ),
             ));
         }
         let set = RegexSet::new(detectors.iter().map(|d| d.regex.as_str()))
@@ -290,7 +293,12 @@ impl Redactor {
     }
 
     /// Redacts a decoded event into the record the sink stores.
-    pub fn redact_event(&self, mut event: Event, coords: KafkaCoords, ingested_at_ms: i64) -> Record {
+    pub fn redact_event(
+        &self,
+        mut event: Event,
+        coords: KafkaCoords,
+        ingested_at_ms: i64,
+    ) -> Record {
         let mut hits = Hits::default();
         event.actor = event
             .actor
@@ -392,9 +400,7 @@ fn compile(
 ) -> Result<Detector, ConfigError> {
     let regex = Regex::new(pattern)
         .map_err(|e| ConfigError::invalid(format!("redact pattern `{name}`"), e.to_string()))?;
-    let secret_group = regex
-        .capture_names()
-        .position(|n| n == Some("s"));
+    let secret_group = regex.capture_names().position(|n| n == Some("s"));
     Ok(Detector {
         marker: format!("[REDACTED:{name}]"),
         name: name.to_owned(),

@@ -19,7 +19,12 @@ fn scan(text: &str) -> (String, Vec<String>) {
 
 /// (detector, text containing a secret, the secret, a near miss that stays)
 const CASES: &[(&str, &str, &str, &str)] = &[
-    ("aws_access_key", "key AKIAIOSFODNN7EXAMPLE here", "AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPL"),
+    (
+        "aws_access_key",
+        "key AKIAIOSFODNN7EXAMPLE here",
+        "AKIAIOSFODNN7EXAMPLE",
+        "AKIAIOSFODNN7EXAMPL",
+    ),
     (
         "aws_secret_key",
         "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
@@ -38,7 +43,12 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "xoxb-263594206564-FGqddMF8t08v8N7Oq4i57vs1",
         "xoxz-263594206564",
     ),
-    ("stripe_key", "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_demo_4eC39HqLyjWDarjtT1zdp7dc"),
+    (
+        "stripe_key",
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        "sk_demo_4eC39HqLyjWDarjtT1zdp7dc",
+    ),
     (
         "google_api_key",
         "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
@@ -69,13 +79,48 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "MIIEowIBAAKCAQEA7",
         "-----BEGIN PUBLIC KEY-----\nMIIBIjAN\n-----END PUBLIC KEY-----",
     ),
-    ("bearer_token", "Authorization: Bearer abcDEF123456789xyz", "abcDEF123456789xyz", "the bearer of bad news"),
-    ("url_password", "postgres://app:hunter2secret@db:5432/x", "hunter2secret", "https://example.com:8443/path"),
-    ("secret_assignment", "login with password=Tr0ub4dor&3 now", "Tr0ub4dor", "the password field is empty"),
-    ("email", "write to jane.doe@example.co.uk today", "jane.doe@example.co.uk", "not an @ address"),
-    ("credit_card", "card 4111 1111 1111 1111 exp", "4111 1111 1111 1111", "card 4111 1111 1111 1112 exp"),
-    ("iban", "pay GB82WEST12345698765432 now", "GB82WEST12345698765432", "pay GB82WEST12345698765433 now"),
-    ("us_ssn", "ssn 123-45-6789", "123-45-6789", "ssn 666-45-6789"),
+    (
+        "bearer_token",
+        "Authorization: Bearer abcDEF123456789xyz",
+        "abcDEF123456789xyz",
+        "the bearer of bad news",
+    ),
+    (
+        "url_password",
+        "postgres://app:hunter2secret@db:5432/x",
+        "hunter2secret",
+        "https://example.com:8443/path",
+    ),
+    (
+        "secret_assignment",
+        "login with password=Tr0ub4dor&3 now",
+        "Tr0ub4dor",
+        "the password field is empty",
+    ),
+    (
+        "email",
+        "write to jane.doe@example.co.uk today",
+        "jane.doe@example.co.uk",
+        "not an @ address",
+    ),
+    (
+        "credit_card",
+        "card 4111 1111 1111 1111 exp",
+        "4111 1111 1111 1111",
+        "card 4111 1111 1111 1112 exp",
+    ),
+    (
+        "iban",
+        "pay GB82WEST12345698765432 now",
+        "GB82WEST12345698765432",
+        "pay GB82WEST12345698765433 now",
+    ),
+    (
+        "us_ssn",
+        "ssn 123-45-6789",
+        "123-45-6789",
+        "ssn 666-45-6789",
+    ),
 ];
 
 #[test]
@@ -83,8 +128,14 @@ fn every_detector_finds_its_secret_and_keeps_its_near_miss() {
     for (name, text, secret, near_miss) in CASES {
         let (out, hits) = scan(text);
         assert!(!out.contains(secret), "{name}: secret survived in {out:?}");
-        assert!(out.contains(&format!("[REDACTED:{name}]")), "{name}: no marker in {out:?}");
-        assert!(hits.contains(&(*name).to_owned()), "{name}: hits were {hits:?}");
+        assert!(
+            out.contains(&format!("[REDACTED:{name}]")),
+            "{name}: no marker in {out:?}"
+        );
+        assert!(
+            hits.contains(&(*name).to_owned()),
+            "{name}: hits were {hits:?}"
+        );
         let (kept, hits) = scan(near_miss);
         assert!(
             !hits.contains(&(*name).to_owned()),
@@ -102,7 +153,8 @@ fn epoch_millis_are_not_card_numbers() {
 #[test]
 fn overlapping_matches_leave_no_fragment() {
     // The JWT contains text the bearer detector also matches.
-    let text = "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N";
+    let text =
+        "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N";
     let (out, hits) = scan(text);
     assert!(!out.contains("eyJ"), "{out}");
     assert!(!out.contains("dozjg"), "{out}");
@@ -167,13 +219,28 @@ fn event_fields_are_redacted_and_detectors_recorded() {
         r.event.actor,
         r.event.error_type
     );
-    for secret in ["jane@example.com", "hunter2", "12345", "4111111111111111", "plain-looking", "bob@example.com", "sk_live_"] {
+    for secret in [
+        "jane@example.com",
+        "hunter2",
+        "12345",
+        "4111111111111111",
+        "plain-looking",
+        "bob@example.com",
+        "sk_live_",
+    ] {
         assert!(!stored.contains(secret), "{secret} survived: {stored}");
     }
-    assert!(stored.contains("\"max_tokens\":100"), "non-secret key kept: {stored}");
+    assert!(
+        stored.contains("\"max_tokens\":100"),
+        "non-secret key kept: {stored}"
+    );
     assert!(r.event.input.is_none(), "raw input must not travel on");
     for name in ["credit_card", "email", "secret_key_name", "stripe_key"] {
-        assert!(r.redactions.contains(&name.to_owned()), "{name} missing from {:?}", r.redactions);
+        assert!(
+            r.redactions.contains(&name.to_owned()),
+            "{name} missing from {:?}",
+            r.redactions
+        );
     }
 }
 
@@ -181,10 +248,22 @@ fn event_fields_are_redacted_and_detectors_recorded() {
 fn field_rules_keep_drop_mask_and_hash() {
     let cfg = RedactConfig {
         fields: vec![
-            FieldRuleConfig { path: "actor".into(), action: FieldAction::Hash },
-            FieldRuleConfig { path: "input.keep_me".into(), action: FieldAction::Keep },
-            FieldRuleConfig { path: "input.drop_me".into(), action: FieldAction::Drop },
-            FieldRuleConfig { path: "input.mask_me".into(), action: FieldAction::Mask },
+            FieldRuleConfig {
+                path: "actor".into(),
+                action: FieldAction::Hash,
+            },
+            FieldRuleConfig {
+                path: "input.keep_me".into(),
+                action: FieldAction::Keep,
+            },
+            FieldRuleConfig {
+                path: "input.drop_me".into(),
+                action: FieldAction::Drop,
+            },
+            FieldRuleConfig {
+                path: "input.mask_me".into(),
+                action: FieldAction::Mask,
+            },
         ],
         hash_key: Some("k1".into()),
         ..RedactConfig::default()
@@ -200,11 +279,18 @@ fn field_rules_keep_drop_mask_and_hash() {
     assert_eq!(v["mask_me"], MASK);
     assert_eq!(v["other"], "[REDACTED:email]");
     let actor = rec.event.actor.clone().unwrap();
-    assert!(actor.starts_with("hmac:") && !actor.contains("jane"), "{actor}");
+    assert!(
+        actor.starts_with("hmac:") && !actor.contains("jane"),
+        "{actor}"
+    );
     // Same key, same value → same pseudonym; another key → another one.
     let again = r.redact_event(event(serde_json::json!({})), coords(), 0);
     assert_eq!(again.event.actor, rec.event.actor);
-    let other = Redactor::new(&RedactConfig { hash_key: Some("k2".into()), ..cfg }).unwrap();
+    let other = Redactor::new(&RedactConfig {
+        hash_key: Some("k2".into()),
+        ..cfg
+    })
+    .unwrap();
     let third = other.redact_event(event(serde_json::json!({})), coords(), 0);
     assert_ne!(third.event.actor, rec.event.actor);
 }
@@ -212,7 +298,10 @@ fn field_rules_keep_drop_mask_and_hash() {
 #[test]
 fn custom_patterns_and_secret_key_names_apply() {
     let cfg = RedactConfig {
-        patterns: vec![PatternConfig { name: "ticket".into(), regex: r"TICKET-[0-9]{4}".into() }],
+        patterns: vec![PatternConfig {
+            name: "ticket".into(),
+            regex: r"TICKET-[0-9]{4}".into(),
+        }],
         secret_key_names: vec!["customer_ref".into()],
         ..RedactConfig::default()
     };
@@ -223,15 +312,24 @@ fn custom_patterns_and_secret_key_names_apply() {
         0,
     );
     let input = rec.input_json.unwrap();
-    assert!(input.contains("[REDACTED:ticket]") && !input.contains("1234"), "{input}");
+    assert!(
+        input.contains("[REDACTED:ticket]") && !input.contains("1234"),
+        "{input}"
+    );
     assert!(!input.contains("C-9"), "{input}");
 }
 
 #[test]
 fn dead_letters_are_redacted_before_truncation() {
-    let cfg = RedactConfig { dead_letter_raw_chars: 30, ..RedactConfig::default() };
+    let cfg = RedactConfig {
+        dead_letter_raw_chars: 30,
+        ..RedactConfig::default()
+    };
     let r = Redactor::new(&cfg).unwrap();
-    let failure = DecodeFailure { reason: DeadLetterReason::InvalidJson, detail: "x".into() };
+    let failure = DecodeFailure {
+        reason: DeadLetterReason::InvalidJson,
+        detail: "x".into(),
+    };
     // The key starts before the cut and ends after it.
     let raw = b"garbage garbage ga AKIAIOSFODNN7EXAMPLE tail";
     let dl = r.redact_dead_letter(Some(raw), failure.clone(), coords(), 0);

@@ -211,7 +211,9 @@ impl ParquetSink {
                 .entry(*partition)
                 .or_insert(next);
             *slot = (*slot).max(next);
-            outcome.committable.push((topic.to_string(), *partition, *slot));
+            outcome
+                .committable
+                .push((topic.to_string(), *partition, *slot));
         }
         let journal = Journal {
             version: 1,
@@ -374,10 +376,7 @@ mod tests {
     fn partition_paths_use_utc_day_and_hour() {
         // 2026-11-28T07:59:59.999Z
         let k = PartitionKey::for_time(INVOCATIONS, 1_795_852_799_999);
-        assert_eq!(
-            k.dir(),
-            PathBuf::from("invocations/dt=2026-11-28/hour=07")
-        );
+        assert_eq!(k.dir(), PathBuf::from("invocations/dt=2026-11-28/hour=07"));
         let k = PartitionKey::for_time(DEAD_LETTER, 1_795_852_800_000);
         assert_eq!(k.dir(), PathBuf::from("dead_letter/dt=2026-11-28/hour=08"));
         // Midnight rolls the day, not just the hour.

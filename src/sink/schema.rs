@@ -4,8 +4,8 @@
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, Int32Builder, Int64Builder, ListBuilder, RecordBatch,
-    StringBuilder, TimestampMillisecondBuilder,
+    ArrayRef, Float64Builder, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder,
+    TimestampMillisecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
@@ -101,12 +101,18 @@ fn list_of(rows: usize) -> ListBuilder<StringBuilder> {
 /// Sorts records by the sort key and turns them into one batch.
 pub fn invocations_batch(rows: &mut [Record]) -> Result<RecordBatch, ArrowError> {
     rows.sort_by(|a, b| {
-        (&a.event.tenant, &a.event.agent_id, &a.event.tool, a.event.ts_ms).cmp(&(
-            &b.event.tenant,
-            &b.event.agent_id,
-            &b.event.tool,
-            b.event.ts_ms,
-        ))
+        (
+            &a.event.tenant,
+            &a.event.agent_id,
+            &a.event.tool,
+            a.event.ts_ms,
+        )
+            .cmp(&(
+                &b.event.tenant,
+                &b.event.agent_id,
+                &b.event.tool,
+                b.event.ts_ms,
+            ))
     });
     let n = rows.len();
     let s = || StringBuilder::with_capacity(n, n * 16);

@@ -16,7 +16,8 @@ pub struct EmbeddedBroker {
 impl EmbeddedBroker {
     /// Starts a one-broker cluster and creates `topic` with `partitions`.
     pub fn start(topic: &str, partitions: i32) -> Result<EmbeddedBroker, SourceError> {
-        let cluster = MockCluster::new(1).map_err(SourceError::kafka("starting the embedded broker"))?;
+        let cluster =
+            MockCluster::new(1).map_err(SourceError::kafka("starting the embedded broker"))?;
         cluster
             .create_topic(topic, partitions, 1)
             .map_err(SourceError::kafka(format!("creating topic {topic}")))?;

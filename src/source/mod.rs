@@ -76,7 +76,10 @@ impl ClientContext for SourceContext {
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            tracing::info!(partitions = tpl.count(), "partitions revoked: flushing before release");
+            tracing::info!(
+                partitions = tpl.count(),
+                "partitions revoked: flushing before release"
+            );
             self.assigned.store(false, Ordering::SeqCst);
             if self.writer_done.load(Ordering::SeqCst) {
                 return;
@@ -182,7 +185,10 @@ impl Source {
             .map_err(SourceError::kafka("creating the consumer"))?;
         consumer
             .subscribe(&[&cfg.kafka.topic])
-            .map_err(SourceError::kafka(format!("subscribing to {}", cfg.kafka.topic)))?;
+            .map_err(SourceError::kafka(format!(
+                "subscribing to {}",
+                cfg.kafka.topic
+            )))?;
         let source = Source {
             consumer: Arc::new(consumer),
             to_writer,

@@ -15,10 +15,25 @@ use serde_json::{Value, json};
 use crate::error::SourceError;
 
 const TENANTS: &[&str] = &[
-    "acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka", "cyberdyne",
-    "soylent", "tyrell", "aperture",
+    "acme",
+    "globex",
+    "initech",
+    "umbrella",
+    "hooli",
+    "stark",
+    "wayne",
+    "wonka",
+    "cyberdyne",
+    "soylent",
+    "tyrell",
+    "aperture",
 ];
-const AGENT_KINDS: &[&str] = &["support-bot", "ops-agent", "billing-agent", "research-agent"];
+const AGENT_KINDS: &[&str] = &[
+    "support-bot",
+    "ops-agent",
+    "billing-agent",
+    "research-agent",
+];
 /// (tool, weight, Tier A)
 const TOOLS: &[(&str, u32, bool)] = &[
     ("search_orders", 30, false),
@@ -114,7 +129,10 @@ fn luhn_card(rng: &mut SmallRng) -> String {
         })
         .sum();
     digits.push((10 - sum % 10) % 10);
-    digits.iter().map(|d| char::from_digit(*d, 10).unwrap_or('0')).collect()
+    digits
+        .iter()
+        .map(|d| char::from_digit(*d, 10).unwrap_or('0'))
+        .collect()
 }
 
 /// A planted secret: the text to embed and the part that must never be stored.
@@ -133,7 +151,11 @@ fn secret(rng: &mut SmallRng) -> (String, String) {
             (format!("stripe {s}"), s)
         }
         3 => {
-            let s = format!("xoxb-{}-{}", alnum(rng, 12, b"0123456789"), alnum(rng, 24, ALNUM));
+            let s = format!(
+                "xoxb-{}-{}",
+                alnum(rng, 12, b"0123456789"),
+                alnum(rng, 24, ALNUM)
+            );
             (format!("post with {s}"), s)
         }
         4 => {
@@ -165,7 +187,10 @@ fn secret(rng: &mut SmallRng) -> (String, String) {
             (format!("postgres://app:{s}@db.internal:5432/orders"), s)
         }
         10 => {
-            let s = format!("{}@example.com", alnum(rng, 8, b"abcdefghijklmnop").to_lowercase());
+            let s = format!(
+                "{}@example.com",
+                alnum(rng, 8, b"abcdefghijklmnop").to_lowercase()
+            );
             (format!("reply to {s}"), s)
         }
         11 => {
@@ -174,7 +199,8 @@ fn secret(rng: &mut SmallRng) -> (String, String) {
         }
         12 => {
             let body = alnum(rng, 64, ALNUM);
-            let s = format!("-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----");
+            let s =
+                format!("-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----");
             (s.clone(), body)
         }
         _ => {
@@ -209,16 +235,26 @@ impl Generator {
     fn input_for(&mut self, tool: &str) -> Value {
         let r = &mut self.rng;
         match tool {
-            "search_orders" => json!({"customer_ref": format!("C-{}", r.random_range(1000..99999)), "status": "open", "limit": 20}),
-            "get_customer" => json!({"customer_id": r.random_range(1..500_000), "fields": ["name", "plan", "region"]}),
+            "search_orders" => {
+                json!({"customer_ref": format!("C-{}", r.random_range(1000..99999)), "status": "open", "limit": 20})
+            }
+            "get_customer" => {
+                json!({"customer_id": r.random_range(1..500_000), "fields": ["name", "plan", "region"]})
+            }
             "search_docs" => json!({"query": "how do I rotate my api credentials", "top_k": 5}),
             "list_tickets" => json!({"queue": "billing", "since_days": 7}),
-            "query_db" => json!({"sql": "SELECT id, status FROM orders WHERE updated_at > now() - interval '1 day' LIMIT 100"}),
-            "http_get" => json!({"url": format!("https://api.partner.example/v2/items/{}", r.random_range(1..10000)), "timeout_s": 10}),
+            "query_db" => {
+                json!({"sql": "SELECT id, status FROM orders WHERE updated_at > now() - interval '1 day' LIMIT 100"})
+            }
+            "http_get" => {
+                json!({"url": format!("https://api.partner.example/v2/items/{}", r.random_range(1..10000)), "timeout_s": 10})
+            }
             "read_file" => json!({"path": "/srv/app/config/settings.yaml"}),
             "send_email" => json!({"template": "refund_issued", "locale": "en"}),
             "run_shell" => json!({"cmd": "df -h /var/lib/app"}),
-            "create_refund" => json!({"order_id": r.random_range(1..1_000_000), "amount_cents": r.random_range(100..50_000), "currency": "EUR"}),
+            "create_refund" => {
+                json!({"order_id": r.random_range(1..1_000_000), "amount_cents": r.random_range(100..50_000), "currency": "EUR"})
+            }
             _ => json!({"id": r.random_range(1..1_000_000)}),
         }
     }
@@ -226,7 +262,9 @@ impl Generator {
     /// The next message.
     pub fn next_message(&mut self) -> Generated {
         self.n += 1;
-        if self.opts.malformed_ratio > 0.0 && self.rng.random_bool(self.opts.malformed_ratio.min(1.0)) {
+        if self.opts.malformed_ratio > 0.0
+            && self.rng.random_bool(self.opts.malformed_ratio.min(1.0))
+        {
             return self.malformed();
         }
         let (mut event, secrets) = self.valid_event();
@@ -247,7 +285,10 @@ impl Generator {
     fn valid_event(&mut self) -> (Value, Vec<String>) {
         let ts = self.opts.start_ms + (self.n as i64) * 10;
         let tenant = TENANTS[self.rng.random_range(0..TENANTS.len())];
-        let agent = format!("{tenant}-{}", AGENT_KINDS[self.rng.random_range(0..AGENT_KINDS.len())]);
+        let agent = format!(
+            "{tenant}-{}",
+            AGENT_KINDS[self.rng.random_range(0..AGENT_KINDS.len())]
+        );
         let (tool, tier_a) = self.pick_tool();
         let environment = match self.rng.random_range(0..10) {
             0 => "development",
@@ -319,7 +360,10 @@ impl Generator {
         let (mut event, mut secrets) = self.valid_event();
         let key = event["tenant"].as_str().unwrap_or_default().to_owned();
         let (name, payload): (&'static str, Vec<u8>) = match self.rng.random_range(0..9) {
-            0 => ("not_json", b"ERROR 2026-11-28 agent crashed: stack overflow".to_vec()),
+            0 => (
+                "not_json",
+                b"ERROR 2026-11-28 agent crashed: stack overflow".to_vec(),
+            ),
             1 => {
                 let text = event.to_string();
                 ("truncated", text.as_bytes()[..text.len() / 2].to_vec())
@@ -350,7 +394,10 @@ impl Generator {
                 // redacted from the dead-letter table.
                 let (text, s) = secret(&mut self.rng);
                 secrets.push(s);
-                ("secret_in_garbage", format!("agent log line: {text} <<<").into_bytes())
+                (
+                    "secret_in_garbage",
+                    format!("agent log line: {text} <<<").into_bytes(),
+                )
             }
         };
         Generated {

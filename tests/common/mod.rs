@@ -150,7 +150,10 @@ impl Serve {
             if let Some(s) = self.child.try_wait().expect("wait") {
                 return s;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "serve did not stop on SIGTERM");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "serve did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -176,7 +179,9 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 pub fn metric_sum(body: &str, name: &str) -> f64 {
     body.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{')))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{'))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -229,14 +234,21 @@ pub fn assert_dataset_matches(data_dir: &Path, corpus: &Corpus) {
         .filter_map(|r| r["event_id"].as_str().map(str::to_owned))
         .collect();
     let rows = count(data_dir, "SELECT count(*) AS n FROM invocations");
-    assert_eq!(rows as usize, corpus.valid_ids.len(), "one row per valid event");
+    assert_eq!(
+        rows as usize,
+        corpus.valid_ids.len(),
+        "one row per valid event"
+    );
     assert_eq!(ids, corpus.valid_ids, "exactly the valid events");
     let dead = count(data_dir, "SELECT count(*) AS n FROM dead_letter");
     let distinct_dead = count(
         data_dir,
         "SELECT count(*) AS n FROM (SELECT DISTINCT src_partition, src_offset FROM dead_letter)",
     );
-    assert_eq!(dead as usize, corpus.malformed, "every malformed message dead-lettered");
+    assert_eq!(
+        dead as usize, corpus.malformed,
+        "every malformed message dead-lettered"
+    );
     assert_eq!(distinct_dead, dead, "each dead letter once");
     let stored = everything_stored(data_dir);
     for s in &corpus.secrets {

@@ -15,13 +15,13 @@ con = duckdb.connect()
 inv = f"read_parquet('{data}/invocations/**/*.parquet', hive_partitioning = true)"
 dead = f"read_parquet('{data}/dead_letter/**/*.parquet', hive_partitioning = true)"
 report = {
-    "invocations": con.sql(f"SELECT count(*) FROM {inv}").fetchone()[0],
-    "distinct_event_ids": con.sql(f"SELECT count(DISTINCT event_id) FROM {inv}").fetchone()[0],
-    "dead_letters": con.sql(f"SELECT count(*) FROM {dead}").fetchone()[0],
+    "invocations": con.sql(f"SELECT count(*) FROM {inv}").fetchall()[0][0],
+    "distinct_event_ids": con.sql(f"SELECT count(DISTINCT event_id) FROM {inv}").fetchall()[0][0],
+    "dead_letters": con.sql(f"SELECT count(*) FROM {dead}").fetchall()[0][0],
     "partition_columns": sorted(
         c for c in con.sql(f"SELECT * FROM {inv} LIMIT 1").columns if c in ("dt", "hour")
     ),
-    "ts_type": str(con.sql(f"SELECT typeof(ts) FROM {inv} LIMIT 1").fetchone()[0]),
+    "ts_type": str(con.sql(f"SELECT typeof(ts) FROM {inv} LIMIT 1").fetchall()[0][0]),
 }
 stored = "\n".join(
     str(row) for table in (inv, dead) for row in con.sql(f"SELECT * FROM {table}").fetchall()
