@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::decode::DecodeLimits;
 use crate::error::ConfigError;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -100,18 +100,6 @@ pub struct SinkConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
     pub listen: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            kafka: KafkaConfig::default(),
-            decode: DecodeConfig::default(),
-            redact: RedactConfig::default(),
-            sink: SinkConfig::default(),
-            serve: ServeConfig::default(),
-        }
-    }
 }
 
 impl Default for KafkaConfig {

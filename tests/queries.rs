@@ -103,8 +103,10 @@ fn build_dataset(dir: &Path) {
     events[6]["input"] = json!({"url": "https://s3.example", "note": "key AKIAIOSFODNN7EXAMPLE"});
     events[8]["input"] = json!({"sql": "select * from users where email = 'jo@example.org'"});
 
-    let mut cfg = SinkConfig::default();
-    cfg.data_dir = dir.to_owned();
+    let cfg = SinkConfig {
+        data_dir: dir.to_owned(),
+        ..SinkConfig::default()
+    };
     let mut sink = ParquetSink::open(&cfg, Arc::new(Metrics::new())).expect("sink");
     let redactor = Redactor::new(&RedactConfig::default()).unwrap();
     let now = chrono::Utc::now().timestamp_millis();

@@ -226,10 +226,10 @@ impl ParquetSink {
         let mut dirs = BTreeSet::new();
         for r in &journal.files {
             let dst = self.root.join(&r.final_path);
-            if let Some(parent) = dst.parent() {
-                if dirs.insert(parent.to_owned()) {
-                    fs::create_dir_all(parent).map_err(SinkError::io(parent))?;
-                }
+            if let Some(parent) = dst.parent()
+                && dirs.insert(parent.to_owned())
+            {
+                fs::create_dir_all(parent).map_err(SinkError::io(parent))?;
             }
             fs::rename(self.root.join(&r.staged), &dst).map_err(SinkError::io(&dst))?;
         }

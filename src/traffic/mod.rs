@@ -204,7 +204,7 @@ fn secret(rng: &mut SmallRng) -> (String, String) {
             (s.clone(), body)
         }
         _ => {
-            let s = format!("{}", alnum(rng, 8, ALNUM));
+            let s = alnum(rng, 8, ALNUM);
             (format!("password={s}"), s)
         }
     }
