@@ -86,7 +86,7 @@ impl Writer {
     fn process(&mut self, batch: Vec<RawMessage>) {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let (mut decoded, mut unknown) = (0u64, 0u64);
-        self.metrics.consumed.inc_by(batch.len() as u64);
+        let consumed = batch.len() as u64;
         for m in batch {
             match decode::decode(m.payload.as_deref(), now_ms, &self.limits) {
                 Ok(event) => {
@@ -118,6 +118,9 @@ impl Writer {
         }
         self.metrics.decoded.inc_by(decoded);
         self.metrics.unknown_fields.inc_by(unknown);
+        // Counted last, so a reader that sees N consumed also sees every
+        // dead letter and redaction of those N.
+        self.metrics.consumed.inc_by(consumed);
     }
 
     fn flush(&mut self, mode: CommitMode) -> Result<(), SinkError> {
