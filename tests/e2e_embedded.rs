@@ -19,16 +19,7 @@ fn corpus_lands_exactly_once_and_redacted() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().unwrap();
-    let mut serve = Serve::start(&[
-        "--brokers",
-        &brokers,
-        "--topic",
-        topic,
-        "--group",
-        "e2e",
-        "--data-dir",
-        data,
-    ]);
+    let mut serve = Serve::consuming(&brokers, topic, "e2e", data);
     serve.wait_until("readiness", Duration::from_secs(60), |s| {
         s.get("/readyz").is_some_and(|(code, _)| code == 200)
     });
@@ -65,16 +56,7 @@ fn corpus_lands_exactly_once_and_redacted() {
     assert_eq!(staged, 0);
 
     // A restart on the same data directory and group adds nothing.
-    let mut serve = Serve::start(&[
-        "--brokers",
-        &brokers,
-        "--topic",
-        topic,
-        "--group",
-        "e2e",
-        "--data-dir",
-        data,
-    ]);
+    let mut serve = Serve::consuming(&brokers, topic, "e2e", data);
     std::thread::sleep(Duration::from_secs(3));
     assert!(serve.terminate().success());
     assert_dataset_matches(dir.path(), &corpus);

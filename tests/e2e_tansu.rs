@@ -107,16 +107,7 @@ fn foreign_client_through_tansu_lands_once_and_duckdb_reads_it() {
     );
 
     let data = dir.path().join("data");
-    let mut serve = Serve::start(&[
-        "--brokers",
-        &brokers,
-        "--topic",
-        topic,
-        "--group",
-        "tansu-e2e",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let mut serve = Serve::consuming(&brokers, topic, "tansu-e2e", data.to_str().unwrap());
     serve.wait_until("all messages consumed", Duration::from_secs(180), |s| {
         s.metric("agentaudit_events_consumed_total") >= corpus.messages.len() as f64
     });

@@ -117,6 +117,20 @@ impl Serve {
         }
     }
 
+    /// `serve` consuming `topic` from `brokers` as `group` into `data_dir`.
+    pub fn consuming(brokers: &str, topic: &str, group: &str, data_dir: &str) -> Serve {
+        Serve::start(&[
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+            "--group",
+            group,
+            "--data-dir",
+            data_dir,
+        ])
+    }
+
     /// GET a path on the serve HTTP surface; (status, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         http_get(&self.metrics_addr, path)
