@@ -32,4 +32,4 @@ cargo fmt --all -- --check
 echo "test.sh: cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "test.sh: cargo test"
-cargo test --all-targets -- --test-threads 2
+cargo test --all-targets
