@@ -31,5 +31,7 @@ echo "test.sh: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test.sh: cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+echo "test.sh: cargo test --benches (each benchmark once, as a smoke test)"
+cargo test --benches
 echo "test.sh: cargo test"
-cargo test --all-targets
+cargo test
