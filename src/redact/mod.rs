@@ -116,14 +116,6 @@ impl Redactor {
         })
     }
 
-    /// Names of every detector in bit order, as used in `redactions`.
-    pub fn detector_names(&self) -> impl Iterator<Item = &str> {
-        self.detectors
-            .iter()
-            .map(|d| d.name.as_str())
-            .chain(std::iter::once(SECRET_KEY_RULE))
-    }
-
     pub fn hit_names(&self, hits: Hits) -> Vec<String> {
         let mut names: Vec<String> = (0..64)
             .filter(|b| hits.0 & (1u64 << b) != 0)
@@ -325,7 +317,13 @@ impl Redactor {
                 hits.set(Hits::KEY_RULE as usize);
                 Some(format!("[REDACTED:{SECRET_KEY_RULE}]"))
             } else {
-                self.apply_to_string(&format!("attributes.{k}"), v, &mut hits)
+                // Field rules are rare; do not format a path per attribute without them.
+                let path = if self.rules.is_empty() {
+                    String::new()
+                } else {
+                    format!("attributes.{k}")
+                };
+                self.apply_to_string(&path, v, &mut hits)
             };
             if let Some(v) = value {
                 // Attribute keys are caller-chosen text too.

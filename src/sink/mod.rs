@@ -12,7 +12,7 @@ pub mod schema;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -136,10 +136,6 @@ impl ParquetSink {
     /// Next offset per partition that the dataset already holds durably.
     pub fn durable_offsets(&self) -> &Offsets {
         &self.journal.offsets
-    }
-
-    pub fn buffered_bytes(&self) -> usize {
-        self.buffer.bytes
     }
 
     fn note(&mut self, coords: &KafkaCoords, bytes: usize) {
@@ -308,10 +304,6 @@ impl ParquetSink {
             .with_label_values(&[key.table])
             .inc_by(bytes);
         Ok(Rename { staged, final_path })
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 }
 

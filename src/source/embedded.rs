@@ -27,10 +27,4 @@ impl EmbeddedBroker {
     pub fn bootstrap_servers(&self) -> String {
         self.cluster.bootstrap_servers()
     }
-
-    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), SourceError> {
-        self.cluster
-            .create_topic(topic, partitions, 1)
-            .map_err(SourceError::kafka(format!("creating topic {topic}")))
-    }
 }

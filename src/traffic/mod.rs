@@ -430,6 +430,29 @@ pub fn producer(
         .map_err(SourceError::kafka("creating the producer"))
 }
 
+/// Hands one message to the producer, waiting while its queue is full.
+pub fn send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: Option<&str>,
+    payload: &[u8],
+) -> Result<(), SourceError> {
+    let mut record = BaseRecord::<str, [u8]>::to(topic).payload(payload);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(SourceError::kafka("producing")(e)),
+        }
+    }
+}
+
 /// How much and how fast `produce` sends.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Pace {
@@ -464,20 +487,7 @@ pub fn produce(
             }
         }
         let g = generator.next_message();
-        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(&g.payload);
-        if keyed {
-            record = record.key(&g.key);
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(SourceError::kafka("producing")(e)),
-            }
-        }
+        send(producer, topic, keyed.then_some(g.key.as_str()), &g.payload)?;
         sent += 1;
     }
     producer

@@ -50,21 +50,12 @@ impl Corpus {
 }
 
 pub fn produce_slice(messages: &[Generated], brokers: &str, topic: &str) {
-    use rdkafka::producer::{BaseRecord, Producer};
+    use rdkafka::producer::Producer;
     let producer = agentaudit::traffic::producer(brokers, &[]).expect("producer");
     for m in messages {
         // Unkeyed: spread over all partitions, since the embedded broker
         // keeps only the newest 5 MiB of each.
-        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(&m.payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-        }
+        agentaudit::traffic::send(&producer, topic, None, &m.payload).expect("send");
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
