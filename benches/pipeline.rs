@@ -68,8 +68,8 @@ fn benches(c: &mut Criterion) {
     g.bench_function("parquet_encode", |b| {
         b.iter_batched(
             || records.clone(),
-            |mut records| {
-                let batch = schema::invocations_batch(&mut records).expect("batch");
+            |records| {
+                let batch = schema::invocations_batch(&records).expect("batch");
                 let mut out = Vec::with_capacity(4 << 20);
                 let props = datafusion::parquet::file::properties::WriterProperties::builder()
                     .set_compression(datafusion::parquet::basic::Compression::ZSTD(

@@ -174,8 +174,16 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
     while metrics.consumed.get() < opts.events && !running.finished() {
         std::thread::sleep(Duration::from_millis(5));
     }
+    let consumed_secs = started.elapsed().as_secs_f64();
     running.stop()?;
     let pipeline_secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "consumed and decoded all events after {consumed_secs:.2} s; the final flush and \
+         consumer close took {:.2} s more; {} flushes took {:.2} s in all",
+        pipeline_secs - consumed_secs,
+        metrics.flush_seconds.get_sample_count(),
+        metrics.flush_seconds.get_sample_sum(),
+    );
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
     let durable = written(&metrics);

@@ -3,7 +3,7 @@
 //! and commits offsets once the sink reports them durable.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use crate::decode::{self, DecodeLimits};
 use crate::error::{ConfigError, SinkError, SourceError};
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
-use crate::sink::ParquetSink;
+use crate::sink::{ParquetSink, PendingRows};
 use crate::source::{self, Durable, KafkaConsumer, RawMessage, Source, ToWriter};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,16 +32,49 @@ pub enum PipelineError {
     Runtime(String),
 }
 
-/// The writer: everything downstream of the consumer, on one thread.
+/// The writer: decode → redact into pending rows, on one thread. Full rows go
+/// to the flusher, so decoding goes on while the previous rows are encoded.
 struct Writer {
-    sink: ParquetSink,
+    rows: PendingRows,
     redactor: Arc<Redactor>,
     limits: DecodeLimits,
-    consumer: Arc<KafkaConsumer>,
-    durable: Durable,
-    topic: String,
     metrics: Arc<Metrics>,
-    budget: usize,
+    /// Rows are handed over at this size: the one being filled and the one
+    /// being written together stay within half the memory budget.
+    flush_bytes: usize,
+    flush_age_secs: u64,
+    flusher: Flusher,
+}
+
+/// A set of rows for the flusher, and who waits for it to be durable.
+struct FlushJob {
+    rows: PendingRows,
+    mode: CommitMode,
+    reply: Option<SyncSender<Result<(), String>>>,
+}
+
+/// The writer's handle on the flusher thread.
+struct Flusher {
+    tx: Option<SyncSender<FlushJob>>,
+    thread: Option<JoinHandle<Result<(), SinkError>>>,
+}
+
+impl Flusher {
+    /// Hands `job` over, waiting while the previous one is still written. A
+    /// flusher that has stopped can only have stopped on an error: return it.
+    fn send(&mut self, job: FlushJob) -> Result<(), PipelineError> {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if sent { Ok(()) } else { self.finish() }
+    }
+
+    /// Lets the flusher drain what it was given and waits for it.
+    fn finish(&mut self) -> Result<(), PipelineError> {
+        self.tx = None;
+        match self.thread.take() {
+            Some(t) => join(Some(t))?.map_err(PipelineError::from),
+            None => Err(PipelineError::Runtime("the flusher already stopped".into())),
+        }
+    }
 }
 
 impl Writer {
@@ -51,36 +84,41 @@ impl Writer {
                 Ok(ToWriter::Batch(batch)) => {
                     self.metrics.queue_batches.dec();
                     self.process(batch);
-                    if self.sink.should_flush(self.budget / 2) {
-                        self.flush(CommitMode::Async)?;
-                    }
+                    self.hand_over_if_due()?;
                 }
-                Ok(ToWriter::Barrier(reply)) => self.flush_and_reply(reply)?,
+                Ok(ToWriter::Barrier(reply)) => self.hand_over(CommitMode::Sync, Some(reply))?,
                 Ok(ToWriter::Finish(reply)) => {
-                    self.flush_and_reply(reply)?;
-                    return Ok(());
+                    self.hand_over(CommitMode::Sync, Some(reply))?;
+                    return self.flusher.finish();
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.sink.should_flush(self.budget / 2) {
-                        self.flush(CommitMode::Async)?;
-                    }
-                }
+                Err(RecvTimeoutError::Timeout) => self.hand_over_if_due()?,
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.flush(CommitMode::Sync)?;
-                    return Ok(());
+                    self.hand_over(CommitMode::Sync, None)?;
+                    return self.flusher.finish();
                 }
             }
         }
     }
 
-    fn flush_and_reply(
+    fn hand_over_if_due(&mut self) -> Result<(), PipelineError> {
+        if self.rows.is_due(self.flush_bytes, self.flush_age_secs) {
+            self.hand_over(CommitMode::Async, None)?;
+        }
+        Ok(())
+    }
+
+    fn hand_over(
         &mut self,
-        reply: std::sync::mpsc::SyncSender<Result<(), String>>,
+        mode: CommitMode,
+        reply: Option<SyncSender<Result<(), String>>>,
     ) -> Result<(), PipelineError> {
-        let result = self.flush(CommitMode::Sync);
-        // The requester may have gone away; the flush stands either way.
-        let _ = reply.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
-        result.map_err(PipelineError::from)
+        if self.rows.rows() == 0 && reply.is_none() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.rows);
+        self.metrics.buffered_bytes.set(0);
+        self.metrics.buffered_rows.set(0);
+        self.flusher.send(FlushJob { rows, mode, reply })
     }
 
     fn process(&mut self, batch: Vec<RawMessage>) {
@@ -96,7 +134,7 @@ impl Writer {
                     for name in &record.redactions {
                         self.metrics.redactions.with_label_values(&[name]).inc();
                     }
-                    self.sink.push_record(record);
+                    self.rows.push_record(record);
                 }
                 Err(failure) => {
                     self.metrics
@@ -112,21 +150,47 @@ impl Writer {
                     for name in &dl.redactions {
                         self.metrics.redactions.with_label_values(&[name]).inc();
                     }
-                    self.sink.push_dead_letter(dl);
+                    self.rows.push_dead_letter(dl);
                 }
             }
         }
+        self.metrics.buffered_bytes.set(self.rows.bytes() as i64);
+        self.metrics.buffered_rows.set(self.rows.rows() as i64);
         self.metrics.decoded.inc_by(decoded);
         self.metrics.unknown_fields.inc_by(unknown);
         // Counted last, so a reader that sees N consumed also sees every
         // dead letter and redaction of those N.
         self.metrics.consumed.inc_by(consumed);
     }
+}
 
-    fn flush(&mut self, mode: CommitMode) -> Result<(), SinkError> {
+/// The flusher thread: writes each job's rows durably, then tells the
+/// consumer's skip filter and commits their offsets, in the order given.
+struct FlushThread {
+    sink: ParquetSink,
+    consumer: Arc<KafkaConsumer>,
+    durable: Durable,
+    topic: String,
+    metrics: Arc<Metrics>,
+}
+
+impl FlushThread {
+    fn run(mut self, rx: Receiver<FlushJob>) -> Result<(), SinkError> {
+        for job in rx {
+            let result = self.flush(job.rows, job.mode);
+            if let Some(reply) = job.reply {
+                // The requester may have gone away; the flush stands either way.
+                let _ = reply.send(result.as_ref().map_err(ToString::to_string).copied());
+            }
+            result?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, rows: PendingRows, mode: CommitMode) -> Result<(), SinkError> {
         let outcome = self
             .sink
-            .flush()
+            .write(rows)
             .inspect_err(|_| self.metrics.flush_failures.inc())?;
         if outcome.rows > 0 {
             tracing::debug!(
@@ -201,15 +265,32 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     ));
     let (source, rx) = Source::new(cfg, brokers, durable.clone(), metrics.clone())?;
     let consumer = source.consumer.clone();
-    let writer = Writer {
+    let (flush_bytes, flush_age_secs) = sink.roll_limits();
+    let flush_thread = FlushThread {
         sink,
-        redactor,
-        limits: cfg.decode_limits(),
         consumer: consumer.clone(),
         durable,
         topic: cfg.kafka.topic.clone(),
+        metrics: metrics.clone(),
+    };
+    // A rendezvous: the writer waits to hand rows over until the previous
+    // ones are written, which is the backpressure from a slow disk.
+    let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(0);
+    let flusher = std::thread::Builder::new()
+        .name("agentaudit-flush".into())
+        .spawn(move || flush_thread.run(flush_rx))
+        .map_err(|e| PipelineError::Runtime(format!("spawning the flusher: {e}")))?;
+    let writer = Writer {
+        rows: PendingRows::default(),
+        redactor,
+        limits: cfg.decode_limits(),
         metrics,
-        budget: cfg.sink.memory_budget_bytes,
+        flush_bytes: flush_bytes.min(cfg.sink.memory_budget_bytes / 4),
+        flush_age_secs,
+        flusher: Flusher {
+            tx: Some(flush_tx),
+            thread: Some(flusher),
+        },
     };
     let stop = Arc::new(AtomicBool::new(false));
     let writer = std::thread::Builder::new()

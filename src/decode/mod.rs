@@ -498,7 +498,13 @@ fn digest_output(raw: &serde_json::value::RawValue, preview_chars: usize) -> Out
     } else {
         Cow::Borrowed(text)
     };
-    let sha256 = hex::encode(Sha256::digest(content.as_bytes()));
+    let mut hex_digest = [0u8; 64];
+    // 32 bytes always fit 64 hex digits; `hex::encode` goes char by char.
+    let sha256 = hex::encode_to_slice(Sha256::digest(content.as_bytes()), &mut hex_digest)
+        .ok()
+        .and_then(|()| std::str::from_utf8(&hex_digest).ok())
+        .map(str::to_owned)
+        .unwrap_or_default();
     let preview = (preview_chars > 0).then(|| content.chars().take(preview_chars).collect());
     OutputDigest {
         sha256,

@@ -8,6 +8,12 @@
 pub struct BuiltIn {
     pub name: &'static str,
     pub pattern: &'static str,
+    /// A cheaper pattern found in every text that `pattern` matches: the
+    /// one-pass set scans for hints, and only a text that holds a detector's
+    /// hint is searched with its full pattern. Counted repeats such as
+    /// `{20,250}` would otherwise multiply the lazy DFA's states until its
+    /// cache thrashes.
+    pub hint: &'static str,
     pub validate: Option<fn(&str) -> bool>,
 }
 
@@ -17,86 +23,103 @@ pub const BUILT_INS: &[BuiltIn] = &[
     BuiltIn {
         name: "private_key",
         pattern: r"-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY( BLOCK)?-----(?s:.*?)(?:-----END[ A-Z0-9]{0,40}PRIVATE KEY( BLOCK)?-----|\z)",
+        hint: r"-----BEGIN",
         validate: None,
     },
     BuiltIn {
         name: "aws_access_key",
         pattern: r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}(?-u:\b)",
+        hint: r"A(?:KIA|SIA|BIA|CCA|GPA|IDA|ROA|NPA|NVA|IPA)",
         validate: None,
     },
     BuiltIn {
         name: "aws_secret_key",
         pattern: r#"(?i)(?:aws_?secret_?(?:access_?)?key|secret_?access_?key)["'\s]{0,3}[:=]\s{0,3}["']?(?P<s>[A-Za-z0-9/+]{40})"#,
+        hint: r"(?i)secret",
         validate: None,
     },
     BuiltIn {
         name: "github_token",
         pattern: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})(?-u:\b)",
+        hint: r"gh[pousr]_|github_pat_",
         validate: None,
     },
     BuiltIn {
         name: "slack_token",
         pattern: r"(?-u:\b)(?:xox[abposre]-[A-Za-z0-9-]{10,250}|hooks\.slack\.com/services/[A-Za-z0-9/_-]{20,200})",
+        hint: r"xox[abposre]-|hooks\.slack\.com/services/",
         validate: None,
     },
     BuiltIn {
         name: "stripe_key",
         pattern: r"(?-u:\b)(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,247}(?-u:\b)",
+        hint: r"[srp]k_(?:live|test)_",
         validate: None,
     },
     BuiltIn {
         name: "google_api_key",
         pattern: r"(?-u:\b)AIza[0-9A-Za-z_\-]{35}",
+        hint: r"AIza",
         validate: None,
     },
     BuiltIn {
         name: "anthropic_key",
         pattern: r"(?-u:\b)sk-ant-[A-Za-z0-9_\-]{20,250}",
+        hint: r"sk-ant-",
         validate: None,
     },
     BuiltIn {
         name: "openai_key",
         pattern: r"(?-u:\b)sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,250}",
+        hint: r"sk-",
         validate: Some(not_anthropic),
     },
     BuiltIn {
         name: "jwt",
         pattern: r"(?-u:\b)eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}",
+        hint: r"eyJ",
         validate: None,
     },
     BuiltIn {
         name: "bearer_token",
         pattern: r"(?i)(?-u:\b)(?:bearer|basic)\s{1,4}(?P<s>[A-Za-z0-9\-._~+/]{8,}=*)",
+        hint: r"(?i)bearer|basic",
         validate: None,
     },
     BuiltIn {
         name: "url_password",
         pattern: r"[A-Za-z][A-Za-z0-9+.-]{1,15}://[^\s:/@]{1,256}:(?P<s>[^\s@/]{1,256})@",
+        hint: r"://[^\s/@]+@",
         validate: None,
     },
     BuiltIn {
         name: "secret_assignment",
         pattern: r#"(?i)(?:password|passwd|passphrase|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|private[_-]?key)["']?\s{0,3}[:=]\s{0,3}["']?(?P<s>[^\s"',;}&]{1,256})"#,
+        hint: r"(?i)pass(?:word|wd|phrase)|secret|api[_-]?key|access[_-]?token|auth[_-]?token|private[_-]?key",
         validate: Some(not_already_redacted),
     },
     BuiltIn {
         name: "email",
         pattern: r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}(?-u:\b)",
+        hint: r"[A-Za-z0-9._%+-]@[A-Za-z0-9-]",
         validate: None,
     },
     BuiltIn {
         name: "credit_card",
         pattern: r"(?-u:\b)[2-6](?:[ -]?[0-9]){12,18}(?-u:\b)",
+        hint: r"[2-6](?:[ -]?[0-9]){12}",
         validate: Some(luhn_card),
     },
     BuiltIn {
         name: "iban",
         pattern: r"(?-u:\b)[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}(?-u:\b)",
+        hint: r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11}",
         validate: Some(iban_checksum),
     },
     BuiltIn {
         name: "us_ssn",
         pattern: r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}(?-u:\b)",
+        hint: r"[0-9]{3}-[0-9]{2}-[0-9]{4}",
         validate: Some(ssn_plausible),
     },
 ];

@@ -68,11 +68,14 @@ pub struct Redactor {
 impl Redactor {
     pub fn new(cfg: &RedactConfig) -> Result<Redactor, ConfigError> {
         let mut detectors = Vec::new();
+        let mut hints = Vec::new();
         for b in BUILT_INS {
             detectors.push(compile(b.name, b.pattern, b.validate)?);
+            hints.push(b.hint);
         }
         for p in &cfg.patterns {
             detectors.push(compile(&p.name, &p.regex, None)?);
+            hints.push(p.regex.as_str());
         }
         if detectors.len() > MAX_DETECTORS {
             return Err(ConfigError::invalid(
@@ -83,7 +86,7 @@ impl Redactor {
                 ),
             ));
         }
-        let set = RegexSet::new(detectors.iter().map(|d| d.regex.as_str()))
+        let set = RegexSet::new(hints)
             .map_err(|e| ConfigError::invalid("redact.patterns", e.to_string()))?;
         let normalise_all = |xs: &mut dyn Iterator<Item = &str>| xs.map(normalise_key).collect();
         let mut secret_fragments: Vec<String> =
@@ -184,9 +187,33 @@ impl Redactor {
     }
 
     fn is_secret_key(&self, key: &str) -> bool {
-        let k = normalise_key(key);
-        self.secret_fragments.iter().any(|f| k.contains(f.as_str()))
-            || self.secret_suffixes.iter().any(|s| k.ends_with(s.as_str()))
+        // Every object key of every input is checked, so the common short
+        // ASCII key is normalised on the stack rather than into a new String.
+        let mut buf = [0u8; 64];
+        let k: &[u8] = if key.len() <= buf.len() && key.is_ascii() {
+            let mut n = 0;
+            for b in key
+                .bytes()
+                .filter(|b| !matches!(b, b'_' | b'-' | b'.' | b' '))
+            {
+                buf[n] = b.to_ascii_lowercase();
+                n += 1;
+            }
+            &buf[..n]
+        } else {
+            return self.is_secret_normalised(normalise_key(key).as_bytes());
+        };
+        self.is_secret_normalised(k)
+    }
+
+    fn is_secret_normalised(&self, k: &[u8]) -> bool {
+        self.secret_fragments
+            .iter()
+            .any(|f| f.is_empty() || k.windows(f.len()).any(|w| w == f.as_bytes()))
+            || self
+                .secret_suffixes
+                .iter()
+                .any(|s| k.ends_with(s.as_bytes()))
     }
 
     fn rule_for(&self, path: &str) -> Option<FieldAction> {

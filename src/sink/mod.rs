@@ -22,6 +22,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::metadata::{KeyValue, SortingColumn};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::schema::types::ColumnPath;
 
 use crate::config::SinkConfig;
 use crate::error::SinkError;
@@ -32,34 +33,42 @@ use journal::{Journal, Offsets, Rename};
 pub const INVOCATIONS: &str = "invocations";
 pub const DEAD_LETTER: &str = "dead_letter";
 
-/// A Hive partition: table, UTC day and hour.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// A Hive partition: table and UTC hour. Kept as an hour number, not as the
+/// `dt` text, because every buffered row computes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PartitionKey {
     pub table: &'static str,
-    pub dt: String,
-    pub hour: u32,
+    epoch_hour: i64,
 }
 
 impl PartitionKey {
     pub fn for_time(table: &'static str, ts_ms: i64) -> PartitionKey {
-        let t = DateTime::<Utc>::from_timestamp_millis(ts_ms).unwrap_or_default();
         PartitionKey {
             table,
-            dt: format!("{:04}-{:02}-{:02}", t.year(), t.month(), t.day()),
-            hour: t.hour(),
+            epoch_hour: ts_ms.div_euclid(3_600_000),
         }
     }
 
     /// `invocations/dt=2026-11-28/hour=07`, relative to the data directory.
     pub fn dir(&self) -> PathBuf {
+        let t = DateTime::<Utc>::from_timestamp(self.epoch_hour.saturating_mul(3600), 0)
+            .unwrap_or_default();
         PathBuf::from(self.table)
-            .join(format!("dt={}", self.dt))
-            .join(format!("hour={:02}", self.hour))
+            .join(format!(
+                "dt={:04}-{:02}-{:02}",
+                t.year(),
+                t.month(),
+                t.day()
+            ))
+            .join(format!("hour={:02}", t.hour()))
     }
 }
 
+/// Rows waiting for the next flush, grouped by partition. The pipeline fills
+/// one while the sink writes the previous one, so decoding never waits on
+/// Parquet encoding or fsync.
 #[derive(Default)]
-struct Buffer {
+pub struct PendingRows {
     invocations: BTreeMap<PartitionKey, Vec<Record>>,
     dead_letters: BTreeMap<PartitionKey, Vec<DeadLetter>>,
     /// Highest offset buffered per (topic, partition).
@@ -67,6 +76,48 @@ struct Buffer {
     bytes: usize,
     rows: usize,
     oldest: Option<Instant>,
+}
+
+impl PendingRows {
+    fn note(&mut self, coords: &KafkaCoords, bytes: usize) {
+        let slot = self
+            .pending
+            .entry((coords.topic.clone(), coords.partition))
+            .or_insert(coords.offset);
+        *slot = (*slot).max(coords.offset);
+        self.bytes += bytes;
+        self.rows += 1;
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    pub fn push_record(&mut self, r: Record) {
+        self.note(&r.coords, record_size(&r));
+        let key = PartitionKey::for_time(INVOCATIONS, r.event.ts_ms);
+        self.invocations.entry(key).or_default().push(r);
+    }
+
+    pub fn push_dead_letter(&mut self, d: DeadLetter) {
+        self.note(&d.coords, d.raw.len() + d.detail.len() + 128);
+        let key = PartitionKey::for_time(DEAD_LETTER, d.ingested_at_ms);
+        self.dead_letters.entry(key).or_default().push(d);
+    }
+
+    /// Estimated memory held, for the budget.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// True when the rows are many enough or old enough to roll files.
+    pub fn is_due(&self, max_bytes: usize, max_age_secs: u64) -> bool {
+        self.bytes >= max_bytes
+            || self
+                .oldest
+                .is_some_and(|t| t.elapsed().as_secs() >= max_age_secs)
+    }
 }
 
 /// What a flush made durable.
@@ -85,7 +136,7 @@ pub struct ParquetSink {
     props_invocations: WriterProperties,
     props_dead_letter: WriterProperties,
     journal: Journal,
-    buffer: Buffer,
+    buffer: PendingRows,
     metrics: Arc<Metrics>,
     /// Held for the sink's lifetime: one writer per data directory.
     _lock: File,
@@ -127,7 +178,7 @@ impl ParquetSink {
             root,
             cfg: cfg.clone(),
             journal,
-            buffer: Buffer::default(),
+            buffer: PendingRows::default(),
             metrics,
             _lock: lock,
         })
@@ -138,53 +189,35 @@ impl ParquetSink {
         &self.journal.offsets
     }
 
-    fn note(&mut self, coords: &KafkaCoords, bytes: usize) {
-        let b = &mut self.buffer;
-        let slot = b
-            .pending
-            .entry((coords.topic.clone(), coords.partition))
-            .or_insert(coords.offset);
-        *slot = (*slot).max(coords.offset);
-        b.bytes += bytes;
-        b.rows += 1;
-        b.oldest.get_or_insert_with(Instant::now);
-        self.metrics.buffered_bytes.set(b.bytes as i64);
-        self.metrics.buffered_rows.set(b.rows as i64);
-    }
-
     pub fn push_record(&mut self, r: Record) {
-        let bytes = record_size(&r);
-        self.note(&r.coords, bytes);
-        let key = PartitionKey::for_time(INVOCATIONS, r.event.ts_ms);
-        self.buffer.invocations.entry(key).or_default().push(r);
+        self.buffer.push_record(r);
     }
 
     pub fn push_dead_letter(&mut self, d: DeadLetter) {
-        let bytes = d.raw.len() + d.detail.len() + 128;
-        self.note(&d.coords, bytes);
-        let key = PartitionKey::for_time(DEAD_LETTER, d.ingested_at_ms);
-        self.buffer.dead_letters.entry(key).or_default().push(d);
+        self.buffer.push_dead_letter(d);
     }
 
-    /// True when the buffer is full enough or old enough to roll files.
-    pub fn should_flush(&self, budget_bytes: usize) -> bool {
-        let b = &self.buffer;
-        b.bytes >= self.cfg.max_file_bytes.min(budget_bytes)
-            || b.oldest
-                .is_some_and(|t| t.elapsed().as_secs() >= self.cfg.max_file_age_secs)
+    /// The file-size and file-age limits of the configuration.
+    pub fn roll_limits(&self) -> (usize, u64) {
+        (self.cfg.max_file_bytes, self.cfg.max_file_age_secs)
     }
 
-    /// Writes every buffered row and makes it durable; see the module docs.
+    /// Writes every row pushed so far and makes it durable.
     pub fn flush(&mut self) -> Result<FlushOutcome, SinkError> {
-        if self.buffer.rows == 0 {
+        let rows = std::mem::take(&mut self.buffer);
+        self.write(rows)
+    }
+
+    /// Writes `buffer` as files and makes them durable; see the module docs.
+    pub fn write(&mut self, mut buffer: PendingRows) -> Result<FlushOutcome, SinkError> {
+        if buffer.rows == 0 {
             return Ok(FlushOutcome::default());
         }
         let started = Instant::now();
         let seq = self.journal.seq + 1;
-        let mut buffer = std::mem::take(&mut self.buffer);
         let mut renames = Vec::new();
         let mut outcome = FlushOutcome::default();
-        for (key, rows) in buffer.invocations.iter_mut() {
+        for (key, rows) in &buffer.invocations {
             let coords: Vec<&KafkaCoords> = rows.iter().map(|r| &r.coords).collect();
             let meta = offsets_metadata(&coords);
             let batch = schema::invocations_batch(rows)?;
@@ -245,8 +278,6 @@ impl ParquetSink {
         self.metrics
             .flush_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.metrics.buffered_bytes.set(0);
-        self.metrics.buffered_rows.set(0);
         Ok(outcome)
     }
 
@@ -307,9 +338,24 @@ impl ParquetSink {
     }
 }
 
+/// Columns whose values are (nearly) unique per row: a dictionary would only
+/// cost hashing every value and then fall back to plain encoding anyway.
+const UNIQUE_COLUMNS: [&str; 6] = [
+    "event_id",
+    "tool_call_id",
+    "input",
+    "output_sha256",
+    "output_preview",
+    "src_offset",
+];
+
 fn writer_props(cfg: &SinkConfig, sort_key: &[usize]) -> WriterProperties {
     let level = ZstdLevel::try_new(cfg.zstd_level).unwrap_or_default();
-    WriterProperties::builder()
+    let mut builder = WriterProperties::builder();
+    for column in UNIQUE_COLUMNS {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    builder
         .set_compression(Compression::ZSTD(level))
         // Page-level statistics also write the column and offset indexes.
         .set_statistics_enabled(EnabledStatistics::Page)

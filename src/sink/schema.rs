@@ -1,6 +1,7 @@
 //! The Arrow schemas of the stored tables and the conversion of buffered rows
 //! into sorted record batches.
 
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
@@ -98,22 +99,9 @@ fn list_of(rows: usize) -> ListBuilder<StringBuilder> {
     ListBuilder::with_capacity(StringBuilder::new(), rows)
 }
 
-/// Sorts records by the sort key and turns them into one batch.
-pub fn invocations_batch(rows: &mut [Record]) -> Result<RecordBatch, ArrowError> {
-    rows.sort_by(|a, b| {
-        (
-            &a.event.tenant,
-            &a.event.agent_id,
-            &a.event.tool,
-            a.event.ts_ms,
-        )
-            .cmp(&(
-                &b.event.tenant,
-                &b.event.agent_id,
-                &b.event.tool,
-                b.event.ts_ms,
-            ))
-    });
+/// Turns records into one batch sorted by the sort key.
+pub fn invocations_batch(rows: &[Record]) -> Result<RecordBatch, ArrowError> {
+    let order = sort_order(rows);
     let n = rows.len();
     let s = || StringBuilder::with_capacity(n, n * 16);
     let (mut event_id, mut tenant, mut agent_id, mut environment, mut tool, mut status) =
@@ -121,7 +109,13 @@ pub fn invocations_batch(rows: &mut [Record]) -> Result<RecordBatch, ArrowError>
     let (mut actor, mut workflow_id, mut tool_call_id, mut tool_type) = (s(), s(), s(), s());
     let (mut agent_version, mut mcp_server, mut mcp_server_version, mut credential_id) =
         (s(), s(), s(), s());
-    let (mut error_type, mut input, mut output_sha256, mut output_preview) = (s(), s(), s(), s());
+    let (mut error_type, mut output_sha256, mut output_preview) = (s(), s(), s());
+    // The input is the one large column: size it exactly, not by doubling.
+    let input_bytes = rows
+        .iter()
+        .filter_map(|r| r.input_json.as_ref())
+        .map(String::len);
+    let mut input = StringBuilder::with_capacity(n, input_bytes.sum());
     let (mut approval_id, mut approval_approver, mut approval_decision, mut attributes) =
         (s(), s(), s(), s());
     let mut src_topic = s();
@@ -135,7 +129,7 @@ pub fn invocations_batch(rows: &mut [Record]) -> Result<RecordBatch, ArrowError>
     let mut src_partition = Int32Builder::with_capacity(n);
     let mut redactions = list_of(n);
 
-    for r in rows.iter() {
+    for r in order.iter().map(|&i| &rows[i]) {
         let e = &r.event;
         event_id.append_value(&e.event_id);
         ts.append_value(e.ts_ms);
@@ -215,6 +209,38 @@ pub fn invocations_batch(rows: &mut [Record]) -> Result<RecordBatch, ArrowError>
     RecordBatch::try_new(INVOCATIONS.clone(), columns)
 }
 
+/// The row order of a file: by (tenant, agent_id, tool, ts). The few distinct
+/// (tenant, agent_id, tool) groups are ranked once, so the sort compares
+/// integers; comparing strings per row pair was most of a flush's time.
+fn sort_order(rows: &[Record]) -> Vec<usize> {
+    let mut groups: HashMap<(&str, &str, &str), u32> = HashMap::new();
+    let group_of: Vec<u32> = rows
+        .iter()
+        .map(|r| {
+            let e = &r.event;
+            let next = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+            *groups
+                .entry((&e.tenant, &e.agent_id, &e.tool))
+                .or_insert(next)
+        })
+        .collect();
+    let mut by_name: Vec<(&(&str, &str, &str), &u32)> = groups.iter().collect();
+    by_name.sort_unstable();
+    let mut rank = vec![0u32; by_name.len()];
+    for (r, &(_, &g)) in by_name.iter().enumerate() {
+        rank[g as usize] = u32::try_from(r).unwrap_or(u32::MAX);
+    }
+    let mut keys: Vec<(u32, i64, usize)> = rows
+        .iter()
+        .zip(&group_of)
+        .enumerate()
+        .map(|(i, (r, &g))| (rank[g as usize], r.event.ts_ms, i))
+        .collect();
+    // The index makes every key distinct, so an unstable sort is deterministic.
+    keys.sort_unstable();
+    keys.into_iter().map(|(_, _, i)| i).collect()
+}
+
 /// Sorts dead letters by their Kafka coordinates and turns them into a batch.
 pub fn dead_letter_batch(rows: &mut [DeadLetter]) -> Result<RecordBatch, ArrowError> {
     rows.sort_by_key(|d| (d.coords.partition, d.coords.offset));
@@ -255,4 +281,47 @@ pub fn dead_letter_batch(rows: &mut [DeadLetter]) -> Result<RecordBatch, ArrowEr
         Arc::new(ingested_at.finish()),
     ];
     RecordBatch::try_new(DEAD_LETTER.clone(), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RedactConfig;
+    use crate::decode::{DecodeLimits, decode};
+    use crate::event::KafkaCoords;
+    use crate::redact::Redactor;
+
+    fn record(tenant: &str, agent: &str, tool: &str, ts: i64, offset: i64) -> Record {
+        let json = format!(
+            r#"{{"event_id":"e{offset}","ts":{ts},"tenant":"{tenant}","agent_id":"{agent}","environment":"production","tool":"{tool}","status":"ok"}}"#
+        );
+        let event = decode(Some(json.as_bytes()), ts, &DecodeLimits::default()).expect("valid");
+        let coords = KafkaCoords {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset,
+            kafka_ts_ms: None,
+        };
+        Redactor::new(&RedactConfig::default())
+            .expect("redactor")
+            .redact_event(event, coords, ts)
+    }
+
+    #[test]
+    fn rows_sort_by_tenant_agent_tool_then_time() {
+        let t = 1_795_852_800_000;
+        let rows = vec![
+            record("b", "a1", "search", t, 0),
+            record("a", "a2", "search", t + 5, 1),
+            record("a", "a1", "wire", t, 2),
+            record("a", "a1", "search", t + 9, 3),
+            record("a", "a1", "search", t + 1, 4),
+            record("a", "a10", "search", t, 5),
+        ];
+        let offsets: Vec<i64> = sort_order(&rows)
+            .into_iter()
+            .map(|i| rows[i].coords.offset)
+            .collect();
+        assert_eq!(offsets, vec![4, 3, 2, 5, 1, 0]);
+    }
 }
