@@ -19,6 +19,7 @@ pub struct Config {
     pub redact: RedactConfig,
     pub sink: SinkConfig,
     pub serve: ServeConfig,
+    pub detect: DetectConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,12 +153,94 @@ impl Default for SinkConfig {
     }
 }
 
+/// Detection: baselines, rules and where alerts go. Every rule is on unless
+/// listed in `disabled_rules`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    pub enabled: bool,
+    /// The inventory and policy file; without it only the rules that need
+    /// no policy run (spikes, secrets in input, new tools, shared credentials).
+    pub policy_file: Option<PathBuf>,
+    /// Event-time bucket of the baselines and rate limits.
+    pub bucket_secs: u64,
+    /// How far behind the newest event time an event may arrive and still
+    /// count in its own bucket.
+    pub allowed_lateness_secs: u64,
+    /// EWMA weight of the newest bucket (0.05 ≈ a 20-bucket memory).
+    pub alpha: f64,
+    pub warmup_buckets: u32,
+    pub min_count: u32,
+    pub min_ratio: f64,
+    /// -log10 of the tail probability at which a spike alerts.
+    pub min_score: f64,
+    pub max_keys: usize,
+    /// An alert stays active this many buckets after its condition was last
+    /// seen, then resolves.
+    pub hold_buckets: u32,
+    /// `new_tool_for_tenant` stays quiet for this many buckets after start.
+    pub new_tool_warmup_buckets: u32,
+    /// `exfiltration_sequence`: an egress within this many calls of a
+    /// sensitive read in the same workflow.
+    pub exfiltration_window_steps: u32,
+    pub max_workflows: usize,
+    pub max_active_alerts: usize,
+    pub disabled_rules: Vec<String>,
+    /// Alertmanager base URL (`http://host:9093`): alerts are pushed to its
+    /// `/api/v2/alerts` as they fire and resolve.
+    pub alertmanager_url: Option<String>,
+    pub alertmanager_queue: usize,
+    /// Hours of stored history that warm the baselines at start-up.
+    pub warm_hours: u32,
+    pub runbook_base_url: String,
+    /// Distinct values per metric label before new ones become `other`.
+    pub max_label_values: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            enabled: true,
+            policy_file: None,
+            bucket_secs: 60,
+            allowed_lateness_secs: 120,
+            alpha: 0.05,
+            warmup_buckets: 30,
+            min_count: 20,
+            min_ratio: 5.0,
+            min_score: 8.0,
+            max_keys: 1_000_000,
+            hold_buckets: 5,
+            new_tool_warmup_buckets: 60,
+            exfiltration_window_steps: 5,
+            max_workflows: 100_000,
+            max_active_alerts: 10_000,
+            disabled_rules: Vec::new(),
+            alertmanager_url: None,
+            alertmanager_queue: 10_000,
+            warm_hours: 24,
+            runbook_base_url: "https://github.com/agentaudit/agentaudit/blob/main/docs/runbooks.md"
+                .into(),
+            max_label_values: 200,
+        }
+    }
+}
+
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             listen: "127.0.0.1:9464".into(),
         }
     }
+}
+
+/// toml reports a byte offset; this is the line an editor shows for it.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 impl Config {
@@ -176,19 +259,63 @@ impl Config {
 
     pub fn from_toml(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| {
-            // toml reports a byte span; turn it into the line an editor shows.
-            let line = e.span().map(|s| {
-                text.as_bytes()[..s.start.min(text.len())]
-                    .iter()
-                    .filter(|b| **b == b'\n')
-                    .count()
-                    + 1
-            });
+            let line = e.span().map(|s| line_of(text, s.start));
             match line {
                 Some(l) => format!("line {l}: {}", e.message()),
                 None => e.message().to_owned(),
             }
         })
+    }
+
+    fn validate_detect(&self) -> Result<(), ConfigError> {
+        let d = &self.detect;
+        if !(1..=86_400).contains(&d.bucket_secs) {
+            return Err(ConfigError::invalid(
+                "detect.bucket_secs",
+                "must be 1 to 86400",
+            ));
+        }
+        if !(d.alpha > 0.0 && d.alpha < 1.0) {
+            return Err(ConfigError::invalid(
+                "detect.alpha",
+                "must be between 0 and 1",
+            ));
+        }
+        if d.min_ratio < 1.0 || !d.min_score.is_finite() || d.min_score <= 0.0 {
+            return Err(ConfigError::invalid(
+                "detect.min_ratio / detect.min_score",
+                "min_ratio must be at least 1 and min_score positive",
+            ));
+        }
+        if !(1..=100_000_000).contains(&d.max_keys) || d.max_workflows == 0 {
+            return Err(ConfigError::invalid(
+                "detect.max_keys / detect.max_workflows",
+                "must be at least 1 (max_keys at most 100M)",
+            ));
+        }
+        if d.max_active_alerts == 0 || d.alertmanager_queue == 0 || d.max_label_values == 0 {
+            return Err(ConfigError::invalid(
+                "detect",
+                "max_active_alerts, alertmanager_queue and max_label_values must be at least 1",
+            ));
+        }
+        for rule in &d.disabled_rules {
+            if !crate::detect::RULES.iter().any(|r| r.name == rule) {
+                return Err(ConfigError::invalid(
+                    "detect.disabled_rules",
+                    format!("no rule is named `{rule}`"),
+                ));
+            }
+        }
+        if let Some(url) = &d.alertmanager_url
+            && !url.starts_with("http://")
+        {
+            return Err(ConfigError::invalid(
+                "detect.alertmanager_url",
+                "must be an http:// URL (put a TLS proxy in front for https)",
+            ));
+        }
+        Ok(())
     }
 
     pub fn decode_limits(&self) -> DecodeLimits {
@@ -316,6 +443,7 @@ impl Config {
         // Compiling the redactor checks every custom pattern and the hash key.
         crate::redact::Redactor::new(r)?;
         self.listen_addr()?;
+        self.validate_detect()?;
         Ok(())
     }
 }
@@ -377,6 +505,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub hash_key: Option<String>,
+    pub policy_file: Option<PathBuf>,
+    pub alertmanager_url: Option<String>,
 }
 
 impl Config {
@@ -404,6 +534,12 @@ impl Config {
         }
         if o.hash_key.is_some() {
             cfg.redact.hash_key = o.hash_key;
+        }
+        if o.policy_file.is_some() {
+            cfg.detect.policy_file = o.policy_file;
+        }
+        if o.alertmanager_url.is_some() {
+            cfg.detect.alertmanager_url = o.alertmanager_url;
         }
         cfg.validate()?;
         Ok(cfg)

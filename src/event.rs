@@ -110,6 +110,9 @@ pub struct Record {
     pub attributes_json: Option<String>,
     /// Names of the detectors and rules that fired, sorted and deduplicated.
     pub redactions: Vec<String>,
+    /// A detector or key-name rule fired inside `input`: the tool was handed
+    /// a secret or personal datum.
+    pub secret_in_input: bool,
     pub coords: KafkaCoords,
     pub ingested_at_ms: i64,
 }

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod config;
 pub mod decode;
+pub mod detect;
 pub mod error;
 pub mod event;
 pub mod metrics;

@@ -54,6 +54,12 @@ enum Command {
         listen: Option<String>,
         #[arg(long, env = "AGENTAUDIT_REDACT_HASH_KEY", hide_env_values = true)]
         hash_key: Option<String>,
+        /// The inventory and policy file (see policy.example.toml).
+        #[arg(long, env = "AGENTAUDIT_POLICY")]
+        policy: Option<PathBuf>,
+        /// Push alerts to this Alertmanager (http://host:9093).
+        #[arg(long, env = "AGENTAUDIT_ALERTMANAGER_URL")]
+        alertmanager_url: Option<String>,
         /// Also produce realistic demo traffic into the topic.
         #[arg(long)]
         demo: bool,
@@ -125,6 +131,8 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             hash_key,
+            policy,
+            alertmanager_url,
             demo,
             demo_rate,
         } => {
@@ -138,6 +146,8 @@ fn main() -> anyhow::Result<()> {
                     data_dir,
                     listen,
                     hash_key,
+                    policy_file: policy,
+                    alertmanager_url,
                 },
             )?;
             let runtime = tokio::runtime::Builder::new_multi_thread()

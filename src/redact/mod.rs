@@ -333,11 +333,13 @@ impl Redactor {
                 .take()
                 .and_then(|p| self.apply_to_string("output_preview", p, &mut hits));
         }
+        let mut input_hits = Hits::default();
         let input_json = event.input.as_mut().and_then(|input| {
             let mut path = String::from("input");
-            self.redact_value(input, &mut path, &mut hits)
+            self.redact_value(input, &mut path, &mut input_hits)
                 .then(|| input.to_string())
         });
+        hits.0 |= input_hits.0;
         let attributes = std::mem::take(&mut event.attributes);
         for (k, v) in attributes {
             let value = if self.is_secret_key(&k) {
@@ -371,6 +373,7 @@ impl Redactor {
         event.input = None;
         Record {
             redactions: self.hit_names(hits),
+            secret_in_input: input_hits.any(),
             event,
             input_json,
             attributes_json,

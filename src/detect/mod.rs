@@ -1,0 +1,878 @@
+//! Detect owns turning redacted records into alerts: rolling baselines of
+//! call frequency (statistical rules) and the written policy (policy rules),
+//! both in event time so that a backtest over history fires what live
+//! traffic fired. It sits between redact and sink and sees only redacted
+//! records; it never writes or sends anything itself.
+
+pub mod baseline;
+pub mod labels;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use baseline::{BaselineConfig, Baselines, ClosedBucket};
+use policy::{Policy, TierA, ToolClass};
+
+use crate::config::DetectConfig;
+use crate::event::{ApprovalDecision, Record, Status};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// One entry of the rule catalogue.
+pub struct Rule {
+    pub name: &'static str,
+    pub severity: Severity,
+    pub summary: &'static str,
+}
+
+macro_rules! rules {
+    ($($id:ident = $name:literal, $sev:ident, $summary:literal;)*) => {
+        /// Rule ids, in catalogue order.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum RuleId { $($id),* }
+        /// The rule catalogue: README's table is generated from the same text.
+        pub const RULES: &[Rule] = &[$(Rule { name: $name, severity: Severity::$sev, summary: $summary }),*];
+    };
+}
+
+rules! {
+    ToolFrequencySpike = "tool_frequency_spike", Warning, "A tenant or agent calls a tool far more often than its baseline";
+    ErrorRateSpike = "error_rate_spike", Warning, "Errors and denials of a tenant's agent far above their baseline";
+    UnregisteredAgent = "unregistered_agent", Critical, "An agent that is not in the inventory made a tool call";
+    EnvironmentNotRegistered = "environment_not_registered", Warning, "An agent ran in an environment it is not registered for";
+    ToolNotAllowed = "tool_not_allowed", Critical, "An agent called a tool outside its allowlist for the environment";
+    TierAWithoutApproval = "tier_a_without_approval", Critical, "A Tier A action succeeded without a human approval";
+    DangerousToolInProduction = "dangerous_tool_in_production", Critical, "A shell or filesystem tool ran in production";
+    WorkflowStepBudgetExceeded = "workflow_step_budget_exceeded", Warning, "A workflow ran more steps than its agent's budget";
+    WorkflowTokenBudgetExceeded = "workflow_token_budget_exceeded", Warning, "A workflow used more tokens than its agent's budget";
+    TenantRateLimitExceeded = "tenant_rate_limit_exceeded", Warning, "A tenant made more tool calls in a minute than its limit";
+    NewToolForTenant = "new_tool_for_tenant", Info, "A tenant called a tool for the first time";
+    SecretInToolInput = "secret_in_tool_input", Warning, "A secret or personal datum was passed to a tool";
+    CredentialMisuse = "credential_misuse", Critical, "A credential was used by an agent it is not dedicated to, or is shared/admin";
+    McpServerUnpinned = "mcp_server_unpinned", Warning, "An MCP server's version differs from its pin";
+    ExfiltrationSequence = "exfiltration_sequence", Critical, "A sensitive read followed shortly by an egress or bulk export in one workflow";
+    InventoryReviewOverdue = "inventory_review_overdue", Info, "An agent's inventory review date has passed";
+}
+
+impl RuleId {
+    pub fn rule(self) -> &'static Rule {
+        &RULES[self as usize]
+    }
+    pub fn name(self) -> &'static str {
+        self.rule().name
+    }
+}
+
+/// An alert as it fires: what the sink stores, the metrics show and
+/// Alertmanager receives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub rule: RuleId,
+    pub severity: Severity,
+    pub tenant: String,
+    pub agent_id: String,
+    pub tool: String,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub observed: f64,
+    pub expected: f64,
+    pub score: f64,
+    pub sample_event_ids: Vec<String>,
+    pub detail: String,
+    /// Event time of the call that fired it.
+    pub detected_at_ms: i64,
+}
+
+impl Alert {
+    /// The identity Alertmanager groups and resolves by.
+    pub fn identity(&self) -> (RuleId, &str, &str, &str) {
+        (self.rule, &self.tenant, &self.agent_id, &self.tool)
+    }
+}
+
+/// What happened to an alert's condition: it began, or it stopped holding.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertChange {
+    Fired(Alert),
+    Resolved(Alert),
+}
+
+/// A closed baseline bucket with the names of its key, for backtests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketScore {
+    pub kind: &'static str,
+    pub tenant: String,
+    pub agent_id: String,
+    pub tool: String,
+    pub bucket_start_ms: i64,
+    pub observed: u32,
+    pub expected: f64,
+    pub score: f64,
+    pub warm: bool,
+}
+
+/// Baseline key kinds: which names a key is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum KeyKind {
+    TenantTool,
+    AgentTool,
+    Tenant,
+    TenantAgentErrors,
+}
+
+impl KeyKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::TenantTool => "tenant_tool",
+            KeyKind::AgentTool => "agent_tool",
+            KeyKind::Tenant => "tenant",
+            KeyKind::TenantAgentErrors => "tenant_agent_errors",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct WorkflowState {
+    calls: u32,
+    max_step: i64,
+    tokens: u64,
+    last_sensitive_call: Option<u32>,
+    last_seen_ms: i64,
+}
+
+struct ActiveAlert {
+    alert: Alert,
+    last_bucket: i64,
+}
+
+/// The detectors' state. One per pipeline, fed in event order per partition.
+pub struct Detector {
+    cfg: DetectConfig,
+    bucket_ms: i64,
+    lateness_ms: i64,
+    hasher: std::hash::RandomState,
+    baselines: Baselines,
+    /// Names of baseline keys, kept only when bucket scores are recorded.
+    key_names: Option<HashMap<u64, (KeyKind, String, String, String)>>,
+    pub scores: Vec<BucketScore>,
+    closed: Vec<ClosedBucket>,
+    enabled: [bool; RULES.len()],
+    workflows: HashMap<u64, WorkflowState>,
+    /// (tenant) → (minute, calls in it).
+    tenant_minutes: HashMap<u64, (i64, u32)>,
+    tenant_tools_seen: HashMap<u64, ()>,
+    credential_agent: HashMap<u64, u64>,
+    active: HashMap<(RuleId, u64), ActiveAlert>,
+    first_event_ms: Option<i64>,
+    max_event_ms: i64,
+    /// Bounded-map evictions, for the metric.
+    pub evictions: u64,
+}
+
+impl Detector {
+    pub fn new(cfg: &DetectConfig, record_scores: bool) -> Detector {
+        let mut enabled = [true; RULES.len()];
+        for (i, r) in RULES.iter().enumerate() {
+            enabled[i] = !cfg.disabled_rules.iter().any(|d| d == r.name);
+        }
+        let bucket_ms = i64::try_from(cfg.bucket_secs.saturating_mul(1000)).unwrap_or(60_000);
+        Detector {
+            bucket_ms,
+            lateness_ms: i64::try_from(cfg.allowed_lateness_secs.saturating_mul(1000)).unwrap_or(0),
+            hasher: std::hash::RandomState::new(),
+            baselines: Baselines::new(BaselineConfig {
+                alpha: cfg.alpha,
+                warmup_buckets: cfg.warmup_buckets,
+                min_count: cfg.min_count,
+                min_ratio: cfg.min_ratio,
+                min_score: cfg.min_score,
+                max_keys: cfg.max_keys,
+            }),
+            key_names: record_scores.then(HashMap::new),
+            scores: Vec::new(),
+            closed: Vec::new(),
+            enabled,
+            workflows: HashMap::new(),
+            tenant_minutes: HashMap::new(),
+            tenant_tools_seen: HashMap::new(),
+            credential_agent: HashMap::new(),
+            active: HashMap::new(),
+            first_event_ms: None,
+            max_event_ms: i64::MIN,
+            evictions: 0,
+            cfg: cfg.clone(),
+        }
+    }
+
+    pub fn baseline_keys(&self) -> usize {
+        self.baselines.len()
+    }
+
+    pub fn baseline_evictions(&self) -> u64 {
+        self.baselines.evictions()
+    }
+
+    pub fn active_alerts(&self) -> usize {
+        self.active.len()
+    }
+
+    fn hash(&self, parts: &[&str], salt: u8) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        salt.hash(&mut h);
+        for p in parts {
+            p.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    fn bucket_of(&self, ts_ms: i64) -> i64 {
+        ts_ms.div_euclid(self.bucket_ms)
+    }
+
+    /// Counts a past bucket of calls into the baselines without alerting:
+    /// warming from stored history at start-up.
+    pub fn warm(
+        &mut self,
+        tenant: &str,
+        agent: &str,
+        tool: &str,
+        bucket_start_ms: i64,
+        calls: u32,
+        errors: u32,
+    ) {
+        let bucket = self.bucket_of(bucket_start_ms);
+        let b = u32::try_from(bucket).unwrap_or(0);
+        let mut sink = Vec::new();
+        for (_, key) in self.keys(tenant, agent, tool) {
+            self.baselines.observe(key, b, calls, &mut sink);
+        }
+        if errors > 0 {
+            let key = self.hash(&[tenant, agent], 4);
+            self.baselines.observe(key, b, errors, &mut sink);
+        }
+        let seen = self.hash(&[tenant, tool], 9);
+        self.tenant_tools_seen.insert(seen, ());
+        self.first_event_ms = Some(
+            self.first_event_ms
+                .map_or(bucket_start_ms, |f| f.min(bucket_start_ms)),
+        );
+    }
+
+    fn keys(&self, tenant: &str, agent: &str, tool: &str) -> [(KeyKind, u64); 3] {
+        [
+            (KeyKind::TenantTool, self.hash(&[tenant, tool], 1)),
+            (KeyKind::AgentTool, self.hash(&[agent, tool], 2)),
+            (KeyKind::Tenant, self.hash(&[tenant], 3)),
+        ]
+    }
+
+    /// Runs every enabled rule over one record; changes go to `out`.
+    pub fn observe(&mut self, r: &Record, policy: Option<&Policy>, out: &mut Vec<AlertChange>) {
+        let e = &r.event;
+        self.first_event_ms.get_or_insert(e.ts_ms);
+        self.max_event_ms = self.max_event_ms.max(e.ts_ms);
+        let bucket = self.bucket_of(e.ts_ms);
+        let b32 = u32::try_from(bucket.max(0)).unwrap_or(u32::MAX);
+        // Statistical rules.
+        for (kind, key) in self.keys(&e.tenant, &e.agent_id, &e.tool) {
+            if let Some(names) = self.key_names.as_mut() {
+                names
+                    .entry(key)
+                    .or_insert_with(|| names_for(kind, &e.tenant, &e.agent_id, &e.tool));
+            }
+            let spike = self.baselines.observe(key, b32, 1, &mut self.closed);
+            if let Some(s) = spike {
+                let (agent, tool) = match kind {
+                    KeyKind::TenantTool => ("", e.tool.as_str()),
+                    KeyKind::AgentTool => (e.agent_id.as_str(), e.tool.as_str()),
+                    _ => ("", ""),
+                };
+                let detail = format!(
+                    "{} calls in the bucket against {:.1} expected ({} baseline)",
+                    s.observed,
+                    s.expected,
+                    kind.as_str()
+                );
+                let tenant = if kind == KeyKind::AgentTool {
+                    ""
+                } else {
+                    e.tenant.as_str()
+                };
+                self.fire(
+                    RuleId::ToolFrequencySpike,
+                    r,
+                    (tenant, agent, tool),
+                    bucket,
+                    s.observed.into(),
+                    s.expected,
+                    s.score,
+                    detail,
+                    out,
+                );
+            }
+        }
+        if matches!(e.status, Status::Error | Status::Denied) {
+            let key = self.hash(&[&e.tenant, &e.agent_id], 4);
+            if let Some(names) = self.key_names.as_mut() {
+                names.entry(key).or_insert_with(|| {
+                    names_for(KeyKind::TenantAgentErrors, &e.tenant, &e.agent_id, "")
+                });
+            }
+            if let Some(s) = self.baselines.observe(key, b32, 1, &mut self.closed) {
+                let detail = format!(
+                    "{} errors and denials against {:.1} expected",
+                    s.observed, s.expected
+                );
+                self.fire(
+                    RuleId::ErrorRateSpike,
+                    r,
+                    (&e.tenant, &e.agent_id, ""),
+                    bucket,
+                    s.observed.into(),
+                    s.expected,
+                    s.score,
+                    detail,
+                    out,
+                );
+            }
+        }
+        self.record_closed();
+        self.policy_rules(r, policy, bucket, out);
+        self.advance(out);
+    }
+
+    fn record_closed(&mut self) {
+        let Some(names) = self.key_names.as_ref() else {
+            self.closed.clear();
+            return;
+        };
+        for c in self.closed.drain(..) {
+            if let Some((kind, t, a, tool)) = names.get(&c.key) {
+                self.scores.push(BucketScore {
+                    kind: kind.as_str(),
+                    tenant: t.clone(),
+                    agent_id: a.clone(),
+                    tool: tool.clone(),
+                    bucket_start_ms: i64::from(c.bucket) * self.bucket_ms,
+                    observed: c.observed,
+                    expected: c.expected,
+                    score: c.score,
+                    warm: c.warm,
+                });
+            }
+        }
+    }
+
+    /// Closes every open bucket: the end of a backtest.
+    pub fn finish(&mut self, out: &mut Vec<AlertChange>) {
+        self.baselines.close_all(&mut self.closed);
+        self.record_closed();
+        let mut rest: Vec<_> = self.active.drain().map(|(_, a)| a.alert).collect();
+        rest.sort_by(|a, b| {
+            (a.detected_at_ms, a.rule, &a.tenant, &a.agent_id, &a.tool).cmp(&(
+                b.detected_at_ms,
+                b.rule,
+                &b.tenant,
+                &b.agent_id,
+                &b.tool,
+            ))
+        });
+        out.extend(rest.into_iter().map(AlertChange::Resolved));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fire(
+        &mut self,
+        rule: RuleId,
+        r: &Record,
+        (tenant, agent, tool): (&str, &str, &str),
+        bucket: i64,
+        observed: f64,
+        expected: f64,
+        score: f64,
+        detail: String,
+        out: &mut Vec<AlertChange>,
+    ) {
+        if !self.enabled[rule as usize] {
+            return;
+        }
+        let id = (rule, self.hash(&[tenant, agent, tool], 7));
+        if let Some(a) = self.active.get_mut(&id) {
+            a.last_bucket = a.last_bucket.max(bucket);
+            if a.alert.sample_event_ids.len() < 5 {
+                a.alert.sample_event_ids.push(r.event.event_id.clone());
+            }
+            return;
+        }
+        if self.active.len() >= self.cfg.max_active_alerts {
+            // Resolve the stalest to make room: bounded, and said so.
+            if let Some(k) = self
+                .active
+                .iter()
+                .min_by_key(|(_, a)| a.last_bucket)
+                .map(|(k, _)| *k)
+                && let Some(old) = self.active.remove(&k)
+            {
+                self.evictions += 1;
+                out.push(AlertChange::Resolved(old.alert));
+            }
+        }
+        let alert = Alert {
+            rule,
+            severity: rule.rule().severity,
+            tenant: tenant.to_owned(),
+            agent_id: agent.to_owned(),
+            tool: tool.to_owned(),
+            window_start_ms: bucket * self.bucket_ms,
+            window_end_ms: (bucket + 1) * self.bucket_ms,
+            observed,
+            expected,
+            score,
+            sample_event_ids: vec![r.event.event_id.clone()],
+            detail,
+            detected_at_ms: r.event.ts_ms,
+        };
+        out.push(AlertChange::Fired(alert.clone()));
+        self.active.insert(
+            id,
+            ActiveAlert {
+                alert,
+                last_bucket: bucket,
+            },
+        );
+    }
+
+    /// Resolves alerts whose condition has not been seen for `hold_buckets`
+    /// buckets of event time behind the watermark.
+    pub fn advance(&mut self, out: &mut Vec<AlertChange>) {
+        if self.max_event_ms == i64::MIN {
+            return;
+        }
+        let watermark = self.bucket_of(self.max_event_ms - self.lateness_ms);
+        let hold = i64::from(self.cfg.hold_buckets);
+        let due: Vec<_> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.last_bucket + hold < watermark)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut resolved: Vec<Alert> = due
+            .into_iter()
+            .filter_map(|k| self.active.remove(&k))
+            .map(|a| a.alert)
+            .collect();
+        resolved.sort_by(|a, b| {
+            (a.detected_at_ms, a.rule, &a.tenant, &a.agent_id, &a.tool).cmp(&(
+                b.detected_at_ms,
+                b.rule,
+                &b.tenant,
+                &b.agent_id,
+                &b.tool,
+            ))
+        });
+        out.extend(resolved.into_iter().map(AlertChange::Resolved));
+    }
+
+    fn policy_rules(
+        &mut self,
+        r: &Record,
+        policy: Option<&Policy>,
+        bucket: i64,
+        out: &mut Vec<AlertChange>,
+    ) {
+        let e = &r.event;
+        let names = (e.tenant.as_str(), e.agent_id.as_str(), e.tool.as_str());
+        if r.secret_in_input {
+            let detail = format!("detectors fired on the input: {}", r.redactions.join(", "));
+            self.fire(
+                RuleId::SecretInToolInput,
+                r,
+                names,
+                bucket,
+                1.0,
+                0.0,
+                0.0,
+                detail,
+                out,
+            );
+        }
+        // New (tenant, tool) pairs: remembered always, alerted after warm-up.
+        let pair = self.hash(&[&e.tenant, &e.tool], 9);
+        let first_sighting = self.tenant_tools_seen.insert(pair, ()).is_none();
+        if self.tenant_tools_seen.len() > self.cfg.max_keys {
+            self.tenant_tools_seen.clear();
+            self.evictions += 1;
+        }
+        let warm_from = self.first_event_ms.unwrap_or(e.ts_ms)
+            + i64::from(self.cfg.new_tool_warmup_buckets) * self.bucket_ms;
+        if first_sighting && e.ts_ms >= warm_from {
+            let detail = format!("first call of `{}` by tenant `{}`", e.tool, e.tenant);
+            self.fire(
+                RuleId::NewToolForTenant,
+                r,
+                (&e.tenant, "", &e.tool),
+                bucket,
+                1.0,
+                0.0,
+                0.0,
+                detail,
+                out,
+            );
+        }
+        // Tenant rate limit per minute of event time.
+        let limit = policy.map_or(u32::MAX, |p| p.tenant_limit(&e.tenant));
+        let tkey = self.hash(&[&e.tenant], 10);
+        let minute = e.ts_ms.div_euclid(60_000);
+        if self.tenant_minutes.len() >= self.cfg.max_keys
+            && !self.tenant_minutes.contains_key(&tkey)
+        {
+            self.tenant_minutes.clear();
+            self.evictions += 1;
+        }
+        let slot = self.tenant_minutes.entry(tkey).or_insert((minute, 0));
+        if slot.0 != minute {
+            *slot = (minute, 0);
+        }
+        slot.1 = slot.1.saturating_add(1);
+        if slot.1 > limit {
+            let calls = slot.1;
+            let detail = format!("{calls} calls in minute {minute} against a limit of {limit}");
+            self.fire(
+                RuleId::TenantRateLimitExceeded,
+                r,
+                (&e.tenant, "", ""),
+                bucket,
+                calls.into(),
+                limit.into(),
+                0.0,
+                detail,
+                out,
+            );
+        }
+        // Credentials: one agent per credential, as observed.
+        if let Some(cred) = e.credential_id.as_deref() {
+            let ckey = self.hash(&[cred], 11);
+            let akey = self.hash(&[&e.agent_id], 12);
+            if self.credential_agent.len() >= self.cfg.max_keys {
+                self.credential_agent.clear();
+                self.evictions += 1;
+            }
+            let owner = *self.credential_agent.entry(ckey).or_insert(akey);
+            let mut why = None;
+            if owner != akey {
+                why = Some(format!("credential `{cred}` is used by several agents"));
+            }
+            if let Some(p) = policy {
+                if p.admin_credentials.contains(cred) {
+                    why = Some(format!("credential `{cred}` is on the admin list"));
+                } else if p.shared_credentials.contains(cred) {
+                    why = Some(format!("credential `{cred}` is on the shared list"));
+                } else if let Some(agents) = p.credential_agents.get(cred)
+                    && !agents.iter().any(|a| a == &e.agent_id)
+                {
+                    why = Some(format!(
+                        "credential `{cred}` is dedicated to {}",
+                        agents.join(", ")
+                    ));
+                } else if let Some(agent) = p.agents.get(&e.agent_id)
+                    && !agent.credentials.contains(cred)
+                {
+                    why = Some(format!(
+                        "credential `{cred}` is not one of `{}`'s dedicated credentials",
+                        e.agent_id
+                    ));
+                }
+            }
+            if let Some(detail) = why {
+                self.fire(
+                    RuleId::CredentialMisuse,
+                    r,
+                    names,
+                    bucket,
+                    1.0,
+                    0.0,
+                    0.0,
+                    detail,
+                    out,
+                );
+            }
+        }
+        // Workflow state: budgets and exfiltration sequences.
+        let tool_meta = policy.and_then(|p| p.tools.get(&e.tool));
+        if let Some(wf) = e.workflow_id.as_deref() {
+            let wkey = self.hash(&[&e.tenant, &e.agent_id, wf], 13);
+            if self.workflows.len() >= self.cfg.max_workflows && !self.workflows.contains_key(&wkey)
+            {
+                self.evict_workflows();
+            }
+            let w = self.workflows.entry(wkey).or_default();
+            w.calls = w.calls.saturating_add(1);
+            w.max_step = w.max_step.max(e.step.unwrap_or(0));
+            w.tokens = w.tokens.saturating_add(
+                e.tokens_in.unwrap_or(0).max(0) as u64 + e.tokens_out.unwrap_or(0).max(0) as u64,
+            );
+            w.last_seen_ms = w.last_seen_ms.max(e.ts_ms);
+            let (calls, max_step, tokens) = (w.calls, w.max_step, w.tokens);
+            let window = self.cfg.exfiltration_window_steps;
+            let near_sensitive = w.last_sensitive_call.is_some_and(|s| calls - s <= window);
+            if tool_meta.is_some_and(|t| t.returns_sensitive) {
+                w.last_sensitive_call = Some(calls);
+            }
+            let egress = tool_meta.is_some_and(|t| t.egress || t.tier_a == Some(TierA::BulkExport));
+            if egress && near_sensitive {
+                let detail = format!(
+                    "`{}` sends data out within {window} calls of a sensitive read in workflow `{wf}`",
+                    e.tool
+                );
+                self.fire(
+                    RuleId::ExfiltrationSequence,
+                    r,
+                    names,
+                    bucket,
+                    1.0,
+                    0.0,
+                    0.0,
+                    detail,
+                    out,
+                );
+            }
+            if let Some(agent) = policy.and_then(|p| p.agents.get(&e.agent_id)) {
+                if let Some(max) = agent.max_steps_per_workflow {
+                    let steps = i64::from(calls).max(max_step + 1);
+                    if steps > i64::from(max) {
+                        let detail = format!(
+                            "workflow `{wf}` reached {steps} steps against a budget of {max}"
+                        );
+                        self.fire(
+                            RuleId::WorkflowStepBudgetExceeded,
+                            r,
+                            (&e.tenant, &e.agent_id, ""),
+                            bucket,
+                            steps as f64,
+                            max.into(),
+                            0.0,
+                            detail,
+                            out,
+                        );
+                    }
+                }
+                if let Some(max) = agent.max_tokens_per_workflow
+                    && tokens > max
+                {
+                    let detail =
+                        format!("workflow `{wf}` used {tokens} tokens against a budget of {max}");
+                    self.fire(
+                        RuleId::WorkflowTokenBudgetExceeded,
+                        r,
+                        (&e.tenant, &e.agent_id, ""),
+                        bucket,
+                        tokens as f64,
+                        max as f64,
+                        0.0,
+                        detail,
+                        out,
+                    );
+                }
+            }
+        }
+        let Some(p) = policy else {
+            return;
+        };
+        if let (Some(server), version) = (e.mcp_server.as_deref(), e.mcp_server_version.as_deref())
+            && let Some(pin) = p.mcp_pins.get(server)
+            && version != Some(pin.as_str())
+        {
+            let detail = format!(
+                "MCP server `{server}` at {} but pinned to {pin}",
+                version.unwrap_or("an unknown version")
+            );
+            self.fire(
+                RuleId::McpServerUnpinned,
+                r,
+                names,
+                bucket,
+                1.0,
+                0.0,
+                0.0,
+                detail,
+                out,
+            );
+        }
+        if let Some(t) = tool_meta
+            && let Some(category) = t.tier_a
+            && e.status == Status::Ok
+        {
+            let approved = e
+                .approval
+                .as_ref()
+                .is_some_and(|a| a.decision == ApprovalDecision::Approved);
+            if !approved {
+                let why = if e.approval.is_some() {
+                    "a rejected approval"
+                } else {
+                    "no approval"
+                };
+                let detail = format!(
+                    "Tier A ({category:?}) call `{}` succeeded with {why}",
+                    e.tool
+                );
+                self.fire(
+                    RuleId::TierAWithoutApproval,
+                    r,
+                    names,
+                    bucket,
+                    1.0,
+                    0.0,
+                    0.0,
+                    detail,
+                    out,
+                );
+            }
+        }
+        let Some(agent) = p.agents.get(&e.agent_id) else {
+            let detail = format!("agent `{}` is not in the inventory", e.agent_id);
+            self.fire(
+                RuleId::UnregisteredAgent,
+                r,
+                (&e.tenant, &e.agent_id, ""),
+                bucket,
+                1.0,
+                0.0,
+                0.0,
+                detail,
+                out,
+            );
+            return;
+        };
+        let dangerous = tool_meta.is_some_and(|t| t.dangerous)
+            || matches!(e.tool_type.as_deref(), Some("shell" | "filesystem"));
+        if dangerous
+            && e.environment == "production"
+            && !agent.production_dangerous_tools.contains(&e.tool)
+        {
+            let detail = format!("shell/filesystem tool `{}` ran in production", e.tool);
+            self.fire(
+                RuleId::DangerousToolInProduction,
+                r,
+                names,
+                bucket,
+                1.0,
+                0.0,
+                0.0,
+                detail,
+                out,
+            );
+        }
+        if !agent.environments.contains(&e.environment) {
+            let detail = format!(
+                "agent `{}` is not registered for `{}`",
+                e.agent_id, e.environment
+            );
+            self.fire(
+                RuleId::EnvironmentNotRegistered,
+                r,
+                (&e.tenant, &e.agent_id, ""),
+                bucket,
+                1.0,
+                0.0,
+                0.0,
+                detail,
+                out,
+            );
+            return;
+        }
+        let allowed = agent
+            .allowlist
+            .get(&e.environment)
+            .and_then(|l| l.get(&e.tool));
+        if allowed.is_none() {
+            let class = tool_meta.map_or("unknown", |t| t.class.as_str());
+            let detail = format!(
+                "`{}` ({class}) is not on the {} allowlist of `{}`",
+                e.tool, e.environment, e.agent_id
+            );
+            self.fire(
+                RuleId::ToolNotAllowed,
+                r,
+                names,
+                bucket,
+                1.0,
+                0.0,
+                0.0,
+                detail,
+                out,
+            );
+        }
+    }
+
+    fn evict_workflows(&mut self) {
+        // Drop the older half: amortised O(1) per workflow, bounded always.
+        let mut seen: Vec<i64> = self.workflows.values().map(|w| w.last_seen_ms).collect();
+        let mid = seen.len() / 2;
+        let (_, cut, _) = seen.select_nth_unstable(mid);
+        let cut = *cut;
+        let before = self.workflows.len();
+        self.workflows.retain(|_, w| w.last_seen_ms > cut);
+        self.evictions += (before - self.workflows.len()) as u64;
+    }
+}
+
+fn names_for(
+    kind: KeyKind,
+    tenant: &str,
+    agent: &str,
+    tool: &str,
+) -> (KeyKind, String, String, String) {
+    let (t, a, x) = match kind {
+        KeyKind::TenantTool => (tenant, "", tool),
+        KeyKind::AgentTool => ("", agent, tool),
+        KeyKind::Tenant => (tenant, "", ""),
+        KeyKind::TenantAgentErrors => (tenant, agent, ""),
+    };
+    (kind, t.to_owned(), a.to_owned(), x.to_owned())
+}
+
+/// Agents whose review date is before `today`, for the overdue gauge.
+pub fn overdue_agents(policy: &Policy, today: chrono::NaiveDate) -> Vec<String> {
+    let mut out: Vec<String> = policy
+        .agents
+        .values()
+        .filter(|a| a.review_by < today)
+        .map(|a| a.id.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Class of a tool as the policy sees it, for alert labels.
+pub fn tool_class(policy: Option<&Policy>, tool: &str) -> &'static str {
+    policy
+        .and_then(|p| p.tools.get(tool))
+        .map_or("unknown", |t| match t.class {
+            ToolClass::Read => "read",
+            ToolClass::Write => "write",
+        })
+}
+
+/// The policy the detectors read, swapped whole on reload.
+pub type SharedPolicy = Arc<std::sync::RwLock<Option<Arc<Policy>>>>;
+
+#[cfg(test)]
+mod tests;

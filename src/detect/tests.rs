@@ -1,0 +1,321 @@
+use std::sync::Arc;
+
+use super::policy::Policy;
+use super::*;
+use crate::config::{DetectConfig, RedactConfig};
+use crate::decode::{DecodeLimits, decode};
+use crate::event::KafkaCoords;
+use crate::redact::Redactor;
+
+const POLICY: &str = r#"
+[defaults]
+tenant_rate_limit_per_minute = 1000
+
+[[agents]]
+id = "support-bot"
+business_owner = "Customer Ops"
+technical_owner = "platform@example.com"
+environments = ["production", "staging"]
+review_by = "2020-01-01"
+credentials = ["cred-support"]
+max_steps_per_workflow = 10
+max_tokens_per_workflow = 1000
+
+[agents.tools.production]
+read = ["search_kb", "get_customer"]
+write = ["refund_order", "http_post", "run_shell"]
+
+[[tools]]
+name = "refund_order"
+class = "write"
+tier_a = "money"
+
+[[tools]]
+name = "get_customer"
+class = "read"
+returns = ["pii"]
+
+[[tools]]
+name = "http_post"
+class = "write"
+egress = true
+
+[[tools]]
+name = "run_shell"
+class = "write"
+shell = true
+
+[[mcp_servers]]
+name = "github"
+version = "1.2.0"
+
+[credentials]
+shared = ["cred-legacy"]
+
+[[tenants]]
+id = "acme"
+rate_limit_per_minute = 5
+"#;
+
+const T0: i64 = 1_795_852_800_000;
+
+fn record(json: &str) -> Record {
+    let event = decode(Some(json.as_bytes()), T0, &DecodeLimits::default()).expect("valid event");
+    let coords = KafkaCoords {
+        topic: Arc::from("t"),
+        partition: 0,
+        offset: 0,
+        kafka_ts_ms: None,
+    };
+    Redactor::new(&RedactConfig::default())
+        .expect("redactor")
+        .redact_event(event, coords, T0)
+}
+
+/// A compliant call, with `extra` fields merged over it.
+fn call(extra: &str) -> Record {
+    let base = r#"{"event_id":"e1","ts":1795852800000,"tenant":"globex","agent_id":"support-bot","environment":"production","tool":"search_kb","status":"ok"}"#;
+    let mut event: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(base).expect("base");
+    let extra: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&format!("{{{extra}}}")).expect("extra fields");
+    event.extend(extra);
+    record(&serde_json::Value::Object(event).to_string())
+}
+
+fn fired(d: &mut Detector, p: &Policy, r: &Record) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    d.observe(r, Some(p), &mut out);
+    out.iter()
+        .filter_map(|c| match c {
+            AlertChange::Fired(a) => Some(a.rule.name()),
+            AlertChange::Resolved(_) => None,
+        })
+        .collect()
+}
+
+fn detector() -> Detector {
+    Detector::new(&DetectConfig::default(), false)
+}
+
+#[test]
+fn a_compliant_call_raises_nothing() {
+    let p = Policy::parse(POLICY).expect("policy");
+    assert_eq!(fired(&mut detector(), &p, &call("")), Vec::<&str>::new());
+}
+
+#[test]
+fn each_policy_rule_fires_on_its_violation() {
+    let p = Policy::parse(POLICY).expect("policy");
+    let cases: &[(&str, &str)] = &[
+        (r#""agent_id":"ghost-bot""#, "unregistered_agent"),
+        (r#""environment":"preview""#, "environment_not_registered"),
+        (r#""tool":"delete_database""#, "tool_not_allowed"),
+        (r#""tool":"refund_order""#, "tier_a_without_approval"),
+        (
+            r#""tool":"refund_order","approval":{"id":"a1","approver":"bob","decision":"rejected"}"#,
+            "tier_a_without_approval",
+        ),
+        (r#""tool":"run_shell""#, "dangerous_tool_in_production"),
+        (
+            r#""workflow_id":"w1","step":11"#,
+            "workflow_step_budget_exceeded",
+        ),
+        (
+            r#""workflow_id":"w1","tokens_in":900,"tokens_out":200"#,
+            "workflow_token_budget_exceeded",
+        ),
+        (
+            r#""input":{"note":"key AKIAIOSFODNN7EXAMPLE"}"#,
+            "secret_in_tool_input",
+        ),
+        (r#""credential_id":"cred-legacy""#, "credential_misuse"),
+        (r#""credential_id":"cred-billing""#, "credential_misuse"),
+        (
+            r#""mcp_server":"github","mcp_server_version":"1.3.0""#,
+            "mcp_server_unpinned",
+        ),
+    ];
+    for (extra, rule) in cases {
+        let got = fired(&mut detector(), &p, &call(extra));
+        assert!(got.contains(rule), "{extra}: expected {rule}, got {got:?}");
+    }
+}
+
+#[test]
+fn an_approved_tier_a_call_passes() {
+    let p = Policy::parse(POLICY).expect("policy");
+    let r = call(
+        r#""tool":"refund_order","approval":{"id":"a1","approver":"bob","decision":"approved"}"#,
+    );
+    assert_eq!(fired(&mut detector(), &p, &r), Vec::<&str>::new());
+}
+
+#[test]
+fn sensitive_read_then_egress_is_an_exfiltration_sequence() {
+    let p = Policy::parse(POLICY).expect("policy");
+    let mut d = detector();
+    assert!(
+        fired(
+            &mut d,
+            &p,
+            &call(r#""workflow_id":"w9","tool":"get_customer","step":0"#)
+        )
+        .is_empty()
+    );
+    let got = fired(
+        &mut d,
+        &p,
+        &call(r#""workflow_id":"w9","tool":"http_post","step":1"#),
+    );
+    assert_eq!(got, vec!["exfiltration_sequence"]);
+    // Egress in another workflow, with no sensitive read, is fine.
+    assert!(
+        fired(
+            &mut d,
+            &p,
+            &call(r#""workflow_id":"w10","tool":"http_post","step":0"#)
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn one_credential_shared_by_two_agents_is_misuse_without_a_policy() {
+    let mut d = detector();
+    let mut out = Vec::new();
+    d.observe(&call(r#""credential_id":"c1""#), None, &mut out);
+    assert!(out.is_empty());
+    d.observe(
+        &call(r#""credential_id":"c1","agent_id":"other-bot""#),
+        None,
+        &mut out,
+    );
+    assert!(matches!(&out[..], [AlertChange::Fired(a)] if a.rule == RuleId::CredentialMisuse));
+}
+
+#[test]
+fn tenant_rate_limit_counts_per_minute() {
+    let p = Policy::parse(POLICY).expect("policy");
+    let mut d = detector();
+    let acme = call(r#""tenant":"acme""#);
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.extend(fired(&mut d, &p, &acme));
+    }
+    assert_eq!(
+        got,
+        vec!["tenant_rate_limit_exceeded"],
+        "fires once, on the 6th call"
+    );
+}
+
+#[test]
+fn new_tool_for_tenant_waits_for_warm_up() {
+    let cfg = DetectConfig {
+        new_tool_warmup_buckets: 2,
+        ..DetectConfig::default()
+    };
+    let mut d = Detector::new(&cfg, false);
+    let mut out = Vec::new();
+    d.observe(&call(""), None, &mut out);
+    d.observe(&call(r#""tool":"get_customer""#), None, &mut out);
+    assert!(out.is_empty(), "inside warm-up: {out:?}");
+    let late = call(r#""tool":"http_post","ts":1795853100000"#);
+    d.observe(&late, None, &mut out);
+    assert!(matches!(&out[..], [AlertChange::Fired(a)] if a.rule == RuleId::NewToolForTenant));
+}
+
+#[test]
+fn disabled_rules_stay_silent() {
+    let p = Policy::parse(POLICY).expect("policy");
+    let cfg = DetectConfig {
+        disabled_rules: vec!["unregistered_agent".into()],
+        ..DetectConfig::default()
+    };
+    let mut d = Detector::new(&cfg, false);
+    assert!(fired(&mut d, &p, &call(r#""agent_id":"ghost-bot""#)).is_empty());
+}
+
+#[test]
+fn a_spike_fires_then_resolves_after_the_hold() {
+    let cfg = DetectConfig {
+        warmup_buckets: 10,
+        hold_buckets: 2,
+        allowed_lateness_secs: 0,
+        ..DetectConfig::default()
+    };
+    let mut d = Detector::new(&cfg, true);
+    let mut out = Vec::new();
+    let at = |minute: i64, i: i64| {
+        call(&format!(
+            r#""event_id":"m{minute}-{i}","ts":{}"#,
+            T0 + minute * 60_000 + i
+        ))
+    };
+    for minute in 0..40 {
+        for i in 0..3 {
+            d.observe(&at(minute, i), None, &mut out);
+        }
+    }
+    assert!(out.is_empty(), "steady traffic: {out:?}");
+    for i in 0..60 {
+        d.observe(&at(40, i), None, &mut out);
+    }
+    let spikes: Vec<_> = out
+        .iter()
+        .filter_map(|c| match c {
+            AlertChange::Fired(a) if a.rule == RuleId::ToolFrequencySpike => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert!(!spikes.is_empty(), "{out:?}");
+    assert!(spikes.iter().all(|a| a.window_start_ms == T0 + 40 * 60_000));
+    out.clear();
+    for minute in 41..45 {
+        d.observe(&at(minute, 0), None, &mut out);
+    }
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, AlertChange::Resolved(a) if a.rule == RuleId::ToolFrequencySpike)),
+        "{out:?}"
+    );
+    assert!(
+        !d.scores.is_empty(),
+        "closed buckets are recorded for backtests"
+    );
+}
+
+#[test]
+fn broken_policy_files_name_the_line() {
+    let cases = [
+        ("[[agents]]\nid = \"a\"\nbogus = 1\n", "line 3"),
+        (
+            "[[tools]]\nname = \"x\"\nclass = \"write\"\n[[agents]]\nid = \"a\"\nbusiness_owner = \"b\"\ntechnical_owner = \"t\"\nenvironments = [\"production\"]\nreview_by = \"2027-01-01\"\n[agents.tools.production]\nread = [\"x\"]\n",
+            "is a write tool but is listed under read",
+        ),
+        (
+            "[[agents]]\nid = \"a\"\nbusiness_owner = \"b\"\ntechnical_owner = \"t\"\nenvironments = [\"production\"]\nreview_by = \"next year\"\n",
+            "line 6",
+        ),
+        ("[[tools]]\nname = \"x\"\nclass = \"execute\"\n", "line 3"),
+    ];
+    for (text, want) in cases {
+        let err = Policy::parse(text).expect_err(text);
+        assert!(err.contains(want), "{err} should contain {want}");
+    }
+}
+
+#[test]
+fn review_dates_in_the_past_are_overdue() {
+    let p = Policy::parse(POLICY).expect("policy");
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 29).expect("date");
+    assert_eq!(overdue_agents(&p, today), vec!["support-bot".to_owned()]);
+}
+
+#[test]
+fn the_example_policy_file_is_valid() {
+    let text = include_str!("../../policy.example.toml");
+    let p = Policy::parse(text).expect("policy.example.toml must parse");
+    assert!(!p.agents.is_empty() && !p.tools.is_empty());
+}
