@@ -91,4 +91,6 @@ pub enum QueryError {
     MissingParam(String),
     #[error("bad --param `{0}`: expected NAME=VALUE")]
     BadParam(String),
+    #[error("{0}")]
+    Runtime(String),
 }

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use agentaudit::config::{Config, Overrides, parse_kafka_option};
 use agentaudit::query::Format;
+use agentaudit::traffic::scenario::Scenario;
 
 // The pipeline allocates and frees many small strings per event across
 // threads (decoded on one, freed after the flush on another); glibc's malloc
@@ -97,6 +98,47 @@ enum Command {
         secret_ratio: f64,
         #[arg(long, default_value_t = 0.0)]
         malformed_ratio: f64,
+        /// Mix in a scenario (repeatable): injection_spike, exfiltration,
+        /// runaway_loop, unapproved_tier_a, unregistered_agent,
+        /// shell_in_production, secret_in_input, credential_reuse, unpinned_mcp.
+        #[arg(long = "scenario", value_parser = Scenario::parse)]
+        scenarios: Vec<Scenario>,
+        /// Scenarios start at this event number (default: 70 % of --events).
+        #[arg(long)]
+        scenario_start: Option<u64>,
+        /// Scenarios last this many events (default: 5 % of --events).
+        #[arg(long)]
+        scenario_events: Option<u64>,
+        /// Write the ground truth (one JSON line per scenario) here.
+        #[arg(long)]
+        truth_out: Option<PathBuf>,
+        /// Write the inventory/policy under which the benign traffic complies.
+        #[arg(long)]
+        policy_out: Option<PathBuf>,
+    },
+    /// Replay history through the detectors in event time; write per-bucket
+    /// scores and the alerts that would have fired (CSV and Parquet).
+    Backtest {
+        /// A JSONL file of v1 events (or use --data-dir with --from/--to).
+        #[arg(long)]
+        jsonl: Option<PathBuf>,
+        #[arg(long, env = "AGENTAUDIT_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Start of the stored range (RFC 3339), with --to.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, env = "AGENTAUDIT_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, env = "AGENTAUDIT_POLICY")]
+        policy: Option<PathBuf>,
+        /// Where scores.csv, alerts.csv and alerts.parquet go.
+        #[arg(long, default_value = "./backtest")]
+        out: PathBuf,
+        /// Ground truth from `gen --truth-out`: print recall and time to detect.
+        #[arg(long)]
+        truth: Option<PathBuf>,
     },
     /// End-to-end benchmark on the embedded broker: raw consume vs pipeline.
     Bench {
@@ -186,22 +228,34 @@ fn main() -> anyhow::Result<()> {
             seed,
             secret_ratio,
             malformed_ratio,
+            scenarios,
+            scenario_start,
+            scenario_events,
+            truth_out,
+            policy_out,
         } => {
             let opts = agentaudit::traffic::GenOptions {
                 seed,
                 secret_ratio,
                 malformed_ratio,
+                scenario_start: scenario_start.unwrap_or(events / 10 * 7),
+                scenario_events: scenario_events.unwrap_or((events / 20).max(1)),
+                scenarios,
                 ..Default::default()
             };
+            if let Some(path) = &policy_out {
+                std::fs::write(path, agentaudit::traffic::scenario::benign_policy_toml())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let mut g = agentaudit::traffic::Generator::new(opts);
             let n = match jsonl {
-                Some(path) => agentaudit::traffic::write_jsonl(&path, opts, events)?,
+                Some(path) => agentaudit::traffic::write_jsonl(&path, &mut g, events)?,
                 None => {
                     let brokers = kafka
                         .brokers
                         .context("--brokers (or AGENTAUDIT_BROKERS) is required to produce")?;
                     let topic = kafka.topic.unwrap_or_else(|| "agent-events".into());
                     let producer = agentaudit::traffic::producer(&brokers, &kafka.kafka_option)?;
-                    let mut g = agentaudit::traffic::Generator::new(opts);
                     let stop = std::sync::atomic::AtomicBool::new(false);
                     let pace = agentaudit::traffic::Pace {
                         count: Some(events),
@@ -212,6 +266,90 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             eprintln!("generated {n} events");
+            if let Some(path) = &truth_out {
+                let mut text = String::new();
+                for t in g.ground_truth() {
+                    text.push_str(&serde_json::to_string(&t)?);
+                    text.push('\n');
+                }
+                std::fs::write(path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        Command::Backtest {
+            jsonl,
+            data_dir,
+            from,
+            to,
+            config,
+            policy,
+            out,
+            truth,
+        } => {
+            use agentaudit::detect::backtest;
+            let mut cfg = match &config {
+                Some(p) => Config::from_file(p)?,
+                None => Config::default(),
+            };
+            if policy.is_some() {
+                cfg.detect.policy_file = policy;
+            }
+            cfg.validate()?;
+            let input = match (jsonl, from, to) {
+                (Some(path), None, None) => backtest::Input::Jsonl(path),
+                (None, Some(f), Some(t)) => {
+                    let ms = |s: &str| {
+                        chrono::DateTime::parse_from_rfc3339(s)
+                            .map(|d| d.timestamp_millis())
+                            .with_context(|| format!("`{s}` is not an RFC 3339 time"))
+                    };
+                    backtest::Input::Dataset {
+                        data_dir,
+                        from_ms: ms(&f)?,
+                        to_ms: ms(&t)?,
+                    }
+                }
+                _ => anyhow::bail!("give --jsonl FILE, or --from and --to over --data-dir"),
+            };
+            let outcome = backtest::run(&cfg, &input)?;
+            backtest::write(&outcome, &out)?;
+            println!(
+                "replayed {} events ({} not valid v1, skipped): {} bucket scores, {} alerts, written to {}",
+                outcome.events,
+                outcome.skipped,
+                outcome.scores.len(),
+                outcome.alerts.len(),
+                out.display()
+            );
+            if let Some(path) = truth {
+                let truth = backtest::read_truth(&path)?;
+                let (results, false_alerts) = backtest::evaluate(&outcome.alerts, &truth);
+                let bucket_ms = cfg.detect.bucket_secs as f64 * 1000.0;
+                println!("| scenario | detected | alerts | time to detect |");
+                println!("|---|---|---|---|");
+                for r in &results {
+                    let ttd = r.time_to_detect_ms.map_or("-".to_owned(), |ms| {
+                        format!(
+                            "{:.1} s ({:.2} buckets)",
+                            ms as f64 / 1000.0,
+                            ms as f64 / bucket_ms
+                        )
+                    });
+                    println!(
+                        "| {} | {} | {} | {ttd} |",
+                        r.scenario,
+                        if r.detected { "yes" } else { "NO" },
+                        r.alerts
+                    );
+                }
+                let matched = outcome.alerts.len() - false_alerts;
+                println!(
+                    "recall {}/{}; precision {matched}/{} ({false_alerts} alerts match no scenario)",
+                    results.iter().filter(|r| r.detected).count(),
+                    results.len(),
+                    outcome.alerts.len()
+                );
+            }
         }
         Command::Bench {
             events,

@@ -1,6 +1,8 @@
 //! Metrics owns the Prometheus registry of `serve`. Every label here takes
 //! values from a closed set (dead-letter reasons, detector names, table
-//! names) or from the configured topic's partitions, never from event text.
+//! names, rules), from the configured topic's partitions, or — for alert
+//! labels — from event text passed through `detect::labels` (sanitised,
+//! redacted, capped per label).
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -29,6 +31,23 @@ pub struct Metrics {
     pub commit_failures: IntCounter,
     pub recovered_renames: IntCounter,
     pub discarded_staged_files: IntCounter,
+    pub alerts: IntCounterVec,
+    pub alert_active: IntGaugeVec,
+    pub label_overflow: IntCounter,
+    pub baseline_keys: IntGauge,
+    pub baseline_max_keys: IntGauge,
+    pub baseline_evictions: IntCounter,
+    pub detector_evictions: IntCounter,
+    pub active_alerts: IntGauge,
+    pub policy_loaded: IntGauge,
+    pub policy_reloads: IntCounter,
+    pub policy_reload_failures: IntCounter,
+    pub inventory_review_overdue: IntGaugeVec,
+    pub alertmanager_queue_depth: IntGauge,
+    pub alertmanager_queue_capacity: IntGauge,
+    pub alertmanager_sent: IntCounter,
+    pub alertmanager_failures: IntCounter,
+    pub alertmanager_dropped: IntCounter,
 }
 
 /// Partitions numbered below this get their own lag/offset series; the rest
@@ -190,6 +209,90 @@ impl Metrics {
                 &r,
                 "agentaudit_discarded_staged_files_total",
                 "Staged files of an unjournaled flush discarded at start-up (their messages are consumed again)",
+            ),
+            alerts: counter_vec(
+                &r,
+                "agentaudit_alerts_total",
+                "Alerts fired, by rule and severity",
+                &["rule", "severity"],
+            ),
+            alert_active: gauge_vec(
+                &r,
+                "agentaudit_alert_active",
+                "1 while an alert's condition holds (labels capped; overflow is `other`)",
+                &["rule", "severity", "tenant", "agent", "tool"],
+            ),
+            label_overflow: counter(
+                &r,
+                "agentaudit_alert_label_overflow_total",
+                "Alert label values folded into `other` because a label reached its cap",
+            ),
+            baseline_keys: gauge(
+                &r,
+                "agentaudit_baseline_keys",
+                "Keys with a frequency baseline",
+            ),
+            baseline_max_keys: gauge(
+                &r,
+                "agentaudit_baseline_max_keys",
+                "Configured limit of baseline keys",
+            ),
+            baseline_evictions: counter(
+                &r,
+                "agentaudit_baseline_evictions_total",
+                "Baseline keys evicted as least recently seen",
+            ),
+            detector_evictions: counter(
+                &r,
+                "agentaudit_detector_state_evictions_total",
+                "Workflow, rate-limit, credential and alert state dropped to stay bounded",
+            ),
+            active_alerts: gauge(&r, "agentaudit_active_alerts", "Alerts currently active"),
+            policy_loaded: gauge(
+                &r,
+                "agentaudit_policy_loaded",
+                "1 when a policy file is in force",
+            ),
+            policy_reloads: counter(
+                &r,
+                "agentaudit_policy_reloads_total",
+                "Policy file reloads that took effect",
+            ),
+            policy_reload_failures: counter(
+                &r,
+                "agentaudit_policy_reload_failures_total",
+                "Policy file reloads refused (the previous policy stays in force)",
+            ),
+            inventory_review_overdue: gauge_vec(
+                &r,
+                "agentaudit_inventory_review_overdue",
+                "1 for each registered agent whose review date has passed",
+                &["agent"],
+            ),
+            alertmanager_queue_depth: gauge(
+                &r,
+                "agentaudit_alertmanager_queue_depth",
+                "Alert changes waiting to be pushed to Alertmanager",
+            ),
+            alertmanager_queue_capacity: gauge(
+                &r,
+                "agentaudit_alertmanager_queue_capacity",
+                "Capacity of the Alertmanager push queue",
+            ),
+            alertmanager_sent: counter(
+                &r,
+                "agentaudit_alertmanager_sent_total",
+                "Alerts accepted by Alertmanager (re-sends included)",
+            ),
+            alertmanager_failures: counter(
+                &r,
+                "agentaudit_alertmanager_failures_total",
+                "Failed pushes to Alertmanager (retried with backoff)",
+            ),
+            alertmanager_dropped: counter(
+                &r,
+                "agentaudit_alertmanager_dropped_total",
+                "Alert changes dropped because the push queue was full",
             ),
             registry: r,
         }

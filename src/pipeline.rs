@@ -2,6 +2,7 @@
 //! thread (source) feeding a writer thread that runs decode → redact → sink
 //! and commits offsets once the sink reports them durable.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -12,9 +13,14 @@ use rdkafka::consumer::CommitMode;
 
 use crate::config::Config;
 use crate::decode::{self, DecodeLimits};
+use crate::detect::labels::{LabelCap, LabelName};
+use crate::detect::policy::{Policy, PolicyError};
+use crate::detect::{AlertChange, Detector, SharedPolicy};
 use crate::error::{ConfigError, SinkError, SourceError};
+use crate::event::Record;
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
+use crate::sink::alertmanager::AlertmanagerPush;
 use crate::sink::{ParquetSink, PendingRows};
 use crate::source::{self, Durable, KafkaConsumer, RawMessage, Source, ToWriter};
 
@@ -26,6 +32,8 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error("a pipeline thread panicked: {0}")]
     Panicked(String),
     #[error("{0}")]
@@ -44,6 +52,90 @@ struct Writer {
     flush_bytes: usize,
     flush_age_secs: u64,
     flusher: Flusher,
+    detect: Option<DetectStage>,
+}
+
+/// Detection as the writer runs it: the detector, the policy it reads, and
+/// where alert changes go (the alerts table, metrics, Alertmanager).
+struct DetectStage {
+    detector: Detector,
+    policy: SharedPolicy,
+    labels: LabelCap,
+    redactor: Arc<Redactor>,
+    alertmanager: Option<AlertmanagerPush>,
+    changes: Vec<AlertChange>,
+    /// The gauge labels each active alert was exported with.
+    exported: HashMap<String, [String; 5]>,
+    reported_evictions: (u64, u64),
+}
+
+impl DetectStage {
+    fn current_policy(&self) -> Option<Arc<Policy>> {
+        self.policy.read().ok().and_then(|p| p.clone())
+    }
+
+    fn observe(&mut self, record: &Record, policy: Option<&Policy>) {
+        self.detector.observe(record, policy, &mut self.changes);
+    }
+
+    /// Applies what the batch changed: alert rows, metrics, Alertmanager.
+    fn end_batch(&mut self, rows: &mut PendingRows, metrics: &Metrics) {
+        self.detector.advance(&mut self.changes);
+        for change in std::mem::take(&mut self.changes) {
+            match &change {
+                AlertChange::Fired(a) => {
+                    let rule = a.rule.name();
+                    let severity = a.severity.as_str();
+                    metrics.alerts.with_label_values(&[rule, severity]).inc();
+                    let labels = [
+                        rule.to_owned(),
+                        severity.to_owned(),
+                        self.labels
+                            .value(LabelName::Tenant, &a.tenant, &self.redactor),
+                        self.labels
+                            .value(LabelName::Agent, &a.agent_id, &self.redactor),
+                        self.labels.value(LabelName::Tool, &a.tool, &self.redactor),
+                    ];
+                    let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                    metrics.alert_active.with_label_values(&refs).inc();
+                    self.exported.insert(a.id_without_window(), labels);
+                    rows.push_alert(a.clone());
+                }
+                AlertChange::Resolved(a) => {
+                    if let Some(labels) = self.exported.remove(&a.id_without_window()) {
+                        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                        if let Ok(g) = metrics.alert_active.get_metric_with_label_values(&refs) {
+                            g.dec();
+                            if g.get() <= 0 {
+                                let _ = metrics.alert_active.remove_label_values(&refs);
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(am) = &self.alertmanager {
+                am.notify(&change);
+            }
+        }
+        metrics
+            .active_alerts
+            .set(self.detector.active_alerts() as i64);
+        metrics
+            .baseline_keys
+            .set(self.detector.baseline_keys() as i64);
+        let (b, d) = (self.detector.baseline_evictions(), self.detector.evictions);
+        metrics
+            .baseline_evictions
+            .inc_by(b - self.reported_evictions.0);
+        metrics
+            .detector_evictions
+            .inc_by(d - self.reported_evictions.1);
+        self.reported_evictions = (b, d);
+        let overflow = self.labels.overflowed;
+        metrics
+            .label_overflow
+            .inc_by(overflow.saturating_sub(metrics.label_overflow.get()));
+    }
 }
 
 /// A set of rows for the flusher, and who waits for it to be durable.
@@ -89,15 +181,22 @@ impl Writer {
                 Ok(ToWriter::Barrier(reply)) => self.hand_over(CommitMode::Sync, Some(reply))?,
                 Ok(ToWriter::Finish(reply)) => {
                     self.hand_over(CommitMode::Sync, Some(reply))?;
-                    return self.flusher.finish();
+                    return self.finish();
                 }
                 Err(RecvTimeoutError::Timeout) => self.hand_over_if_due()?,
                 Err(RecvTimeoutError::Disconnected) => {
                     self.hand_over(CommitMode::Sync, None)?;
-                    return self.flusher.finish();
+                    return self.finish();
                 }
             }
         }
+    }
+
+    fn finish(&mut self) -> Result<(), PipelineError> {
+        if let Some(am) = self.detect.as_mut().and_then(|d| d.alertmanager.take()) {
+            am.stop();
+        }
+        self.flusher.finish()
     }
 
     fn hand_over_if_due(&mut self) -> Result<(), PipelineError> {
@@ -123,6 +222,8 @@ impl Writer {
 
     fn process(&mut self, batch: Vec<RawMessage>) {
         let now_ms = chrono::Utc::now().timestamp_millis();
+        // One policy per batch: a reload lands between batches, never inside.
+        let policy = self.detect.as_ref().and_then(DetectStage::current_policy);
         let (mut decoded, mut unknown) = (0u64, 0u64);
         let consumed = batch.len() as u64;
         for m in batch {
@@ -133,6 +234,9 @@ impl Writer {
                     let record = self.redactor.redact_event(event, m.coords, now_ms);
                     for name in &record.redactions {
                         self.metrics.redactions.with_label_values(&[name]).inc();
+                    }
+                    if let Some(d) = self.detect.as_mut() {
+                        d.observe(&record, policy.as_deref());
                     }
                     self.rows.push_record(record);
                 }
@@ -153,6 +257,9 @@ impl Writer {
                     self.rows.push_dead_letter(dl);
                 }
             }
+        }
+        if let Some(d) = self.detect.as_mut() {
+            d.end_batch(&mut self.rows, &self.metrics);
         }
         self.metrics.buffered_bytes.set(self.rows.bytes() as i64);
         self.metrics.buffered_rows.set(self.rows.rows() as i64);
@@ -216,6 +323,8 @@ pub struct Running {
     source: Option<JoinHandle<Result<(), SourceError>>>,
     writer: Option<JoinHandle<Result<(), PipelineError>>>,
     pub consumer: Arc<KafkaConsumer>,
+    /// The policy in force, for reloads; `None` when detection is off.
+    pub policy: Option<SharedPolicy>,
 }
 
 impl Running {
@@ -280,7 +389,14 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
         .name("agentaudit-flush".into())
         .spawn(move || flush_thread.run(flush_rx))
         .map_err(|e| PipelineError::Runtime(format!("spawning the flusher: {e}")))?;
+    let (detect, policy) = if cfg.detect.enabled {
+        let (stage, policy) = detect_stage(cfg, redactor.clone(), metrics.clone())?;
+        (Some(stage), Some(policy))
+    } else {
+        (None, None)
+    };
     let writer = Writer {
+        detect,
         rows: PendingRows::default(),
         redactor,
         limits: cfg.decode_limits(),
@@ -307,7 +423,102 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
         source: Some(source),
         writer: Some(writer),
         consumer,
+        policy,
     })
+}
+
+/// Loads the policy (refusing to start on a bad file), warms the baselines
+/// from stored history and starts the Alertmanager push when configured.
+fn detect_stage(
+    cfg: &Config,
+    redactor: Arc<Redactor>,
+    metrics: Arc<Metrics>,
+) -> Result<(DetectStage, SharedPolicy), PipelineError> {
+    let d = &cfg.detect;
+    let policy: SharedPolicy = Arc::new(std::sync::RwLock::new(None));
+    if let Some(path) = &d.policy_file {
+        let p = Policy::load(path)?;
+        install_policy(&policy, p, &metrics);
+    }
+    let mut detector = Detector::new(d, false);
+    let bucket_ms = i64::try_from(d.bucket_secs * 1000).unwrap_or(60_000);
+    let now = chrono::Utc::now().timestamp_millis();
+    match crate::detect::warm::from_history(
+        &cfg.sink.data_dir,
+        &mut detector,
+        bucket_ms,
+        d.warm_hours,
+        now,
+    ) {
+        Ok(n) if n > 0 => tracing::info!(
+            aggregates = n,
+            hours = d.warm_hours,
+            "baselines warmed from stored history"
+        ),
+        Ok(_) => {}
+        // Detection still works cold; say so rather than refuse to start.
+        Err(e) => {
+            tracing::warn!(error = %e, "could not warm baselines from history; starting cold")
+        }
+    }
+    metrics.baseline_max_keys.set(d.max_keys as i64);
+    let alertmanager = d.alertmanager_url.as_deref().map(|url| {
+        AlertmanagerPush::start(
+            url,
+            d.alertmanager_queue,
+            &d.runbook_base_url,
+            metrics.clone(),
+        )
+    });
+    let stage = DetectStage {
+        detector,
+        policy: policy.clone(),
+        labels: LabelCap::new(d.max_label_values),
+        redactor,
+        alertmanager,
+        changes: Vec::new(),
+        exported: HashMap::new(),
+        reported_evictions: (0, 0),
+    };
+    Ok((stage, policy))
+}
+
+/// Puts a checked policy in force and updates what depends on it.
+pub fn install_policy(shared: &SharedPolicy, policy: Policy, metrics: &Metrics) {
+    for (agent, env) in policy.write_heavy_agents() {
+        tracing::warn!(
+            agent,
+            environment = env,
+            "allowlist has as many write tools as read tools or more"
+        );
+    }
+    metrics.inventory_review_overdue.reset();
+    let today = chrono::Utc::now().date_naive();
+    for agent in crate::detect::overdue_agents(&policy, today) {
+        metrics
+            .inventory_review_overdue
+            .with_label_values(&[&crate::detect::labels::sanitise(&agent)])
+            .set(1);
+    }
+    if let Ok(mut p) = shared.write() {
+        *p = Some(Arc::new(policy));
+    }
+    metrics.policy_loaded.set(1);
+}
+
+/// Re-reads the policy file; a bad file keeps the old policy in force.
+pub fn reload_policy(path: &std::path::Path, shared: &SharedPolicy, metrics: &Metrics) {
+    match Policy::load(path) {
+        Ok(p) => {
+            install_policy(shared, p, metrics);
+            metrics.policy_reloads.inc();
+            tracing::info!(file = %path.display(), "policy reloaded");
+        }
+        Err(e) => {
+            metrics.policy_reload_failures.inc();
+            tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
+        }
+    }
 }
 
 /// `agentaudit serve`: starts the embedded broker when no brokers are
@@ -379,11 +590,27 @@ pub async fn serve(cfg: Config, demo_rate: Option<u32>) -> Result<(), PipelineEr
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     let mut last_report = std::time::Instant::now();
     let mut terminate = signal_terminate()?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| PipelineError::Runtime(format!("installing the SIGHUP handler: {e}")))?;
+    let policy_file = cfg.detect.policy_file.clone();
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut policy_mtime = policy_file.as_deref().and_then(modified);
+    let reload = |metrics: &Metrics| {
+        if let (Some(path), Some(shared)) = (&policy_file, &running.policy) {
+            reload_policy(path, shared, metrics);
+        }
+    };
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
+            _ = hangup.recv() => reload(&metrics),
             _ = ticker.tick() => {
+                let now_mtime = policy_file.as_deref().and_then(modified);
+                if now_mtime != policy_mtime {
+                    policy_mtime = now_mtime;
+                    reload(&metrics);
+                }
                 health.ready.store(
                     crate::source::Source::is_assigned(&running.consumer),
                     Ordering::SeqCst,

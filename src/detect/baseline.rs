@@ -3,7 +3,11 @@
 //! bucket, kept for at most `max_keys` keys (least recently seen evicted),
 //! and the upper-tail probability of an observed count under that baseline.
 //!
-//! A key costs one 40-byte slot plus its index entry. Keys are 64-bit hashes:
+//! Each key keeps the counts of its newest `RING` buckets, so a call up to
+//! `RING - 1` buckets late still counts in its own bucket; a bucket is folded
+//! into the baseline when it leaves the ring, and a call later than that is
+//! counted as late and left out (it is still stored; only the baseline
+//! skips it). A key costs one 56-byte slot plus its index entry. Keys are 64-bit hashes:
 //! names are the caller's business, so the table's size never depends on how
 //! long an attacker's tenant or tool names are.
 
@@ -62,6 +66,8 @@ pub struct ClosedBucket {
 }
 
 const NONE: u32 = u32::MAX;
+/// Buckets of counts kept per key: the lateness a key tolerates.
+pub const RING: u32 = 4;
 /// Beyond this many empty buckets a mean has decayed to nothing anyway.
 const MAX_DECAY_STEPS: u32 = 2048;
 
@@ -70,11 +76,13 @@ struct Slot {
     key: u64,
     mean: f32,
     var: f32,
-    open_bucket: u32,
-    open_count: u32,
+    /// Newest bucket seen; the ring holds `newest - RING + 1 ..= newest`.
+    newest: u32,
+    counts: [u32; RING as usize],
     /// Closed buckets folded in, saturating.
     history: u16,
-    fired: bool,
+    /// Bit per ring position: that bucket already alerted.
+    fired: u8,
     prev: u32,
     next: u32,
 }
@@ -105,6 +113,7 @@ pub struct Baselines {
     head: u32,
     tail: u32,
     evictions: u64,
+    late: u64,
 }
 
 impl Baselines {
@@ -116,6 +125,7 @@ impl Baselines {
             head: NONE,
             tail: NONE,
             evictions: 0,
+            late: 0,
         }
     }
 
@@ -129,6 +139,11 @@ impl Baselines {
 
     pub fn evictions(&self) -> u64 {
         self.evictions
+    }
+
+    /// Calls that arrived after their bucket had left the key's ring.
+    pub fn late(&self) -> u64 {
+        self.late
     }
 
     /// Bytes the table holds: slots plus index entries (key, slot, control
@@ -150,23 +165,31 @@ impl Baselines {
         let idx = self.slot_for(key, bucket);
         let cfg = &self.cfg;
         let s = &mut self.slots[idx as usize];
-        if bucket > s.open_bucket {
-            let c = close(cfg, s);
-            closed.push(c);
-            // Buckets with no calls between then and now: lazy decay.
-            decay(
-                cfg.alpha,
-                s,
-                (bucket - s.open_bucket - 1).min(MAX_DECAY_STEPS),
-            );
-            s.open_bucket = bucket;
-            s.open_count = 0;
-            s.fired = false;
+        if bucket > s.newest {
+            // Fold, oldest first, every bucket the ring no longer holds.
+            let keep_from = bucket.saturating_sub(RING - 1);
+            let mut b = s.newest.saturating_sub(RING - 1);
+            while b < keep_from && b <= s.newest {
+                closed.push(close(cfg, s, b));
+                b += 1;
+            }
+            // Buckets between the old newest and the new ring that saw no
+            // calls at all: lazy decay, capped.
+            if keep_from > s.newest + 1 {
+                decay(
+                    cfg.alpha,
+                    s,
+                    (keep_from - s.newest - 1).min(MAX_DECAY_STEPS),
+                );
+            }
+            s.newest = bucket;
+        } else if bucket + RING <= s.newest {
+            self.late += u64::from(n);
+            return None;
         }
-        // A late call for an older bucket joins the open one: the baseline
-        // already moved on, and counting it nowhere would hide it.
-        s.open_count = s.open_count.saturating_add(n);
-        let spike = test(cfg, s);
+        let pos = (bucket % RING) as usize;
+        s.counts[pos] = s.counts[pos].saturating_add(n);
+        let spike = test(cfg, s, bucket);
         self.touch(idx);
         spike
     }
@@ -174,9 +197,10 @@ impl Baselines {
     /// Closes every open bucket (end of a backtest).
     pub fn close_all(&mut self, closed: &mut Vec<ClosedBucket>) {
         for s in &mut self.slots {
-            if s.open_count > 0 {
-                closed.push(close(&self.cfg, s));
-                s.open_count = 0;
+            for b in s.newest.saturating_sub(RING - 1)..=s.newest {
+                if s.counts[(b % RING) as usize] > 0 {
+                    closed.push(close(&self.cfg, s, b));
+                }
             }
         }
     }
@@ -195,10 +219,10 @@ impl Baselines {
             key,
             mean: 0.0,
             var: 0.0,
-            open_bucket: bucket,
-            open_count: 0,
+            newest: bucket,
+            counts: [0; RING as usize],
             history: 0,
-            fired: false,
+            fired: 0,
             prev: NONE,
             next: NONE,
         };
@@ -257,20 +281,24 @@ impl Baselines {
     }
 }
 
-/// Folds the open bucket into the mean and variance (West's weighted
-/// incremental form) and reports it with the score it had.
-fn close(cfg: &BaselineConfig, s: &mut Slot) -> ClosedBucket {
+/// Folds `bucket` (leaving the ring) into the mean and variance (West's
+/// weighted incremental form) and reports it with the score it had.
+fn close(cfg: &BaselineConfig, s: &mut Slot, bucket: u32) -> ClosedBucket {
+    let pos = (bucket % RING) as usize;
+    let observed = s.counts[pos];
+    s.counts[pos] = 0;
+    s.fired &= !(1 << pos);
     let warm = u32::from(s.history) >= cfg.warmup_buckets;
     let expected = f64::from(s.mean);
     let out = ClosedBucket {
         key: s.key,
-        bucket: s.open_bucket,
-        observed: s.open_count,
+        bucket,
+        observed,
         expected,
-        score: score(s.open_count, expected, f64::from(s.var)),
+        score: score(observed, expected, f64::from(s.var)),
         warm,
     };
-    update(cfg.alpha, s, f64::from(s.open_count));
+    update(cfg.alpha, s, f64::from(observed));
     out
 }
 
@@ -289,20 +317,25 @@ fn decay(alpha: f64, s: &mut Slot, empty_buckets: u32) {
     }
 }
 
-fn test(cfg: &BaselineConfig, s: &mut Slot) -> Option<Spike> {
-    if s.fired || u32::from(s.history) < cfg.warmup_buckets || s.open_count < cfg.min_count {
+fn test(cfg: &BaselineConfig, s: &mut Slot, bucket: u32) -> Option<Spike> {
+    let pos = (bucket % RING) as usize;
+    let observed = s.counts[pos];
+    if s.fired & (1 << pos) != 0
+        || u32::from(s.history) < cfg.warmup_buckets
+        || observed < cfg.min_count
+    {
         return None;
     }
     let expected = f64::from(s.mean);
-    if f64::from(s.open_count) < cfg.min_ratio * expected.max(0.1) {
+    if f64::from(observed) < cfg.min_ratio * expected.max(0.1) {
         return None;
     }
-    let score = score(s.open_count, expected, f64::from(s.var));
+    let score = score(observed, expected, f64::from(s.var));
     (score >= cfg.min_score).then(|| {
-        s.fired = true;
+        s.fired |= 1 << pos;
         Spike {
-            bucket: s.open_bucket,
-            observed: s.open_count,
+            bucket,
+            observed,
             expected,
             score,
         }
@@ -402,13 +435,31 @@ mod tests {
     fn idle_buckets_decay_the_mean_lazily() {
         let mut b = Baselines::new(cfg());
         feed(&mut b, 1, 0, 100, 10);
-        // Next call 200 buckets later: the 199 empty ones are folded in.
+        // Next call 200 buckets later: the empty ones are folded in.
         let mut closed = Vec::new();
         b.observe(1, 300, 1, &mut closed);
         let expected = b.expected(1).expect("warm");
         assert!(expected < 0.01, "{expected}");
-        assert_eq!(closed.len(), 1);
-        assert_eq!(closed[0].bucket, 99);
+        let buckets: Vec<u32> = closed.iter().map(|c| c.bucket).collect();
+        assert_eq!(buckets, vec![96, 97, 98, 99], "the ring is folded in order");
+        assert_eq!(closed[3].observed, 10);
+    }
+
+    #[test]
+    fn late_calls_count_in_their_own_bucket_or_not_at_all() {
+        let mut b = Baselines::new(cfg());
+        feed(&mut b, 1, 0, 100, 10);
+        let mut closed = Vec::new();
+        // Bucket 100 opens; a call for 98 (two late) still joins 98.
+        b.observe(1, 100, 1, &mut closed);
+        b.observe(1, 98, 1, &mut closed);
+        assert_eq!(b.late(), 0);
+        // 96 left the ring when 100 arrived: too late, counted as such.
+        b.observe(1, 96, 5, &mut closed);
+        assert_eq!(b.late(), 5);
+        b.close_all(&mut closed);
+        let b98 = closed.iter().find(|c| c.bucket == 98).expect("98 closed");
+        assert_eq!(b98.observed, 11);
     }
 
     #[test]

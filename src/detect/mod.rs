@@ -4,13 +4,17 @@
 //! traffic fired. It sits between redact and sink and sees only redacted
 //! records; it never writes or sends anything itself.
 
+pub mod backtest;
 pub mod baseline;
 pub mod labels;
 pub mod policy;
+pub mod warm;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
+
+use sha2::Digest;
 
 use baseline::{BaselineConfig, Baselines, ClosedBucket};
 use policy::{Policy, TierA, ToolClass};
@@ -101,6 +105,29 @@ pub struct Alert {
 }
 
 impl Alert {
+    /// A stable id: the same rule, keys and window always give the same id,
+    /// so a backtest and live traffic can be joined on it.
+    pub fn id(&self) -> String {
+        let mut h = sha2::Sha256::new();
+        for part in [self.rule.name(), &self.tenant, &self.agent_id, &self.tool] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        h.update(self.window_start_ms.to_le_bytes());
+        hex::encode(&h.finalize()[..12])
+    }
+
+    /// The identity of the condition, whatever window it fired in.
+    pub fn id_without_window(&self) -> String {
+        format!(
+            "{}\u{1}{}\u{1}{}\u{1}{}",
+            self.rule.name(),
+            self.tenant,
+            self.agent_id,
+            self.tool
+        )
+    }
+
     /// The identity Alertmanager groups and resolves by.
     pub fn identity(&self) -> (RuleId, &str, &str, &str) {
         (self.rule, &self.tenant, &self.agent_id, &self.tool)

@@ -1,5 +1,5 @@
 //! Query owns read-only SQL over the dataset the sink wrote: DataFusion with
-//! the tables `invocations` and `dead_letter`, Hive partition columns `dt`
+//! the tables `invocations`, `dead_letter` and `alerts`, Hive partition columns `dt`
 //! and `hour` (pruned by filters on them), named `$parameters`, and output as
 //! a table, CSV or JSON lines. Anything that would write is refused.
 
@@ -35,6 +35,7 @@ pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
     for (name, table_schema) in [
         (sink::INVOCATIONS, schema::INVOCATIONS.clone()),
         (sink::DEAD_LETTER, schema::DEAD_LETTER.clone()),
+        (sink::ALERTS, schema::ALERTS.clone()),
     ] {
         let dir = data_dir.join(name);
         std::fs::create_dir_all(&dir)

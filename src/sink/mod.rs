@@ -6,6 +6,7 @@
 //! complete and fsynced, and the offsets of its rows are reported as
 //! committable only after the journal naming it is durable (see `journal`).
 
+pub mod alertmanager;
 pub mod journal;
 pub mod schema;
 
@@ -25,6 +26,7 @@ use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties}
 use datafusion::parquet::schema::types::ColumnPath;
 
 use crate::config::SinkConfig;
+use crate::detect::Alert;
 use crate::error::SinkError;
 use crate::event::{DeadLetter, KafkaCoords, Record};
 use crate::metrics::Metrics;
@@ -32,6 +34,7 @@ use journal::{Journal, Offsets, Rename};
 
 pub const INVOCATIONS: &str = "invocations";
 pub const DEAD_LETTER: &str = "dead_letter";
+pub const ALERTS: &str = "alerts";
 
 /// A Hive partition: table and UTC hour. Kept as an hour number, not as the
 /// `dt` text, because every buffered row computes one.
@@ -71,6 +74,7 @@ impl PartitionKey {
 pub struct PendingRows {
     invocations: BTreeMap<PartitionKey, Vec<Record>>,
     dead_letters: BTreeMap<PartitionKey, Vec<DeadLetter>>,
+    alerts: BTreeMap<PartitionKey, Vec<Alert>>,
     /// Highest offset buffered per (topic, partition).
     pending: BTreeMap<(Arc<str>, i32), i64>,
     bytes: usize,
@@ -100,6 +104,16 @@ impl PendingRows {
         self.note(&d.coords, d.raw.len() + d.detail.len() + 128);
         let key = PartitionKey::for_time(DEAD_LETTER, d.ingested_at_ms);
         self.dead_letters.entry(key).or_default().push(d);
+    }
+
+    /// Alerts carry no Kafka offsets of their own: they are durable with the
+    /// flush of the records that fired them.
+    pub fn push_alert(&mut self, a: Alert) {
+        self.bytes += 256 + a.detail.len();
+        self.rows += 1;
+        self.oldest.get_or_insert_with(Instant::now);
+        let key = PartitionKey::for_time(ALERTS, a.window_start_ms);
+        self.alerts.entry(key).or_default().push(a);
     }
 
     /// Estimated memory held, for the budget.
@@ -135,6 +149,7 @@ pub struct ParquetSink {
     cfg: SinkConfig,
     props_invocations: WriterProperties,
     props_dead_letter: WriterProperties,
+    props_alerts: WriterProperties,
     journal: Journal,
     buffer: PendingRows,
     metrics: Arc<Metrics>,
@@ -146,7 +161,7 @@ impl ParquetSink {
     /// Opens the data directory, takes its lock and recovers from any crash.
     pub fn open(cfg: &SinkConfig, metrics: Arc<Metrics>) -> Result<ParquetSink, SinkError> {
         let root = cfg.data_dir.clone();
-        for dir in ["_state", "_staging", INVOCATIONS, DEAD_LETTER] {
+        for dir in ["_state", "_staging", INVOCATIONS, DEAD_LETTER, ALERTS] {
             let d = root.join(dir);
             fs::create_dir_all(&d).map_err(SinkError::io(&d))?;
         }
@@ -175,6 +190,7 @@ impl ParquetSink {
         Ok(ParquetSink {
             props_invocations: writer_props(cfg, &schema::INVOCATIONS_SORT_KEY),
             props_dead_letter: writer_props(cfg, &schema::DEAD_LETTER_SORT_KEY),
+            props_alerts: writer_props(cfg, &schema::ALERTS_SORT_KEY),
             root,
             cfg: cfg.clone(),
             journal,
@@ -230,6 +246,19 @@ impl ParquetSink {
             let batch = schema::dead_letter_batch(rows)?;
             let props = self.props_dead_letter.clone();
             renames.push(self.stage(seq, renames.len(), key, batch, props, meta, &mut outcome)?);
+        }
+        for (key, rows) in &buffer.alerts {
+            let batch = schema::alerts_batch(rows)?;
+            let props = self.props_alerts.clone();
+            renames.push(self.stage(
+                seq,
+                renames.len(),
+                key,
+                batch,
+                props,
+                "{}".into(),
+                &mut outcome,
+            )?);
         }
         let mut offsets = self.journal.offsets.clone();
         for ((topic, partition), last) in &buffer.pending {

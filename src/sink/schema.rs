@@ -11,6 +11,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 
+use crate::detect::Alert;
 use crate::event::{DeadLetter, Record};
 
 fn ts_type() -> DataType {
@@ -90,6 +91,98 @@ pub static DEAD_LETTER: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 pub const DEAD_LETTER_SORT_KEY: [usize; 2] = [6, 7];
+
+/// Columns of `alerts`: one row per alert as it fired.
+pub static ALERTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("alert_id", false),
+        utf8("rule", false),
+        utf8("severity", false),
+        utf8("tenant", false),
+        utf8("agent_id", false),
+        utf8("tool", false),
+        Field::new("window_start", ts_type(), false),
+        Field::new("window_end", ts_type(), false),
+        Field::new("observed", DataType::Float64, false),
+        Field::new("expected", DataType::Float64, false),
+        Field::new("score", DataType::Float64, false),
+        Field::new(
+            "sample_event_ids",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        ),
+        utf8("detail", false),
+        Field::new("detected_at", ts_type(), false),
+    ]))
+});
+
+pub const ALERTS_SORT_KEY: [usize; 2] = [6, 1];
+
+/// Alerts in firing order (window, then rule and keys).
+pub fn alerts_batch(rows: &[Alert]) -> Result<RecordBatch, ArrowError> {
+    let mut order: Vec<&Alert> = rows.iter().collect();
+    order.sort_by(|a, b| {
+        (
+            a.window_start_ms,
+            a.rule.name(),
+            &a.tenant,
+            &a.agent_id,
+            &a.tool,
+        )
+            .cmp(&(
+                b.window_start_ms,
+                b.rule.name(),
+                &b.tenant,
+                &b.agent_id,
+                &b.tool,
+            ))
+    });
+    let n = rows.len();
+    let s = || StringBuilder::with_capacity(n, n * 16);
+    let (mut alert_id, mut rule, mut severity, mut tenant) = (s(), s(), s(), s());
+    let (mut agent_id, mut tool, mut detail) = (s(), s(), s());
+    let ts = || tz(TimestampMillisecondBuilder::with_capacity(n));
+    let (mut window_start, mut window_end, mut detected_at) = (ts(), ts(), ts());
+    let f = || Float64Builder::with_capacity(n);
+    let (mut observed, mut expected, mut score) = (f(), f(), f());
+    let mut samples = list_of(n);
+    for a in order {
+        alert_id.append_value(a.id());
+        rule.append_value(a.rule.name());
+        severity.append_value(a.severity.as_str());
+        tenant.append_value(&a.tenant);
+        agent_id.append_value(&a.agent_id);
+        tool.append_value(&a.tool);
+        window_start.append_value(a.window_start_ms);
+        window_end.append_value(a.window_end_ms);
+        observed.append_value(a.observed);
+        expected.append_value(a.expected);
+        score.append_value(a.score);
+        for id in &a.sample_event_ids {
+            samples.values().append_value(id);
+        }
+        samples.append(true);
+        detail.append_value(&a.detail);
+        detected_at.append_value(a.detected_at_ms);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(alert_id.finish()),
+        Arc::new(rule.finish()),
+        Arc::new(severity.finish()),
+        Arc::new(tenant.finish()),
+        Arc::new(agent_id.finish()),
+        Arc::new(tool.finish()),
+        Arc::new(window_start.finish()),
+        Arc::new(window_end.finish()),
+        Arc::new(observed.finish()),
+        Arc::new(expected.finish()),
+        Arc::new(score.finish()),
+        Arc::new(samples.finish()),
+        Arc::new(detail.finish()),
+        Arc::new(detected_at.finish()),
+    ];
+    RecordBatch::try_new(ALERTS.clone(), columns)
+}
 
 fn tz(b: TimestampMillisecondBuilder) -> TimestampMillisecondBuilder {
     b.with_timezone("UTC")

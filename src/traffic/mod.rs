@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 
 use crate::error::SourceError;
 
+pub mod scenario;
+use scenario::{GroundTruth, Scenario};
+
 const TENANTS: &[&str] = &[
     "acme",
     "globex",
@@ -81,6 +84,11 @@ pub struct GenOptions {
     pub malformed_ratio: f64,
     /// Event time of the first event, epoch ms; events advance ~10 ms each.
     pub start_ms: i64,
+    /// Scenarios mixed in between event `scenario_start` and
+    /// `scenario_start + scenario_events`, each as ~5 % of the traffic there.
+    pub scenarios: Vec<Scenario>,
+    pub scenario_start: u64,
+    pub scenario_events: u64,
 }
 
 impl Default for GenOptions {
@@ -90,6 +98,9 @@ impl Default for GenOptions {
             secret_ratio: 0.02,
             malformed_ratio: 0.0,
             start_ms: chrono::Utc::now().timestamp_millis() - 3_600_000,
+            scenarios: Vec::new(),
+            scenario_start: u64::MAX,
+            scenario_events: 0,
         }
     }
 }
@@ -99,7 +110,14 @@ pub struct Generator {
     opts: GenOptions,
     n: u64,
     workflows: Vec<(String, i64)>,
+    truth: std::collections::BTreeMap<Scenario, GroundTruth>,
+    turn: u64,
+    exfil_workflow: Option<String>,
+    loop_step: i64,
 }
+
+/// Share of the traffic each scenario takes inside its window.
+const SCENARIO_SHARE: f64 = 0.05;
 
 fn alnum(rng: &mut SmallRng, n: usize, alphabet: &[u8]) -> String {
     (0..n)
@@ -217,6 +235,10 @@ impl Generator {
             opts,
             n: 0,
             workflows: Vec::new(),
+            truth: std::collections::BTreeMap::new(),
+            turn: 0,
+            exfil_workflow: None,
+            loop_step: 0,
         }
     }
 
@@ -259,9 +281,107 @@ impl Generator {
         }
     }
 
+    /// What was planted so far, one entry per scenario.
+    pub fn ground_truth(&self) -> Vec<GroundTruth> {
+        self.truth.values().cloned().collect()
+    }
+
+    fn scenario_due(&mut self) -> Option<Scenario> {
+        let o = &self.opts;
+        let k = o.scenarios.len();
+        let inside = self.n >= o.scenario_start && self.n - o.scenario_start < o.scenario_events;
+        if k == 0 || !inside || !self.rng.random_bool((SCENARIO_SHARE * k as f64).min(1.0)) {
+            return None;
+        }
+        self.turn += 1;
+        Some(o.scenarios[(self.turn as usize) % k])
+    }
+
+    /// A benign-looking event bent into `s`, recorded in the ground truth.
+    fn scenario_message(&mut self, s: Scenario) -> Generated {
+        let (mut event, _) = self.valid_event();
+        let (tenant, kind, mut tool) = s.actors();
+        let agent = format!("{tenant}-{kind}");
+        event["tenant"] = json!(tenant);
+        event["agent_id"] = json!(agent);
+        event["credential_id"] = json!(format!("cred-{agent}"));
+        event["environment"] = json!("production");
+        event["status"] = json!("ok");
+        let mut secrets = Vec::new();
+        match s {
+            Scenario::Exfiltration => match self.exfil_workflow.take() {
+                Some(wf) => {
+                    event["workflow_id"] = json!(wf);
+                    event["step"] = json!(1);
+                }
+                None => {
+                    tool = scenario::SENSITIVE_READ;
+                    let wf = format!("wf-exfil-{:012x}", self.rng.random::<u64>() >> 16);
+                    event["workflow_id"] = json!(wf);
+                    event["step"] = json!(0);
+                    self.exfil_workflow = Some(wf);
+                }
+            },
+            Scenario::RunawayLoop => {
+                event["workflow_id"] = json!(format!("wf-runaway-{}", self.opts.seed));
+                event["step"] = json!(self.loop_step);
+                self.loop_step += 1;
+            }
+            Scenario::UnapprovedTierA => event["approval"] = Value::Null,
+            Scenario::SecretInInput => {
+                let (text, planted) = secret(&mut self.rng);
+                event["input"] = json!({"note": text});
+                secrets.push(planted);
+            }
+            Scenario::CredentialReuse => {
+                event["credential_id"] = json!(format!("cred-{tenant}-billing-agent"));
+            }
+            Scenario::UnpinnedMcp => {
+                event["mcp_server"] = json!(scenario::MCP_SERVER);
+                event["mcp_server_version"] = json!("2.0.0-rc1");
+            }
+            _ => {}
+        }
+        event["tool"] = json!(tool);
+        if s != Scenario::SecretInInput {
+            event["input"] = self.input_for(tool);
+        }
+        if s != Scenario::UnapprovedTierA && TOOLS.iter().any(|t| t.0 == tool && t.2) {
+            event["approval"] = json!({"id": format!("apr-{}", self.n), "approver": "oncall-lead", "decision": "approved"});
+        }
+        let ts = event["ts"].as_i64().unwrap_or_default();
+        let truth_tool = s.actors().2;
+        let entry = self.truth.entry(s).or_insert_with(|| GroundTruth {
+            scenario: s.name(),
+            rules: s.rules().to_vec(),
+            tenant: tenant.to_owned(),
+            agent_id: agent.clone(),
+            tool: truth_tool.to_owned(),
+            start_ms: ts,
+            end_ms: ts,
+            events: 0,
+        });
+        entry.end_ms = ts;
+        entry.events += 1;
+        let event_id = event["event_id"].as_str().map(str::to_owned);
+        if let Some(obj) = event.as_object_mut() {
+            obj.retain(|_, v| !v.is_null());
+        }
+        Generated {
+            key: tenant.to_owned(),
+            payload: event.to_string().into_bytes(),
+            kind: Kind::Valid,
+            event_id,
+            secrets,
+        }
+    }
+
     /// The next message.
     pub fn next_message(&mut self) -> Generated {
         self.n += 1;
+        if let Some(s) = self.scenario_due() {
+            return self.scenario_message(s);
+        }
         if self.opts.malformed_ratio > 0.0
             && self.rng.random_bool(self.opts.malformed_ratio.min(1.0))
         {
@@ -285,11 +405,15 @@ impl Generator {
     fn valid_event(&mut self) -> (Value, Vec<String>) {
         let ts = self.opts.start_ms + (self.n as i64) * 10;
         let tenant = TENANTS[self.rng.random_range(0..TENANTS.len())];
-        let agent = format!(
-            "{tenant}-{}",
-            AGENT_KINDS[self.rng.random_range(0..AGENT_KINDS.len())]
-        );
         let (tool, tier_a) = self.pick_tool();
+        // Only ops agents run shell commands: the benign inventory allows
+        // that in production for them alone.
+        let kind = if tool == "run_shell" {
+            "ops-agent"
+        } else {
+            AGENT_KINDS[self.rng.random_range(0..AGENT_KINDS.len())]
+        };
+        let agent = format!("{tenant}-{kind}");
         let environment = match self.rng.random_range(0..10) {
             0 => "development",
             1 | 2 => "staging",
@@ -326,7 +450,8 @@ impl Generator {
             self.rng.random_range(0..200),
             self.rng.random_range(1..1_000_000)
         );
-        let approval = (tier_a && self.rng.random_bool(0.95)).then(|| {
+        // Benign Tier A calls are always approved; unapproved ones are a scenario.
+        let approval = tier_a.then(|| {
             json!({"id": format!("apr-{}", self.rng.random_range(1..1_000_000)),
                    "approver": "oncall-lead", "decision": "approved"})
         });
@@ -496,14 +621,18 @@ pub fn produce(
     Ok(sent)
 }
 
-/// Writes `count` generated messages as JSON lines (malformed ones that are
-/// not single-line text are written as they are, so a reader sees them too).
-pub fn write_jsonl(path: &std::path::Path, opts: GenOptions, count: u64) -> std::io::Result<u64> {
+/// Writes `count` messages of `generator` as JSON lines (malformed ones that
+/// are not single-line text are written as they are, so a reader sees them
+/// too).
+pub fn write_jsonl(
+    path: &std::path::Path,
+    generator: &mut Generator,
+    count: u64,
+) -> std::io::Result<u64> {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut g = Generator::new(opts);
     for _ in 0..count {
-        let m = g.next_message();
+        let m = generator.next_message();
         out.write_all(&m.payload)?;
         out.write_all(b"\n")?;
     }

@@ -60,6 +60,17 @@ pub fn produce_slice(messages: &[Generated], brokers: &str, topic: &str) {
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
+/// Produces keyed by tenant, as agents ship: each tenant's calls stay in one
+/// partition, in order.
+pub fn produce_keyed(messages: &[Generated], brokers: &str, topic: &str) {
+    use rdkafka::producer::Producer;
+    let producer = agentaudit::traffic::producer(brokers, &[]).expect("producer");
+    for m in messages {
+        agentaudit::traffic::send(&producer, topic, Some(&m.key), &m.payload).expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
 /// A running `agentaudit serve` child, killed if the test fails first.
 pub struct Serve {
     pub child: Child,
@@ -223,7 +234,7 @@ pub fn count(data_dir: &Path, sql: &str) -> i64 {
 /// Every stored string of both tables, as one text, for secret checks.
 pub fn everything_stored(data_dir: &Path) -> String {
     let mut all = String::new();
-    for table in ["invocations", "dead_letter"] {
+    for table in ["invocations", "dead_letter", "alerts"] {
         for row in query(data_dir, &format!("SELECT * FROM {table}"), &[]) {
             all.push_str(&row.to_string());
             all.push('\n');

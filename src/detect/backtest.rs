@@ -1,0 +1,320 @@
+//! Backtest owns replaying history through the detectors in event time: a
+//! JSONL file of v1 events or a time range of the stored dataset, sorted by
+//! (ts, event_id) so that two runs over the same input write byte-identical
+//! scores and alerts; and scoring those alerts against `gen`'s ground truth.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::parquet::arrow::ArrowWriter;
+use serde_json::Value;
+
+use super::policy::Policy;
+use super::{Alert, AlertChange, BucketScore, Detector};
+use crate::config::Config;
+use crate::decode::decode;
+use crate::event::{KafkaCoords, Record};
+use crate::redact::Redactor;
+use crate::traffic::scenario::GroundTruth;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BacktestError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BacktestError + '_ {
+    move |source| BacktestError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+pub enum Input {
+    Jsonl(PathBuf),
+    /// The stored dataset between two instants (epoch ms, half-open).
+    Dataset {
+        data_dir: PathBuf,
+        from_ms: i64,
+        to_ms: i64,
+    },
+}
+
+pub struct Outcome {
+    pub events: usize,
+    pub skipped: usize,
+    pub scores: Vec<BucketScore>,
+    pub alerts: Vec<Alert>,
+}
+
+/// Decodes, redacts and replays `input`; the policy is the one in `cfg`.
+pub fn run(cfg: &Config, input: &Input) -> Result<Outcome, BacktestError> {
+    let redactor = Redactor::new(&cfg.redact).map_err(|e| BacktestError::Other(e.to_string()))?;
+    let policy = match &cfg.detect.policy_file {
+        Some(p) => Some(Policy::load(p).map_err(|e| BacktestError::Other(e.to_string()))?),
+        None => None,
+    };
+    let lines = match input {
+        Input::Jsonl(path) => {
+            let f = File::open(path).map_err(io(path))?;
+            BufReader::new(f)
+                .lines()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(io(path))?
+        }
+        Input::Dataset {
+            data_dir,
+            from_ms,
+            to_ms,
+        } => dataset_lines(data_dir, *from_ms, *to_ms)?,
+    };
+    let limits = cfg.decode_limits();
+    let coords = KafkaCoords {
+        topic: Arc::from("backtest"),
+        partition: 0,
+        offset: 0,
+        kafka_ts_ms: None,
+    };
+    let mut records: Vec<Record> = Vec::with_capacity(lines.len());
+    let mut skipped = 0;
+    for line in &lines {
+        // History is judged by its own clock: no event is "in the future".
+        match decode(Some(line.as_bytes()), i64::MAX / 2, &limits) {
+            Ok(e) => records.push(redactor.redact_event(e, coords.clone(), 0)),
+            Err(_) => skipped += 1,
+        }
+    }
+    records.sort_by(|a, b| {
+        (a.event.ts_ms, &a.event.event_id).cmp(&(b.event.ts_ms, &b.event.event_id))
+    });
+    let mut detector = Detector::new(&cfg.detect, true);
+    let mut changes = Vec::new();
+    for r in &records {
+        detector.observe(r, policy.as_ref(), &mut changes);
+    }
+    detector.finish(&mut changes);
+    let alerts = changes
+        .into_iter()
+        .filter_map(|c| match c {
+            AlertChange::Fired(a) => Some(a),
+            AlertChange::Resolved(_) => None,
+        })
+        .collect();
+    Ok(Outcome {
+        events: records.len(),
+        skipped,
+        scores: std::mem::take(&mut detector.scores),
+        alerts,
+    })
+}
+
+/// Rows of the stored dataset as v1 JSON lines (the input is stored
+/// redacted, so the replay sees what live detection saw).
+fn dataset_lines(data_dir: &Path, from_ms: i64, to_ms: i64) -> Result<Vec<String>, BacktestError> {
+    let sql = format!(
+        "SELECT event_id, CAST(ts AS BIGINT) AS ts, tenant, agent_id, environment, tool, status, \
+                actor, workflow_id, step, tool_call_id, tool_type, agent_version, mcp_server, \
+                mcp_server_version, credential_id, latency_ms, error_type, input, tokens_in, \
+                tokens_out, approval_id, approval_approver, approval_decision \
+         FROM invocations WHERE ts >= to_timestamp_millis({from_ms}) AND ts < to_timestamp_millis({to_ms})"
+    );
+    let dir = data_dir.to_owned();
+    let batches = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let ctx = crate::query::session(&dir)
+                .await
+                .map_err(|e| e.to_string())?;
+            crate::query::run(&ctx, &sql, &BTreeMap::new())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
+    .join()
+    .map_err(|_| BacktestError::Other("the query thread panicked".into()))?
+    .map_err(BacktestError::Other)?;
+    let mut buf = Vec::new();
+    {
+        let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
+        for b in &batches {
+            w.write(b)
+                .map_err(|e| BacktestError::Other(e.to_string()))?;
+        }
+        w.finish()
+            .map_err(|e| BacktestError::Other(e.to_string()))?;
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Ok(Value::Object(mut row)) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if let Some(Value::String(input)) = row.remove("input") {
+            row.insert(
+                "input".into(),
+                serde_json::from_str(&input).unwrap_or(Value::String(input)),
+            );
+        }
+        let decision = row.remove("approval_decision");
+        let id = row.remove("approval_id");
+        let approver = row.remove("approval_approver");
+        if let Some(d @ Value::String(_)) = decision {
+            let mut a = serde_json::Map::new();
+            a.insert("decision".into(), d);
+            if let Some(v @ Value::String(_)) = id {
+                a.insert("id".into(), v);
+            }
+            if let Some(v @ Value::String(_)) = approver {
+                a.insert("approver".into(), v);
+            }
+            row.insert("approval".into(), Value::Object(a));
+        }
+        out.push(Value::Object(row).to_string());
+    }
+    Ok(out)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Writes scores.csv, alerts.csv and alerts.parquet under `dir`.
+pub fn write(outcome: &Outcome, dir: &Path) -> Result<(), BacktestError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut scores =
+        String::from("kind,tenant,agent_id,tool,bucket_start_ms,observed,expected,score,warm\n");
+    for s in &outcome.scores {
+        let _ = writeln!(
+            scores,
+            "{},{},{},{},{},{},{:.6},{:.6},{}",
+            s.kind,
+            csv_field(&s.tenant),
+            csv_field(&s.agent_id),
+            csv_field(&s.tool),
+            s.bucket_start_ms,
+            s.observed,
+            s.expected,
+            s.score,
+            s.warm
+        );
+    }
+    let path = dir.join("scores.csv");
+    std::fs::write(&path, scores).map_err(io(&path))?;
+    let mut alerts = String::from(
+        "alert_id,rule,severity,tenant,agent_id,tool,window_start_ms,detected_at_ms,observed,expected,score,sample_event_ids,detail\n",
+    );
+    for a in &outcome.alerts {
+        let _ = writeln!(
+            alerts,
+            "{},{},{},{},{},{},{},{},{},{:.6},{:.6},{},{}",
+            a.id(),
+            a.rule.name(),
+            a.severity.as_str(),
+            csv_field(&a.tenant),
+            csv_field(&a.agent_id),
+            csv_field(&a.tool),
+            a.window_start_ms,
+            a.detected_at_ms,
+            a.observed,
+            a.expected,
+            a.score,
+            csv_field(&a.sample_event_ids.join(" ")),
+            csv_field(&a.detail)
+        );
+    }
+    let path = dir.join("alerts.csv");
+    std::fs::write(&path, alerts).map_err(io(&path))?;
+    let batch = crate::sink::schema::alerts_batch(&outcome.alerts)
+        .map_err(|e| BacktestError::Other(e.to_string()))?;
+    let path = dir.join("alerts.parquet");
+    let f = File::create(&path).map_err(io(&path))?;
+    let mut w = ArrowWriter::try_new(f, batch.schema(), None)
+        .map_err(|e| BacktestError::Other(e.to_string()))?;
+    w.write(&batch)
+        .map_err(|e| BacktestError::Other(e.to_string()))?;
+    w.close().map_err(|e| BacktestError::Other(e.to_string()))?;
+    let _ = std::io::stdout().flush();
+    Ok(())
+}
+
+/// How one planted scenario fared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScenarioResult {
+    pub scenario: String,
+    pub detected: bool,
+    pub alerts: usize,
+    /// From the scenario's first event to the first alert of its main rule.
+    pub time_to_detect_ms: Option<i64>,
+}
+
+/// Matches alerts to ground truth. An alert matches a scenario when its rule
+/// is one the scenario may fire and it names the scenario's tenant or agent.
+pub fn evaluate(alerts: &[Alert], truth: &[GroundTruth]) -> (Vec<ScenarioResult>, usize) {
+    let matches = |a: &Alert, t: &GroundTruth| {
+        t.rules.contains(&a.rule.name())
+            && (a.tenant == t.tenant || a.agent_id == t.agent_id)
+            && a.detected_at_ms >= t.start_ms
+    };
+    let results = truth
+        .iter()
+        .map(|t| {
+            let mine: Vec<&Alert> = alerts.iter().filter(|a| matches(a, t)).collect();
+            let first = mine
+                .iter()
+                .filter(|a| a.rule.name() == t.rules[0])
+                .map(|a| a.detected_at_ms)
+                .min();
+            ScenarioResult {
+                scenario: t.scenario.to_owned(),
+                detected: first.is_some(),
+                alerts: mine.len(),
+                time_to_detect_ms: first.map(|f| f - t.start_ms),
+            }
+        })
+        .collect();
+    let false_alerts = alerts
+        .iter()
+        .filter(|a| !truth.iter().any(|t| matches(a, t)))
+        .count();
+    (results, false_alerts)
+}
+
+pub fn read_truth(path: &Path) -> Result<Vec<GroundTruth>, BacktestError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)
+                .map_err(|e| BacktestError::Other(format!("{}: {e}", path.display())))?;
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+            let scenario = crate::traffic::scenario::Scenario::parse(&s("scenario"))
+                .map_err(BacktestError::Other)?;
+            Ok(GroundTruth {
+                scenario: scenario.name(),
+                rules: scenario.rules().to_vec(),
+                tenant: s("tenant"),
+                agent_id: s("agent_id"),
+                tool: s("tool"),
+                start_ms: v["start_ms"].as_i64().unwrap_or_default(),
+                end_ms: v["end_ms"].as_i64().unwrap_or_default(),
+                events: v["events"].as_u64().unwrap_or_default(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,203 @@
+//! Scenario owns the attacks and misconfigurations `gen` can mix into benign
+//! traffic, the ground truth it writes for each (which keys, when), and the
+//! inventory/policy file under which the benign traffic is fully compliant,
+//! so that every alert on it is either a planted scenario or a false alarm.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{AGENT_KINDS, TENANTS, TOOLS};
+
+/// A planted scenario and the rules that may rightly fire on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scenario {
+    InjectionSpike,
+    Exfiltration,
+    RunawayLoop,
+    UnapprovedTierA,
+    UnregisteredAgent,
+    ShellInProduction,
+    SecretInInput,
+    CredentialReuse,
+    UnpinnedMcp,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 9] = [
+        Scenario::InjectionSpike,
+        Scenario::Exfiltration,
+        Scenario::RunawayLoop,
+        Scenario::UnapprovedTierA,
+        Scenario::UnregisteredAgent,
+        Scenario::ShellInProduction,
+        Scenario::SecretInInput,
+        Scenario::CredentialReuse,
+        Scenario::UnpinnedMcp,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::InjectionSpike => "injection_spike",
+            Scenario::Exfiltration => "exfiltration",
+            Scenario::RunawayLoop => "runaway_loop",
+            Scenario::UnapprovedTierA => "unapproved_tier_a",
+            Scenario::UnregisteredAgent => "unregistered_agent",
+            Scenario::ShellInProduction => "shell_in_production",
+            Scenario::SecretInInput => "secret_in_input",
+            Scenario::CredentialReuse => "credential_reuse",
+            Scenario::UnpinnedMcp => "unpinned_mcp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Scenario, String> {
+        Scenario::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Scenario::ALL.iter().map(|x| x.name()).collect();
+                format!("unknown scenario `{s}`; one of {}", names.join(", "))
+            })
+    }
+
+    /// The rule that must fire, then others that may rightly fire too.
+    pub fn rules(self) -> &'static [&'static str] {
+        match self {
+            Scenario::InjectionSpike => &["tool_frequency_spike"],
+            Scenario::Exfiltration => &["exfiltration_sequence", "new_tool_for_tenant"],
+            Scenario::RunawayLoop => &[
+                "workflow_step_budget_exceeded",
+                "workflow_token_budget_exceeded",
+            ],
+            Scenario::UnapprovedTierA => &["tier_a_without_approval"],
+            Scenario::UnregisteredAgent => &["unregistered_agent"],
+            Scenario::ShellInProduction => &["dangerous_tool_in_production"],
+            Scenario::SecretInInput => &["secret_in_tool_input"],
+            Scenario::CredentialReuse => &["credential_misuse"],
+            Scenario::UnpinnedMcp => &["mcp_server_unpinned"],
+        }
+    }
+
+    /// The (tenant, agent kind, tool) the scenario plays on; each scenario
+    /// has its own tenant so their alerts cannot be confused.
+    pub fn actors(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Scenario::InjectionSpike => ("acme", "support-bot", "export_csv"),
+            Scenario::Exfiltration => ("initech", "research-agent", "upload_external"),
+            Scenario::RunawayLoop => ("globex", "ops-agent", "search_docs"),
+            Scenario::UnapprovedTierA => ("umbrella", "billing-agent", "create_refund"),
+            Scenario::UnregisteredAgent => ("hooli", "shadow-agent", "search_docs"),
+            Scenario::ShellInProduction => ("stark", "support-bot", "run_shell"),
+            Scenario::SecretInInput => ("wayne", "support-bot", "http_get"),
+            Scenario::CredentialReuse => ("wonka", "support-bot", "lookup_invoice"),
+            Scenario::UnpinnedMcp => ("tyrell", "research-agent", "search_docs"),
+        }
+    }
+}
+
+/// One line of the ground-truth file.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroundTruth {
+    pub scenario: &'static str,
+    pub rules: Vec<&'static str>,
+    pub tenant: String,
+    pub agent_id: String,
+    pub tool: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub events: u64,
+}
+
+/// Tools only scenarios call: a sensitive read and an egress.
+pub const SENSITIVE_READ: &str = "get_payment_details";
+pub const EGRESS: &str = "upload_external";
+pub const MCP_SERVER: &str = "github";
+pub const MCP_PIN: &str = "1.4.2";
+pub const STEP_BUDGET: u32 = 200;
+
+fn class_of(tool: &str) -> &'static str {
+    match tool {
+        "update_ticket" | "send_email" | "create_refund" | "grant_role" | "delete_record"
+        | "deploy_service" | EGRESS => "write",
+        _ => "read",
+    }
+}
+
+fn tier_a_of(tool: &str) -> Option<&'static str> {
+    match tool {
+        "create_refund" => Some("money"),
+        "export_csv" => Some("bulk_export"),
+        "grant_role" => Some("permissions"),
+        "delete_record" => Some("deletion"),
+        "deploy_service" => Some("infrastructure"),
+        _ => None,
+    }
+}
+
+/// The inventory under which the benign traffic of `Generator` complies:
+/// every agent registered with its own credential, every tool allowlisted
+/// and classified, Tier A calls approved, shell only for ops agents.
+pub fn benign_policy_toml() -> String {
+    let mut tools: Vec<&str> = TOOLS.iter().map(|t| t.0).collect();
+    tools.extend([SENSITIVE_READ, EGRESS]);
+    let list = |class: &str| {
+        tools
+            .iter()
+            .filter(|t| class_of(t) == class)
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (reads, writes) = (list("read"), list("write"));
+    let mut out = String::from(
+        "# Generated by `agentaudit gen --policy-out`: the inventory under which the\n\
+         # generator's benign traffic is compliant.\n\n[defaults]\ntenant_rate_limit_per_minute = 100000\n",
+    );
+    for tenant in TENANTS {
+        for kind in AGENT_KINDS {
+            let id = format!("{tenant}-{kind}");
+            let dangerous = if *kind == "ops-agent" {
+                "[\"run_shell\"]"
+            } else {
+                "[]"
+            };
+            let _ = write!(
+                out,
+                "\n[[agents]]\nid = \"{id}\"\nbusiness_owner = \"{tenant} operations\"\n\
+                 technical_owner = \"platform@{tenant}.example\"\n\
+                 environments = [\"production\", \"staging\", \"development\"]\n\
+                 review_by = \"2099-12-31\"\ncredentials = [\"cred-{id}\"]\n\
+                 max_steps_per_workflow = {STEP_BUDGET}\nmax_tokens_per_workflow = 5000000\n\
+                 production_dangerous_tools = {dangerous}\n"
+            );
+            for env in ["production", "staging", "development"] {
+                let _ = write!(
+                    out,
+                    "[agents.tools.{env}]\nread = [{reads}]\nwrite = [{writes}]\n"
+                );
+            }
+        }
+    }
+    for t in &tools {
+        let _ = write!(
+            out,
+            "\n[[tools]]\nname = \"{t}\"\nclass = \"{}\"\n",
+            class_of(t)
+        );
+        if let Some(cat) = tier_a_of(t) {
+            let _ = writeln!(out, "tier_a = \"{cat}\"");
+        }
+        match *t {
+            "run_shell" => out.push_str("shell = true\n"),
+            "read_file" => out.push_str("filesystem = false\n"),
+            SENSITIVE_READ => out.push_str("returns = [\"financial\"]\n"),
+            EGRESS => out.push_str("egress = true\n"),
+            _ => {}
+        }
+    }
+    let _ = write!(
+        out,
+        "\n[[mcp_servers]]\nname = \"{MCP_SERVER}\"\nversion = \"{MCP_PIN}\"\n"
+    );
+    out
+}

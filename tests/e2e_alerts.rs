@@ -1,0 +1,256 @@
+//! End to end with real Prometheus and Alertmanager (Debian's packages,
+//! started here on loopback): traffic with an injected spike and an
+//! unapproved Tier A call goes through `serve` on the embedded broker;
+//! the alerts must show in /metrics, in the `alerts` table, and in
+//! Alertmanager both through Prometheus's rules and through the direct push,
+//! and the benign traffic around them must raise nothing.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentaudit::source::embedded::EmbeddedBroker;
+use agentaudit::traffic::scenario::{Scenario, benign_policy_toml};
+use agentaudit::traffic::{GenOptions, Generator};
+use common::{Serve, http_get, produce_keyed, query};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn binary(name: &str) -> String {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p.display().to_string();
+        }
+    }
+    panic!(
+        "{name} is not installed: scripts/test.sh installs Debian's prometheus and prometheus-alertmanager"
+    );
+}
+
+fn spawn(bin: &str, args: &[String]) -> Daemon {
+    let quiet = std::env::var("AGENTAUDIT_TEST_LOG").is_err();
+    Daemon(
+        Command::new(binary(bin))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(if quiet {
+                Stdio::null()
+            } else {
+                Stdio::inherit()
+            })
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}")),
+    )
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Alertmanager's active alerts as (alertname, labels).
+fn am_alerts(addr: &str) -> Vec<serde_json::Value> {
+    http_get(addr, "/api/v2/alerts")
+        .filter(|(code, _)| *code == 200)
+        .and_then(|(_, body)| serde_json::from_str::<Vec<serde_json::Value>>(&body).ok())
+        .unwrap_or_default()
+}
+
+fn has_alert(alerts: &[serde_json::Value], name: &str, tenant: &str) -> bool {
+    alerts
+        .iter()
+        .any(|a| a["labels"]["alertname"] == name && a["labels"]["tenant"] == tenant)
+}
+
+#[test]
+fn injected_scenarios_reach_metrics_the_alerts_table_and_alertmanager() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+
+    // Alertmanager, with a receiver that drops notifications: the test
+    // reads its API.
+    let am_port = free_port();
+    let am_addr = format!("127.0.0.1:{am_port}");
+    std::fs::write(
+        root.join("alertmanager.yml"),
+        "route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n",
+    )
+    .expect("alertmanager config");
+    let _am = spawn(
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", root.join("alertmanager.yml").display()),
+            format!("--storage.path={}", root.join("am-data").display()),
+            format!("--web.listen-address={am_addr}"),
+            "--cluster.listen-address=".into(),
+        ],
+    );
+    wait_for("Alertmanager", Duration::from_secs(60), || {
+        http_get(&am_addr, "/-/ready").is_some_and(|(c, _)| c == 200)
+    });
+
+    // The embedded broker, the benign inventory, and serve with small
+    // buckets so the test's traffic spans enough of them.
+    let topic = "alerts-e2e";
+    // 12 partitions for 12 tenants: the embedded broker keeps 5 MiB each.
+    let broker = EmbeddedBroker::start(topic, 12).expect("broker");
+    let brokers = broker.bootstrap_servers();
+    let policy = root.join("policy.toml");
+    std::fs::write(&policy, benign_policy_toml()).expect("policy");
+    let config = root.join("agentaudit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[detect]\nbucket_secs = 5\nwarmup_buckets = 10\nallowed_lateness_secs = 0\nhold_buckets = 1000\n\
+             policy_file = \"{}\"\nalertmanager_url = \"http://{am_addr}\"\n",
+            policy.display()
+        ),
+    )
+    .expect("config");
+    let data = root.join("data");
+    let serve = Serve::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--brokers",
+        &brokers,
+        "--topic",
+        topic,
+        "--group",
+        "alerts-e2e",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+
+    // Prometheus scraping serve and evaluating the shipped rules.
+    let rules =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/prometheus/agentaudit.rules.yml");
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        root.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\n\
+             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{am_addr}']\n\
+             scrape_configs:\n  - job_name: agentaudit\n    static_configs:\n      - targets: ['{}']\n",
+            rules.display(),
+            serve.metrics_addr
+        ),
+    )
+    .expect("prometheus config");
+    let _prom = spawn(
+        "prometheus",
+        &[
+            format!("--config.file={}", root.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", root.join("prom-data").display()),
+            format!("--web.listen-address={prom_addr}"),
+        ],
+    );
+    wait_for("Prometheus", Duration::from_secs(60), || {
+        http_get(&prom_addr, "/-/ready").is_some_and(|(c, _)| c == 200)
+    });
+
+    // 12 000 events 10 ms apart = 24 buckets; scenarios in events 9 000–10 500.
+    let mut generator = Generator::new(GenOptions {
+        seed: 11,
+        secret_ratio: 0.0,
+        scenarios: vec![Scenario::InjectionSpike, Scenario::UnapprovedTierA],
+        scenario_start: 9_000,
+        scenario_events: 1_500,
+        ..GenOptions::default()
+    });
+    let messages: Vec<_> = (0..12_000).map(|_| generator.next_message()).collect();
+    produce_keyed(&messages, &brokers, topic);
+    serve.wait_until("all events consumed", Duration::from_secs(120), |s| {
+        s.metric("agentaudit_events_consumed_total") >= 12_000.0
+    });
+
+    // /metrics: the two scenarios' alerts are active, and nothing else.
+    let (_, metrics) = serve.get("/metrics").expect("metrics");
+    let active: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("agentaudit_alert_active{"))
+        .collect();
+    assert!(
+        active
+            .iter()
+            .any(|l| l.contains("rule=\"tool_frequency_spike\"")
+                && l.contains("tool=\"export_csv\"")),
+        "spike not active in /metrics: {active:#?}"
+    );
+    assert!(
+        active
+            .iter()
+            .any(|l| l.contains("rule=\"tier_a_without_approval\"")
+                && l.contains("tenant=\"umbrella\"")),
+        "unapproved Tier A not active: {active:#?}"
+    );
+    for line in &active {
+        assert!(
+            line.contains("acme") || line.contains("umbrella"),
+            "benign traffic raised an alert: {line}"
+        );
+    }
+
+    // Alertmanager: through Prometheus's rules and through the direct push.
+    wait_for(
+        "the alerts in Alertmanager",
+        Duration::from_secs(120),
+        || {
+            let alerts = am_alerts(&am_addr);
+            has_alert(&alerts, "AgentauditToolFrequencySpike", "acme")
+                && has_alert(&alerts, "tool_frequency_spike", "acme")
+                && has_alert(&alerts, "AgentauditPolicyViolation", "umbrella")
+                && has_alert(&alerts, "tier_a_without_approval", "umbrella")
+        },
+    );
+    let pushed = am_alerts(&am_addr);
+    let spike = pushed
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "tool_frequency_spike")
+        .expect("pushed spike");
+    assert!(
+        spike["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|u| u.contains("#tool_frequency_spike"))
+    );
+
+    // A clean stop flushes the alerts table with the rest.
+    let mut serve = serve;
+    assert!(serve.terminate().success());
+    let rows = query(
+        &data,
+        "SELECT rule, tenant, agent_id, tool, observed, expected FROM alerts ORDER BY rule",
+        &[],
+    );
+    let rules: Vec<&str> = rows.iter().filter_map(|r| r["rule"].as_str()).collect();
+    assert!(rules.contains(&"tool_frequency_spike"), "{rows:?}");
+    assert!(rules.contains(&"tier_a_without_approval"), "{rows:?}");
+    for r in &rows {
+        let who = format!("{}{}", r["tenant"], r["agent_id"]);
+        assert!(
+            who.contains("acme") || who.contains("umbrella"),
+            "false alert stored: {r}"
+        );
+    }
+}
