@@ -7,6 +7,9 @@
 #       cargo install --locked tansu --features dynostore
 #   - a Python venv with kafka-python (a Kafka client that is not ours) and
 #     duckdb (reads the dataset with Hive partitioning), from PyPI.
+# and, system-wide from Debian when missing (apt-get update; apt-get install):
+#   - prometheus and prometheus-alertmanager (promtool ships with prometheus),
+#     for the rule checks and the end-to-end alerting test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +29,18 @@ if ! "$VENV/bin/python" -c 'import kafka, duckdb' 2>/dev/null; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check kafka-python duckdb
 fi
 export AGENTAUDIT_PYTHON="$VENV/bin/python"
+
+if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
+  echo "test.sh: installing Debian's prometheus and prometheus-alertmanager (apt-get)…"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y prometheus prometheus-alertmanager
+fi
+
+echo "test.sh: promtool check rules / test rules"
+promtool check rules dashboards/prometheus/agentaudit.rules.yml
+promtool test rules dashboards/prometheus/agentaudit.rules.test.yml
 
 echo "test.sh: cargo fmt --check"
 cargo fmt --all -- --check

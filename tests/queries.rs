@@ -6,8 +6,10 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
+use agentaudit::config::DetectConfig;
 use agentaudit::config::{RedactConfig, SinkConfig};
 use agentaudit::decode::{DecodeLimits, decode};
+use agentaudit::detect::{AlertChange, Detector};
 use agentaudit::event::KafkaCoords;
 use agentaudit::metrics::Metrics;
 use agentaudit::redact::Redactor;
@@ -115,6 +117,10 @@ fn build_dataset(dir: &Path) {
         .map(|e| e.to_string().into_bytes())
         .chain([b"not json".to_vec(), br#"{"event_id":"x"}"#.to_vec()])
         .collect();
+    // Detection runs as in serve (no policy file), so the alerts table holds
+    // what it fired on this dataset.
+    let mut detector = Detector::new(&DetectConfig::default(), false);
+    let mut changes = Vec::new();
     for (offset, p) in payloads.iter().enumerate() {
         let coords = KafkaCoords {
             topic: Arc::from("q"),
@@ -123,12 +129,24 @@ fn build_dataset(dir: &Path) {
             kafka_ts_ms: None,
         };
         match decode(Some(p), now, &DecodeLimits::default()) {
-            Ok(e) => sink.push_record(redactor.redact_event(e, coords, now)),
+            Ok(e) => {
+                let record = redactor.redact_event(e, coords, now);
+                detector.observe(&record, None, &mut changes);
+                sink.push_record(record);
+            }
             Err(f) => sink.push_dead_letter(redactor.redact_dead_letter(Some(p), f, coords, now)),
         }
     }
+    let mut pending = agentaudit::sink::PendingRows::default();
+    for c in changes {
+        if let AlertChange::Fired(a) = c {
+            pending.push_alert(a);
+        }
+    }
+    let alerts = pending.rows();
     let outcome = sink.flush().expect("flush");
     assert_eq!(outcome.rows, 11);
+    assert_eq!(sink.write(pending).expect("alerts").rows, alerts);
 }
 
 fn sql(name: &str) -> String {
@@ -279,4 +297,43 @@ fn writes_are_refused_and_missing_params_named() {
         .unwrap_err();
         assert!(err.to_string().contains("`tenant`"), "{err}");
     });
+}
+
+#[test]
+fn alert_queries_start_from_an_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    build_dataset(dir.path());
+    let d = dir.path();
+    let alerts = query(
+        d,
+        "SELECT alert_id, tenant, agent_id, tool FROM alerts WHERE rule = 'secret_in_tool_input' ORDER BY tool",
+        &[],
+    );
+    let e7 = alerts
+        .iter()
+        .find(|a| a["tool"] == "http_get")
+        .unwrap_or_else(|| panic!("the AWS key passed to http_get raised an alert: {alerts:?}"));
+    assert_eq!(
+        (e7["tenant"].as_str(), e7["agent_id"].as_str()),
+        (Some("acme"), Some("a1"))
+    );
+    let id = e7["alert_id"].as_str().unwrap();
+    let rows = query(d, &sql("alert_context"), &[("alert_id", id)]);
+    assert_eq!(
+        ids(&rows),
+        ["e7"],
+        "acme/a1/http_get calls around the alert's window"
+    );
+    assert!(rows[0]["redactions"].to_string().contains("aws_access_key"));
+
+    let rows = query(
+        d,
+        &sql("alerts_overview"),
+        &[("since", "2026-11-20T00:00:00Z")],
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["rule"] == "secret_in_tool_input" && r["alerts"].as_i64() >= Some(1)),
+        "{rows:?}"
+    );
 }
