@@ -1,5 +1,5 @@
-//! Per-event cost of each room: decode, redact (the single-pass scan), and
-//! Parquet encoding of a batch. Run with `cargo bench --bench pipeline`.
+//! Per-event cost of each room: decode, redact (the single-pass scan), detect,
+//! and Parquet encoding of a batch. Run with `cargo bench --bench pipeline`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -85,6 +85,30 @@ fn benches(c: &mut Criterion) {
                 w.write(&batch).expect("write");
                 w.close().expect("close");
                 black_box(out.len())
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // Detection per event: baselines, workflow state and every policy rule,
+    // under the inventory the generator's traffic complies with.
+    let policy = agentaudit::detect::policy::Policy::parse(
+        &agentaudit::traffic::scenario::benign_policy_toml(),
+    )
+    .expect("benign policy");
+    g.bench_function("detect", |b| {
+        b.iter_batched(
+            || {
+                agentaudit::detect::Detector::new(
+                    &agentaudit::config::DetectConfig::default(),
+                    false,
+                )
+            },
+            |mut detector| {
+                let mut changes = Vec::new();
+                for r in &records {
+                    detector.observe(r, Some(&policy), &mut changes);
+                }
+                black_box(changes.len())
             },
             BatchSize::LargeInput,
         )

@@ -24,6 +24,7 @@ pub struct BenchOptions {
     pub partitions: i32,
     pub data_dir: PathBuf,
     pub memory_budget_bytes: usize,
+    pub detect: bool,
 }
 
 pub struct BenchReport {
@@ -85,6 +86,68 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
+/// Fills a baseline table with `keys` distinct keys, each seen in a few
+/// buckets, and reports bytes per key: by the table's own accounting and by
+/// this process's RSS growth.
+pub fn baseline_memory(keys: usize) -> (f64, f64) {
+    use crate::detect::baseline::{BaselineConfig, Baselines};
+    let before = rss_bytes();
+    let mut b = Baselines::new(BaselineConfig {
+        max_keys: keys,
+        ..BaselineConfig::default()
+    });
+    let mut closed = Vec::new();
+    for bucket in 0..3u32 {
+        for k in 0..keys as u64 {
+            b.observe(
+                k.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                bucket,
+                1,
+                &mut closed,
+            );
+            closed.clear();
+        }
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    let n = b.len().max(1) as f64;
+    (b.approx_bytes() as f64 / n, grown as f64 / n)
+}
+
+/// Detection alone: `events` generated, decoded and redacted records run
+/// through a fresh detector under the benign inventory; returns ns per event.
+pub fn detect_cost(events: usize) -> f64 {
+    use crate::detect::Detector;
+    use crate::detect::policy::Policy;
+    let Ok(policy) = Policy::parse(&crate::traffic::scenario::benign_policy_toml()) else {
+        return f64::NAN;
+    };
+    let cfg = Config::default();
+    let Ok(redactor) = crate::redact::Redactor::new(&cfg.redact) else {
+        return f64::NAN;
+    };
+    let mut generator = Generator::new(GenOptions::default());
+    let coords = crate::event::KafkaCoords {
+        topic: Arc::from("bench"),
+        partition: 0,
+        offset: 0,
+        kafka_ts_ms: None,
+    };
+    let records: Vec<_> = (0..events)
+        .filter_map(|_| {
+            let m = generator.next_message();
+            crate::decode::decode(Some(&m.payload), i64::MAX / 2, &cfg.decode_limits()).ok()
+        })
+        .map(|e| redactor.redact_event(e, coords.clone(), 0))
+        .collect();
+    let mut detector = Detector::new(&cfg.detect, false);
+    let mut changes = Vec::new();
+    let started = Instant::now();
+    for r in &records {
+        detector.observe(r, Some(&policy), &mut changes);
+    }
+    started.elapsed().as_nanos() as f64 / records.len().max(1) as f64
+}
+
 fn runtime(e: impl fmt::Display) -> PipelineError {
     PipelineError::Runtime(e.to_string())
 }
@@ -142,6 +205,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
     cfg.kafka.group = "bench-pipeline".into();
     cfg.sink.data_dir = opts.data_dir.clone();
     cfg.sink.memory_budget_bytes = opts.memory_budget_bytes;
+    cfg.detect.enabled = opts.detect;
     cfg.sink.max_file_bytes = cfg.sink.max_file_bytes.min(opts.memory_budget_bytes / 2);
     cfg.validate()?;
     let metrics = Arc::new(Metrics::new());

@@ -153,6 +153,12 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long, default_value_t = 512)]
         memory_budget_mib: usize,
+        /// Run the pipeline with detection switched off (for the comparison).
+        #[arg(long)]
+        no_detect: bool,
+        /// Also measure baseline memory per key with this many keys.
+        #[arg(long, default_value_t = 1_000_000)]
+        baseline_keys: usize,
     },
 }
 
@@ -356,14 +362,29 @@ fn main() -> anyhow::Result<()> {
             partitions,
             data_dir,
             memory_budget_mib,
+            no_detect,
+            baseline_keys,
         } => {
             let report = agentaudit::bench::run(&agentaudit::bench::BenchOptions {
                 events,
                 partitions,
                 data_dir,
                 memory_budget_bytes: memory_budget_mib * 1024 * 1024,
+                detect: !no_detect,
             })?;
             println!("{report}");
+            if !no_detect {
+                let ns = agentaudit::bench::detect_cost(200_000);
+                println!(
+                    "detection alone             {ns:.0} ns/event (200000 events, benign inventory)"
+                );
+            }
+            if baseline_keys > 0 {
+                let (per_key, rss_per_key) = agentaudit::bench::baseline_memory(baseline_keys);
+                println!(
+                    "baseline memory             {per_key:.1} B/key by table size, {rss_per_key:.1} B/key by RSS growth ({baseline_keys} keys)"
+                );
+            }
         }
     }
     Ok(())

@@ -6,10 +6,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::parquet::arrow::ArrowWriter;
 use serde_json::Value;
 
@@ -194,7 +199,7 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// Writes scores.csv, alerts.csv and alerts.parquet under `dir`.
+/// Writes scores and alerts under `dir`, as CSV and as Parquet.
 pub fn write(outcome: &Outcome, dir: &Path) -> Result<(), BacktestError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut scores =
@@ -242,15 +247,61 @@ pub fn write(outcome: &Outcome, dir: &Path) -> Result<(), BacktestError> {
     std::fs::write(&path, alerts).map_err(io(&path))?;
     let batch = crate::sink::schema::alerts_batch(&outcome.alerts)
         .map_err(|e| BacktestError::Other(e.to_string()))?;
-    let path = dir.join("alerts.parquet");
-    let f = File::create(&path).map_err(io(&path))?;
-    let mut w = ArrowWriter::try_new(f, batch.schema(), None)
-        .map_err(|e| BacktestError::Other(e.to_string()))?;
-    w.write(&batch)
-        .map_err(|e| BacktestError::Other(e.to_string()))?;
-    w.close().map_err(|e| BacktestError::Other(e.to_string()))?;
-    let _ = std::io::stdout().flush();
+    write_parquet(&dir.join("alerts.parquet"), &batch)?;
+    write_parquet(&dir.join("scores.parquet"), &scores_batch(&outcome.scores)?)?;
     Ok(())
+}
+
+fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), BacktestError> {
+    let other = |e: datafusion::parquet::errors::ParquetError| {
+        BacktestError::Other(format!("{}: {e}", path.display()))
+    };
+    let f = File::create(path).map_err(io(path))?;
+    let mut w = ArrowWriter::try_new(f, batch.schema(), None).map_err(other)?;
+    w.write(batch).map_err(other)?;
+    w.close().map_err(other)?;
+    Ok(())
+}
+
+fn scores_batch(scores: &[BucketScore]) -> Result<RecordBatch, BacktestError> {
+    let utc = Some("UTC".into());
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("tenant", DataType::Utf8, false),
+        Field::new("agent_id", DataType::Utf8, false),
+        Field::new("tool", DataType::Utf8, false),
+        Field::new(
+            "bucket_start",
+            DataType::Timestamp(TimeUnit::Millisecond, utc),
+            false,
+        ),
+        Field::new("observed", DataType::Int64, false),
+        Field::new("expected", DataType::Float64, false),
+        Field::new("score", DataType::Float64, false),
+        Field::new("warm", DataType::Boolean, false),
+    ]));
+    let text = |f: fn(&BucketScore) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(scores.iter().map(f)))
+    };
+    let starts = scores.iter().map(|s| s.bucket_start_ms);
+    let columns: Vec<ArrayRef> = vec![
+        text(|s| s.kind),
+        text(|s| &s.tenant),
+        text(|s| &s.agent_id),
+        text(|s| &s.tool),
+        Arc::new(TimestampMillisecondArray::from_iter_values(starts).with_timezone("UTC")),
+        Arc::new(Int64Array::from_iter_values(
+            scores.iter().map(|s| i64::from(s.observed)),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            scores.iter().map(|s| s.expected),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            scores.iter().map(|s| s.score),
+        )),
+        Arc::new(BooleanArray::from_iter(scores.iter().map(|s| Some(s.warm)))),
+    ];
+    RecordBatch::try_new(schema, columns).map_err(|e| BacktestError::Other(e.to_string()))
 }
 
 /// How one planted scenario fared.

@@ -85,7 +85,7 @@ pub struct GenOptions {
     /// Event time of the first event, epoch ms; events advance ~10 ms each.
     pub start_ms: i64,
     /// Scenarios mixed in between event `scenario_start` and
-    /// `scenario_start + scenario_events`, each as ~5 % of the traffic there.
+    /// `scenario_start + scenario_events`, each at its own share of the traffic there (`Scenario::share`).
     pub scenarios: Vec<Scenario>,
     pub scenario_start: u64,
     pub scenario_events: u64,
@@ -111,13 +111,9 @@ pub struct Generator {
     n: u64,
     workflows: Vec<(String, i64)>,
     truth: std::collections::BTreeMap<Scenario, GroundTruth>,
-    turn: u64,
     exfil_workflow: Option<String>,
     loop_step: i64,
 }
-
-/// Share of the traffic each scenario takes inside its window.
-const SCENARIO_SHARE: f64 = 0.05;
 
 fn alnum(rng: &mut SmallRng, n: usize, alphabet: &[u8]) -> String {
     (0..n)
@@ -236,7 +232,6 @@ impl Generator {
             n: 0,
             workflows: Vec::new(),
             truth: std::collections::BTreeMap::new(),
-            turn: 0,
             exfil_workflow: None,
             loop_step: 0,
         }
@@ -288,13 +283,14 @@ impl Generator {
 
     fn scenario_due(&mut self) -> Option<Scenario> {
         let o = &self.opts;
-        let k = o.scenarios.len();
         let inside = self.n >= o.scenario_start && self.n - o.scenario_start < o.scenario_events;
-        if k == 0 || !inside || !self.rng.random_bool((SCENARIO_SHARE * k as f64).min(1.0)) {
+        if o.scenarios.is_empty() || !inside {
             return None;
         }
-        self.turn += 1;
-        Some(o.scenarios[(self.turn as usize) % k])
+        let scenarios = o.scenarios.clone();
+        scenarios
+            .into_iter()
+            .find(|s| self.rng.random_bool(s.share()))
     }
 
     /// A benign-looking event bent into `s`, recorded in the ground truth.

@@ -60,6 +60,17 @@ impl Scenario {
             })
     }
 
+    /// Share of the traffic the scenario takes inside its window: a spike is
+    /// loud by nature, a loop needs enough steps to pass its budget, the
+    /// rest are a few calls, as real violations are.
+    pub fn share(self) -> f64 {
+        match self {
+            Scenario::InjectionSpike => 0.05,
+            Scenario::RunawayLoop => 0.01,
+            _ => 0.002,
+        }
+    }
+
     /// The rule that must fire, then others that may rightly fire too.
     pub fn rules(self) -> &'static [&'static str] {
         match self {
