@@ -67,6 +67,10 @@ enum Command {
         /// Events per second of demo traffic.
         #[arg(long, default_value_t = 200)]
         demo_rate: u32,
+        /// Plant a scenario in the demo traffic (repeatable; see `gen`). The
+        /// demo then detects on 5-s buckets so it alerts within minutes.
+        #[arg(long = "scenario", value_parser = Scenario::parse, requires = "demo")]
+        scenarios: Vec<Scenario>,
     },
     /// Run read-only SQL over the dataset.
     Query {
@@ -183,6 +187,7 @@ fn main() -> anyhow::Result<()> {
             alertmanager_url,
             demo,
             demo_rate,
+            scenarios,
         } => {
             let cfg = Config::load(
                 config.as_deref(),
@@ -203,7 +208,10 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            let demo = demo.then_some(demo_rate);
+            let demo = demo.then_some(agentaudit::pipeline::Demo {
+                rate: demo_rate,
+                scenarios,
+            });
             runtime.block_on(agentaudit::pipeline::serve(cfg, demo))?;
         }
         Command::Query {

@@ -525,7 +525,40 @@ pub fn reload_policy(path: &std::path::Path, shared: &SharedPolicy, metrics: &Me
 /// configured, the HTTP surface, the pipeline and (with `demo_rate`) the demo
 /// traffic generator; runs until SIGINT or SIGTERM, then flushes, commits
 /// and returns.
-pub async fn serve(cfg: Config, demo_rate: Option<u32>) -> Result<(), PipelineError> {
+/// Demo traffic for `serve --demo`.
+pub struct Demo {
+    pub rate: u32,
+    pub scenarios: Vec<crate::traffic::scenario::Scenario>,
+}
+
+/// Demo events advance event time 10 ms each; scenarios start after this
+/// many, once 5-s baselines are warm.
+const DEMO_SCENARIO_START: u64 = 12_000;
+
+pub async fn serve(mut cfg: Config, demo: Option<Demo>) -> Result<(), PipelineError> {
+    if let Some(d) = demo.as_ref().filter(|d| !d.scenarios.is_empty()) {
+        // A demo is watched live: small buckets so a scenario alerts in
+        // minutes, and the inventory its benign traffic complies with.
+        cfg.detect.bucket_secs = 5;
+        cfg.detect.warmup_buckets = 10;
+        cfg.detect.new_tool_warmup_buckets = 10;
+        if cfg.detect.policy_file.is_none() {
+            std::fs::create_dir_all(&cfg.sink.data_dir)
+                .map_err(|e| PipelineError::Runtime(format!("creating the data directory: {e}")))?;
+            let path = cfg.sink.data_dir.join("demo-policy.toml");
+            std::fs::write(&path, crate::traffic::scenario::benign_policy_toml())
+                .map_err(|e| PipelineError::Runtime(format!("writing {}: {e}", path.display())))?;
+            cfg.detect.policy_file = Some(path);
+        }
+        let names: Vec<_> = d.scenarios.iter().map(|s| s.name()).collect();
+        println!(
+            "agentaudit: demo scenarios {} start after {DEMO_SCENARIO_START} events (~{} s); detection on 5-s buckets",
+            names.join(", "),
+            DEMO_SCENARIO_START / u64::from(d.rate.max(1))
+        );
+    }
+    let demo_rate = demo.as_ref().map(|d| d.rate);
+    let demo_scenarios = demo.map(|d| d.scenarios).unwrap_or_default();
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(crate::serve::Health::default());
     let embedded = match &cfg.kafka.brokers {
@@ -575,6 +608,9 @@ pub async fn serve(cfg: Config, demo_rate: Option<u32>) -> Result<(), PipelineEr
             Some(std::thread::spawn(move || {
                 let mut g = crate::traffic::Generator::new(crate::traffic::GenOptions {
                     malformed_ratio: 0.005,
+                    scenario_start: DEMO_SCENARIO_START,
+                    scenario_events: u64::MAX / 2,
+                    scenarios: demo_scenarios,
                     ..Default::default()
                 });
                 let pace = crate::traffic::Pace {

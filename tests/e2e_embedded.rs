@@ -82,3 +82,42 @@ fn demo_mode_runs_the_whole_product_with_one_command() {
         "demo traffic carries secrets that get redacted"
     );
 }
+
+#[test]
+fn demo_with_a_scenario_raises_its_alert() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().unwrap();
+    let mut serve = Serve::start(&[
+        "--demo",
+        "--demo-rate",
+        "2000",
+        "--scenario",
+        "injection_spike",
+        "--data-dir",
+        data,
+    ]);
+    serve.wait_until(
+        "the injected spike in /metrics",
+        Duration::from_secs(120),
+        |s| {
+            s.get("/metrics").is_some_and(|(_, body)| {
+                body.lines().any(|l| {
+                    l.starts_with("agentaudit_alert_active{")
+                        && l.contains("rule=\"tool_frequency_spike\"")
+                        && l.contains("tool=\"export_csv\"")
+                })
+            })
+        },
+    );
+    assert!(serve.terminate().success());
+    let spikes = count(
+        dir.path(),
+        "SELECT count(*) AS n FROM alerts WHERE rule = 'tool_frequency_spike' AND tool = 'export_csv'",
+    );
+    assert!(spikes >= 1, "the spike is in the alerts table");
+    let other_spikes = count(
+        dir.path(),
+        "SELECT count(*) AS n FROM alerts WHERE rule = 'tool_frequency_spike' AND tool <> 'export_csv'",
+    );
+    assert_eq!(other_spikes, 0, "benign demo traffic raised a spike");
+}
