@@ -5,7 +5,8 @@
 //! redacted, capped per label).
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 pub struct Metrics {
@@ -48,6 +49,8 @@ pub struct Metrics {
     pub alertmanager_sent: IntCounter,
     pub alertmanager_failures: IntCounter,
     pub alertmanager_dropped: IntCounter,
+    pub baseline_observed: IntGaugeVec,
+    pub baseline_expected: GaugeVec,
 }
 
 /// Partitions numbered below this get their own lag/offset series; the rest
@@ -294,6 +297,25 @@ impl Metrics {
                 "agentaudit_alertmanager_dropped_total",
                 "Alert changes dropped because the push queue was full",
             ),
+            baseline_observed: gauge_vec(
+                &r,
+                "agentaudit_baseline_observed_calls",
+                "Calls in the newest closed bucket, for the busiest baseline keys",
+                &["kind", "tenant", "agent", "tool"],
+            ),
+            baseline_expected: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "agentaudit_baseline_expected_calls",
+                        "Calls the baseline expected in that bucket, for the same keys",
+                    ),
+                    &["kind", "tenant", "agent", "tool"],
+                )
+                .unwrap_or_else(|e| panic!("metric agentaudit_baseline_expected_calls: {e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("metric agentaudit_baseline_expected_calls: {e}"));
+                g
+            },
             registry: r,
         }
     }

@@ -67,6 +67,7 @@ struct DetectStage {
     /// The gauge labels each active alert was exported with.
     exported: HashMap<String, [String; 5]>,
     reported_evictions: (u64, u64),
+    busiest_exported: u32,
 }
 
 impl DetectStage {
@@ -115,6 +116,32 @@ impl DetectStage {
             }
             if let Some(am) = &self.alertmanager {
                 am.notify(&change);
+            }
+        }
+        let (busiest, bucket) = self.detector.busiest();
+        if bucket != self.busiest_exported {
+            // A new bucket closed: the series are the new top keys only.
+            self.busiest_exported = bucket;
+            metrics.baseline_observed.reset();
+            metrics.baseline_expected.reset();
+            for k in busiest {
+                let labels = [
+                    k.kind.to_owned(),
+                    self.labels
+                        .value(LabelName::Tenant, &k.tenant, &self.redactor),
+                    self.labels
+                        .value(LabelName::Agent, &k.agent_id, &self.redactor),
+                    self.labels.value(LabelName::Tool, &k.tool, &self.redactor),
+                ];
+                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                metrics
+                    .baseline_observed
+                    .with_label_values(&refs)
+                    .set(i64::from(k.observed));
+                metrics
+                    .baseline_expected
+                    .with_label_values(&refs)
+                    .set(k.expected);
             }
         }
         metrics
@@ -479,6 +506,7 @@ fn detect_stage(
         changes: Vec::new(),
         exported: HashMap::new(),
         reported_evictions: (0, 0),
+        busiest_exported: 0,
     };
     Ok((stage, policy))
 }

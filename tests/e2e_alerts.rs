@@ -205,6 +205,15 @@ fn injected_scenarios_reach_metrics_the_alerts_table_and_alertmanager() {
                 && l.contains("tenant=\"umbrella\"")),
         "unapproved Tier A not active: {active:#?}"
     );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("agentaudit_baseline_observed_calls{"))
+            && metrics
+                .lines()
+                .any(|l| l.starts_with("agentaudit_baseline_expected_calls{")),
+        "observed vs expected of the busiest keys are exported"
+    );
     for line in &active {
         assert!(
             line.contains("acme") || line.contains("umbrella"),

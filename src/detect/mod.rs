@@ -155,6 +155,20 @@ pub struct BucketScore {
     pub warm: bool,
 }
 
+/// One of the busiest keys of the newest closed bucket, for the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusyKey {
+    pub kind: &'static str,
+    pub tenant: String,
+    pub agent_id: String,
+    pub tool: String,
+    pub observed: u32,
+    pub expected: f64,
+}
+
+/// How many busiest keys are exported.
+pub const BUSIEST: usize = 10;
+
 /// Baseline key kinds: which names a key is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum KeyKind {
@@ -200,6 +214,9 @@ pub struct Detector {
     key_names: Option<HashMap<u64, (KeyKind, String, String, String)>>,
     pub scores: Vec<BucketScore>,
     closed: Vec<ClosedBucket>,
+    /// The busiest keys of the newest bucket closed so far.
+    busiest: Vec<BusyKey>,
+    busiest_bucket: u32,
     enabled: [bool; RULES.len()],
     workflows: HashMap<u64, WorkflowState>,
     /// (tenant) → (minute, calls in it).
@@ -235,6 +252,8 @@ impl Detector {
             key_names: record_scores.then(HashMap::new),
             scores: Vec::new(),
             closed: Vec::new(),
+            busiest: Vec::new(),
+            busiest_bucket: 0,
             enabled,
             workflows: HashMap::new(),
             tenant_minutes: HashMap::new(),
@@ -324,7 +343,9 @@ impl Detector {
                     .entry(key)
                     .or_insert_with(|| names_for(kind, &e.tenant, &e.agent_id, &e.tool));
             }
+            let before = self.closed.len();
             let spike = self.baselines.observe(key, b32, 1, &mut self.closed);
+            self.note_busy(before, kind, &e.tenant, &e.agent_id, &e.tool);
             if let Some(s) = spike {
                 let (agent, tool) = match kind {
                     KeyKind::TenantTool => ("", e.tool.as_str()),
@@ -383,6 +404,44 @@ impl Detector {
         self.record_closed();
         self.policy_rules(r, policy, bucket, out);
         self.advance(out);
+    }
+
+    /// Keeps the top `BUSIEST` keys of the newest closed bucket; the buckets
+    /// closed since `from` belong to the key of `kind` with these names.
+    fn note_busy(&mut self, from: usize, kind: KeyKind, tenant: &str, agent: &str, tool: &str) {
+        for i in from..self.closed.len() {
+            let c = self.closed[i];
+            if c.bucket < self.busiest_bucket || c.observed == 0 {
+                continue;
+            }
+            if c.bucket > self.busiest_bucket {
+                self.busiest.clear();
+                self.busiest_bucket = c.bucket;
+            }
+            let weakest = self.busiest.iter().map(|b| b.observed).min().unwrap_or(0);
+            if self.busiest.len() >= BUSIEST && c.observed <= weakest {
+                continue;
+            }
+            let (_, t, a, x) = names_for(kind, tenant, agent, tool);
+            self.busiest.retain(|b| {
+                !(b.kind == kind.as_str() && b.tenant == t && b.agent_id == a && b.tool == x)
+            });
+            self.busiest.push(BusyKey {
+                kind: kind.as_str(),
+                tenant: t,
+                agent_id: a,
+                tool: x,
+                observed: c.observed,
+                expected: c.expected,
+            });
+            self.busiest.sort_by_key(|b| std::cmp::Reverse(b.observed));
+            self.busiest.truncate(BUSIEST);
+        }
+    }
+
+    /// The busiest keys of the newest closed bucket, and that bucket.
+    pub fn busiest(&self) -> (&[BusyKey], u32) {
+        (&self.busiest, self.busiest_bucket)
     }
 
     fn record_closed(&mut self) {
@@ -486,6 +545,19 @@ impl Detector {
         );
     }
 
+    /// A policy rule's finding: one call, nothing expected.
+    fn violation(
+        &mut self,
+        rule: RuleId,
+        r: &Record,
+        keys: (&str, &str, &str),
+        bucket: i64,
+        detail: String,
+        out: &mut Vec<AlertChange>,
+    ) {
+        self.fire(rule, r, keys, bucket, 1.0, 0.0, 0.0, detail, out);
+    }
+
     /// Resolves alerts whose condition has not been seen for `hold_buckets`
     /// buckets of event time behind the watermark.
     pub fn advance(&mut self, out: &mut Vec<AlertChange>) {
@@ -528,17 +600,7 @@ impl Detector {
         let names = (e.tenant.as_str(), e.agent_id.as_str(), e.tool.as_str());
         if r.secret_in_input {
             let detail = format!("detectors fired on the input: {}", r.redactions.join(", "));
-            self.fire(
-                RuleId::SecretInToolInput,
-                r,
-                names,
-                bucket,
-                1.0,
-                0.0,
-                0.0,
-                detail,
-                out,
-            );
+            self.violation(RuleId::SecretInToolInput, r, names, bucket, detail, out);
         }
         // New (tenant, tool) pairs: remembered always, alerted after warm-up.
         let pair = self.hash(&[&e.tenant, &e.tool], 9);
@@ -551,14 +613,11 @@ impl Detector {
             + i64::from(self.cfg.new_tool_warmup_buckets) * self.bucket_ms;
         if first_sighting && e.ts_ms >= warm_from {
             let detail = format!("first call of `{}` by tenant `{}`", e.tool, e.tenant);
-            self.fire(
+            self.violation(
                 RuleId::NewToolForTenant,
                 r,
                 (&e.tenant, "", &e.tool),
                 bucket,
-                1.0,
-                0.0,
-                0.0,
                 detail,
                 out,
             );
@@ -628,17 +687,7 @@ impl Detector {
                 }
             }
             if let Some(detail) = why {
-                self.fire(
-                    RuleId::CredentialMisuse,
-                    r,
-                    names,
-                    bucket,
-                    1.0,
-                    0.0,
-                    0.0,
-                    detail,
-                    out,
-                );
+                self.violation(RuleId::CredentialMisuse, r, names, bucket, detail, out);
             }
         }
         // Workflow state: budgets and exfiltration sequences.
@@ -668,17 +717,7 @@ impl Detector {
                     "`{}` sends data out within {window} calls of a sensitive read in workflow `{wf}`",
                     e.tool
                 );
-                self.fire(
-                    RuleId::ExfiltrationSequence,
-                    r,
-                    names,
-                    bucket,
-                    1.0,
-                    0.0,
-                    0.0,
-                    detail,
-                    out,
-                );
+                self.violation(RuleId::ExfiltrationSequence, r, names, bucket, detail, out);
             }
             if let Some(agent) = policy.and_then(|p| p.agents.get(&e.agent_id)) {
                 if let Some(max) = agent.max_steps_per_workflow {
@@ -730,17 +769,7 @@ impl Detector {
                 "MCP server `{server}` at {} but pinned to {pin}",
                 version.unwrap_or("an unknown version")
             );
-            self.fire(
-                RuleId::McpServerUnpinned,
-                r,
-                names,
-                bucket,
-                1.0,
-                0.0,
-                0.0,
-                detail,
-                out,
-            );
+            self.violation(RuleId::McpServerUnpinned, r, names, bucket, detail, out);
         }
         if let Some(t) = tool_meta
             && let Some(category) = t.tier_a
@@ -760,29 +789,16 @@ impl Detector {
                     "Tier A ({category:?}) call `{}` succeeded with {why}",
                     e.tool
                 );
-                self.fire(
-                    RuleId::TierAWithoutApproval,
-                    r,
-                    names,
-                    bucket,
-                    1.0,
-                    0.0,
-                    0.0,
-                    detail,
-                    out,
-                );
+                self.violation(RuleId::TierAWithoutApproval, r, names, bucket, detail, out);
             }
         }
         let Some(agent) = p.agents.get(&e.agent_id) else {
             let detail = format!("agent `{}` is not in the inventory", e.agent_id);
-            self.fire(
+            self.violation(
                 RuleId::UnregisteredAgent,
                 r,
                 (&e.tenant, &e.agent_id, ""),
                 bucket,
-                1.0,
-                0.0,
-                0.0,
                 detail,
                 out,
             );
@@ -795,14 +811,11 @@ impl Detector {
             && !agent.production_dangerous_tools.contains(&e.tool)
         {
             let detail = format!("shell/filesystem tool `{}` ran in production", e.tool);
-            self.fire(
+            self.violation(
                 RuleId::DangerousToolInProduction,
                 r,
                 names,
                 bucket,
-                1.0,
-                0.0,
-                0.0,
                 detail,
                 out,
             );
@@ -812,14 +825,11 @@ impl Detector {
                 "agent `{}` is not registered for `{}`",
                 e.agent_id, e.environment
             );
-            self.fire(
+            self.violation(
                 RuleId::EnvironmentNotRegistered,
                 r,
                 (&e.tenant, &e.agent_id, ""),
                 bucket,
-                1.0,
-                0.0,
-                0.0,
                 detail,
                 out,
             );
@@ -835,17 +845,7 @@ impl Detector {
                 "`{}` ({class}) is not on the {} allowlist of `{}`",
                 e.tool, e.environment, e.agent_id
             );
-            self.fire(
-                RuleId::ToolNotAllowed,
-                r,
-                names,
-                bucket,
-                1.0,
-                0.0,
-                0.0,
-                detail,
-                out,
-            );
+            self.violation(RuleId::ToolNotAllowed, r, names, bucket, detail, out);
         }
     }
 
