@@ -119,6 +119,12 @@ enum Command {
         /// Write the inventory/policy under which the benign traffic complies.
         #[arg(long)]
         policy_out: Option<PathBuf>,
+        /// Event time of the first event (RFC 3339; default an hour ago).
+        #[arg(long)]
+        start: Option<String>,
+        /// Events 10 ms apart all day instead of following a working day.
+        #[arg(long)]
+        flat: bool,
     },
     /// Replay history through the detectors in event time; write per-bucket
     /// scores and the alerts that would have fired (CSV and Parquet).
@@ -247,8 +253,18 @@ fn main() -> anyhow::Result<()> {
             scenario_events,
             truth_out,
             policy_out,
+            start,
+            flat,
         } => {
+            let start_ms = match start {
+                Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
+                    .with_context(|| format!("--start `{s}` is not an RFC 3339 time"))?
+                    .timestamp_millis(),
+                None => chrono::Utc::now().timestamp_millis() - 3_600_000,
+            };
             let opts = agentaudit::traffic::GenOptions {
+                start_ms,
+                daily_rhythm: !flat,
                 seed,
                 secret_ratio,
                 malformed_ratio,

@@ -47,6 +47,9 @@ fn backtest_finds_every_scenario_and_replays_identically() {
         "60000",
         "--secret-ratio",
         "0",
+        // Mid-day: the daily rhythm is near its peak, and the run repeats.
+        "--start",
+        "2026-11-20T13:50:00Z",
         "--scenario-start",
         "30000",
         "--scenario-events",

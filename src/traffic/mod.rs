@@ -82,13 +82,16 @@ pub struct GenOptions {
     pub secret_ratio: f64,
     /// Share of messages that are malformed, 0..=1.
     pub malformed_ratio: f64,
-    /// Event time of the first event, epoch ms; events advance ~10 ms each.
+    /// Event time of the first event, epoch ms; events advance 10 ms each, or
+    /// with `daily_rhythm` 10 ms at the day's peak (14:00 UTC), 50 ms at night.
     pub start_ms: i64,
     /// Scenarios mixed in between event `scenario_start` and
     /// `scenario_start + scenario_events`, each at its own share of the traffic there (`Scenario::share`).
     pub scenarios: Vec<Scenario>,
     pub scenario_start: u64,
     pub scenario_events: u64,
+    /// Follow a working day (`daily_rhythm`); off, events are 10 ms apart.
+    pub daily_rhythm: bool,
 }
 
 impl Default for GenOptions {
@@ -101,6 +104,7 @@ impl Default for GenOptions {
             scenarios: Vec::new(),
             scenario_start: u64::MAX,
             scenario_events: 0,
+            daily_rhythm: false,
         }
     }
 }
@@ -113,6 +117,15 @@ pub struct Generator {
     truth: std::collections::BTreeMap<Scenario, GroundTruth>,
     exfil_workflow: Option<String>,
     loop_step: i64,
+    /// Event time of the current message, epoch ms.
+    clock_ms: f64,
+}
+
+/// Traffic follows a working day: calls arrive 5x faster at 14:00 UTC than
+/// at 02:00, so baselines see a rhythm rather than a flat rate.
+fn daily_rhythm(ts_ms: f64) -> f64 {
+    let hour = (ts_ms / 3_600_000.0).rem_euclid(24.0);
+    0.6 + 0.4 * ((hour - 14.0) / 24.0 * std::f64::consts::TAU).cos()
 }
 
 fn alnum(rng: &mut SmallRng, n: usize, alphabet: &[u8]) -> String {
@@ -228,6 +241,7 @@ impl Generator {
     pub fn new(opts: GenOptions) -> Generator {
         Generator {
             rng: SmallRng::seed_from_u64(opts.seed),
+            clock_ms: opts.start_ms as f64,
             opts,
             n: 0,
             workflows: Vec::new(),
@@ -375,6 +389,13 @@ impl Generator {
     /// The next message.
     pub fn next_message(&mut self) -> Generated {
         self.n += 1;
+        // 10 ms apart at the day's peak, 50 ms at its trough.
+        let rate = if self.opts.daily_rhythm {
+            daily_rhythm(self.clock_ms).max(0.2)
+        } else {
+            1.0
+        };
+        self.clock_ms += 10.0 / rate;
         if let Some(s) = self.scenario_due() {
             return self.scenario_message(s);
         }
@@ -399,7 +420,7 @@ impl Generator {
     }
 
     fn valid_event(&mut self) -> (Value, Vec<String>) {
-        let ts = self.opts.start_ms + (self.n as i64) * 10;
+        let ts = self.clock_ms as i64;
         let tenant = TENANTS[self.rng.random_range(0..TENANTS.len())];
         let (tool, tier_a) = self.pick_tool();
         // Only ops agents run shell commands: the benign inventory allows
