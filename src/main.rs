@@ -271,7 +271,6 @@ fn main() -> anyhow::Result<()> {
                 scenario_start: scenario_start.unwrap_or(events / 10 * 7),
                 scenario_events: scenario_events.unwrap_or((events / 20).max(1)),
                 scenarios,
-                ..Default::default()
             };
             if let Some(path) = &policy_out {
                 std::fs::write(path, agentaudit::traffic::scenario::benign_policy_toml())
