@@ -30,6 +30,10 @@ pub struct BaselineConfig {
     /// Alert when -log10 P(X >= observed) reaches this.
     pub min_score: f64,
     pub max_keys: usize,
+    /// Score every bucket as it closes. Backtests record those scores; live
+    /// detection does not need them, and a negative-binomial tail costs
+    /// microseconds, so it scores only open buckets that could alert.
+    pub score_closed: bool,
 }
 
 impl Default for BaselineConfig {
@@ -41,6 +45,7 @@ impl Default for BaselineConfig {
             min_ratio: 5.0,
             min_score: 8.0,
             max_keys: 1_000_000,
+            score_closed: false,
         }
     }
 }
@@ -58,6 +63,7 @@ pub struct Spike {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClosedBucket {
     pub key: u64,
+    // `score` is 0 unless `BaselineConfig::score_closed`.
     pub bucket: u32,
     pub observed: u32,
     pub expected: f64,
@@ -295,7 +301,11 @@ fn close(cfg: &BaselineConfig, s: &mut Slot, bucket: u32) -> ClosedBucket {
         bucket,
         observed,
         expected,
-        score: score(observed, expected, f64::from(s.var)),
+        score: if cfg.score_closed {
+            score(observed, expected, f64::from(s.var))
+        } else {
+            0.0
+        },
         warm,
     };
     update(cfg.alpha, s, f64::from(observed));

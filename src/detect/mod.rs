@@ -155,6 +155,9 @@ pub struct BucketScore {
     pub warm: bool,
 }
 
+/// Maps keyed by our own 64-bit hashes: hashing them again would only cost.
+type HashedKeys<V> = HashMap<u64, V, std::hash::BuildHasherDefault<baseline::IdentityHasher>>;
+
 /// One of the busiest keys of the newest closed bucket, for the metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BusyKey {
@@ -218,14 +221,16 @@ pub struct Detector {
     busiest: Vec<BusyKey>,
     busiest_bucket: u32,
     enabled: [bool; RULES.len()],
-    workflows: HashMap<u64, WorkflowState>,
+    workflows: HashedKeys<WorkflowState>,
     /// (tenant) → (minute, calls in it).
-    tenant_minutes: HashMap<u64, (i64, u32)>,
-    tenant_tools_seen: HashMap<u64, ()>,
-    credential_agent: HashMap<u64, u64>,
+    tenant_minutes: HashedKeys<(i64, u32)>,
+    tenant_tools_seen: HashedKeys<()>,
+    credential_agent: HashedKeys<u64>,
     active: HashMap<(RuleId, u64), ActiveAlert>,
     first_event_ms: Option<i64>,
     max_event_ms: i64,
+    /// The watermark bucket `advance` last resolved up to.
+    advanced_to: i64,
     /// Bounded-map evictions, for the metric.
     pub evictions: u64,
 }
@@ -248,6 +253,7 @@ impl Detector {
                 min_ratio: cfg.min_ratio,
                 min_score: cfg.min_score,
                 max_keys: cfg.max_keys,
+                score_closed: record_scores,
             }),
             key_names: record_scores.then(HashMap::new),
             scores: Vec::new(),
@@ -255,13 +261,14 @@ impl Detector {
             busiest: Vec::new(),
             busiest_bucket: 0,
             enabled,
-            workflows: HashMap::new(),
-            tenant_minutes: HashMap::new(),
-            tenant_tools_seen: HashMap::new(),
-            credential_agent: HashMap::new(),
+            workflows: HashedKeys::default(),
+            tenant_minutes: HashedKeys::default(),
+            tenant_tools_seen: HashedKeys::default(),
+            credential_agent: HashedKeys::default(),
             active: HashMap::new(),
             first_event_ms: None,
             max_event_ms: i64::MIN,
+            advanced_to: i64::MIN,
             evictions: 0,
             cfg: cfg.clone(),
         }
@@ -565,6 +572,12 @@ impl Detector {
             return;
         }
         let watermark = self.bucket_of(self.max_event_ms - self.lateness_ms);
+        // Nothing can resolve until the watermark enters a new bucket, and
+        // scanning every active alert per event made detection O(alerts).
+        if watermark == self.advanced_to {
+            return;
+        }
+        self.advanced_to = watermark;
         let hold = i64::from(self.cfg.hold_buckets);
         let due: Vec<_> = self
             .active
