@@ -51,7 +51,7 @@ macro_rules! rules {
         /// Rule ids, in catalogue order.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum RuleId { $($id),* }
-        /// The rule catalogue: README's table is generated from the same text.
+        /// The rule catalogue; README's table lists the same rules (tested).
         pub const RULES: &[Rule] = &[$(Rule { name: $name, severity: Severity::$sev, summary: $summary }),*];
     };
 }

@@ -319,3 +319,16 @@ fn the_example_policy_file_is_valid() {
     let p = Policy::parse(text).expect("policy.example.toml must parse");
     assert!(!p.agents.is_empty() && !p.tools.is_empty());
 }
+
+#[test]
+fn the_readme_catalogue_lists_every_rule() {
+    let readme = include_str!("../../README.md");
+    for rule in RULES {
+        assert!(
+            readme.contains(&format!("| `{}` | {} |", rule.name, rule.severity.as_str())),
+            "README's rule catalogue lacks `{}` with severity {}",
+            rule.name,
+            rule.severity.as_str()
+        );
+    }
+}
