@@ -38,6 +38,7 @@ pub struct Metrics {
     pub baseline_keys: IntGauge,
     pub baseline_max_keys: IntGauge,
     pub baseline_evictions: IntCounter,
+    pub baseline_late: IntCounter,
     pub detector_evictions: IntCounter,
     pub active_alerts: IntGauge,
     pub policy_loaded: IntGauge,
@@ -244,6 +245,11 @@ impl Metrics {
                 &r,
                 "agentaudit_baseline_evictions_total",
                 "Baseline keys evicted as least recently seen",
+            ),
+            baseline_late: counter(
+                &r,
+                "agentaudit_baseline_late_calls_total",
+                "Calls more than 3 buckets late for their key, left out of the baselines (still stored)",
             ),
             detector_evictions: counter(
                 &r,

@@ -162,6 +162,10 @@ impl DetectStage {
         metrics
             .label_overflow
             .inc_by(overflow.saturating_sub(metrics.label_overflow.get()));
+        let late = self.detector.baseline_late();
+        metrics
+            .baseline_late
+            .inc_by(late.saturating_sub(metrics.baseline_late.get()));
     }
 }
 

@@ -220,6 +220,10 @@ fn injected_scenarios_reach_metrics_the_alerts_table_and_alertmanager() {
                 .any(|l| l.starts_with("agentaudit_baseline_expected_calls{")),
         "observed vs expected of the busiest keys are exported"
     );
+    assert!(
+        metrics.contains("agentaudit_baseline_late_calls_total 0"),
+        "keyed by tenant, every key's calls arrive in order: none is late"
+    );
     let scenario_tenants: Vec<&str> = truth.iter().map(|t| t.tenant.as_str()).collect();
     for line in &active {
         assert!(

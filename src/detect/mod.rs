@@ -282,6 +282,12 @@ impl Detector {
         self.baselines.evictions()
     }
 
+    /// Calls that came too late for their bucket and were left out of the
+    /// baselines (they are still stored).
+    pub fn baseline_late(&self) -> u64 {
+        self.baselines.late()
+    }
+
     pub fn active_alerts(&self) -> usize {
         self.active.len()
     }
