@@ -3,7 +3,6 @@
 //! (ts, event_id) so that two runs over the same input write byte-identical
 //! scores and alerts; and scoring those alerts against `gen`'s ground truth.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -132,24 +131,8 @@ fn dataset_lines(data_dir: &Path, from_ms: i64, to_ms: i64) -> Result<Vec<String
                 tokens_out, approval_id, approval_approver, approval_decision \
          FROM invocations WHERE ts >= to_timestamp_millis({from_ms}) AND ts < to_timestamp_millis({to_ms})"
     );
-    let dir = data_dir.to_owned();
-    let batches = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let ctx = crate::query::session(&dir)
-                .await
-                .map_err(|e| e.to_string())?;
-            crate::query::run(&ctx, &sql, &BTreeMap::new())
-                .await
-                .map_err(|e| e.to_string())
-        })
-    })
-    .join()
-    .map_err(|_| BacktestError::Other("the query thread panicked".into()))?
-    .map_err(BacktestError::Other)?;
+    let batches = crate::query::run_blocking(data_dir, sql)
+        .map_err(|e| BacktestError::Other(e.to_string()))?;
     let mut buf = Vec::new();
     {
         let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use sha2::Digest;
 
 use baseline::{BaselineConfig, Baselines, ClosedBucket};
-use policy::{Policy, TierA, ToolClass};
+use policy::{Policy, TierA};
 
 use crate::config::DetectConfig;
 use crate::event::{ApprovalDecision, Record, Status};
@@ -126,11 +126,6 @@ impl Alert {
             self.agent_id,
             self.tool
         )
-    }
-
-    /// The identity Alertmanager groups and resolves by.
-    pub fn identity(&self) -> (RuleId, &str, &str, &str) {
-        (self.rule, &self.tenant, &self.agent_id, &self.tool)
     }
 }
 
@@ -623,11 +618,8 @@ impl Detector {
         }
         // New (tenant, tool) pairs: remembered always, alerted after warm-up.
         let pair = self.hash(&[&e.tenant, &e.tool], 9);
+        self.evictions += make_room(&mut self.tenant_tools_seen, pair, self.cfg.max_keys);
         let first_sighting = self.tenant_tools_seen.insert(pair, ()).is_none();
-        if self.tenant_tools_seen.len() > self.cfg.max_keys {
-            self.tenant_tools_seen.clear();
-            self.evictions += 1;
-        }
         let warm_from = self.first_event_ms.unwrap_or(e.ts_ms)
             + i64::from(self.cfg.new_tool_warmup_buckets) * self.bucket_ms;
         if first_sighting && e.ts_ms >= warm_from {
@@ -645,12 +637,7 @@ impl Detector {
         let limit = policy.map_or(u32::MAX, |p| p.tenant_limit(&e.tenant));
         let tkey = self.hash(&[&e.tenant], 10);
         let minute = e.ts_ms.div_euclid(60_000);
-        if self.tenant_minutes.len() >= self.cfg.max_keys
-            && !self.tenant_minutes.contains_key(&tkey)
-        {
-            self.tenant_minutes.clear();
-            self.evictions += 1;
-        }
+        self.evictions += make_room(&mut self.tenant_minutes, tkey, self.cfg.max_keys);
         let slot = self.tenant_minutes.entry(tkey).or_insert((minute, 0));
         if slot.0 != minute {
             *slot = (minute, 0);
@@ -675,10 +662,7 @@ impl Detector {
         if let Some(cred) = e.credential_id.as_deref() {
             let ckey = self.hash(&[cred], 11);
             let akey = self.hash(&[&e.agent_id], 12);
-            if self.credential_agent.len() >= self.cfg.max_keys {
-                self.credential_agent.clear();
-                self.evictions += 1;
-            }
+            self.evictions += make_room(&mut self.credential_agent, ckey, self.cfg.max_keys);
             let owner = *self.credential_agent.entry(ckey).or_insert(akey);
             let mut why = None;
             if owner != akey {
@@ -880,6 +864,19 @@ impl Detector {
     }
 }
 
+/// Bounds a per-key state map: when `key` is new and the map is full, the
+/// map starts over (these maps only remember first sightings and the current
+/// minute, so forgetting costs at most a repeated first-sighting alert).
+/// Returns how many maps were cleared, for the evictions metric.
+fn make_room<V>(map: &mut HashedKeys<V>, key: u64, max: usize) -> u64 {
+    if map.len() >= max && !map.contains_key(&key) {
+        map.clear();
+        1
+    } else {
+        0
+    }
+}
+
 fn names_for(
     kind: KeyKind,
     tenant: &str,
@@ -905,16 +902,6 @@ pub fn overdue_agents(policy: &Policy, today: chrono::NaiveDate) -> Vec<String> 
         .collect();
     out.sort();
     out
-}
-
-/// Class of a tool as the policy sees it, for alert labels.
-pub fn tool_class(policy: Option<&Policy>, tool: &str) -> &'static str {
-    policy
-        .and_then(|p| p.tools.get(tool))
-        .map_or("unknown", |t| match t.class {
-            ToolClass::Read => "read",
-            ToolClass::Write => "write",
-        })
 }
 
 /// The policy the detectors read, swapped whole on reload.

@@ -2,7 +2,6 @@
 //! baselines at start-up, so a restart does not forget what normal is.
 //! It aggregates with DataFusion (one row per key and bucket), never rows.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use datafusion::arrow::array::{Array, AsArray};
@@ -38,20 +37,7 @@ pub fn from_history(
             .unwrap_or_default()
             .format("%Y-%m-%d")
     );
-    let dir = data_dir.to_owned();
-    // Start-up runs inside the async runtime; DataFusion gets its own.
-    let batches = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| QueryError::Runtime(e.to_string()))?;
-        rt.block_on(async {
-            let ctx = crate::query::session(&dir).await?;
-            crate::query::run(&ctx, &sql, &BTreeMap::new()).await
-        })
-    })
-    .join()
-    .map_err(|_| QueryError::Runtime("the warm-up thread panicked".into()))??;
+    let batches = crate::query::run_blocking(data_dir, sql)?;
     let mut n = 0;
     for b in &batches {
         // Whatever string and integer types the plan chose, read them as

@@ -107,6 +107,25 @@ pub async fn run(
     Ok(df.collect().await?)
 }
 
+/// Runs `sql` over the dataset from synchronous code that may itself be
+/// inside an async runtime (start-up, backtests): on its own thread, with its
+/// own runtime.
+pub fn run_blocking(data_dir: &Path, sql: String) -> Result<Vec<RecordBatch>, QueryError> {
+    let dir = data_dir.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| QueryError::Runtime(e.to_string()))?;
+        rt.block_on(async {
+            let ctx = session(&dir).await?;
+            run(&ctx, &sql, &BTreeMap::new()).await
+        })
+    })
+    .join()
+    .map_err(|_| QueryError::Runtime("the query thread panicked".into()))?
+}
+
 /// Reads a named query file.
 pub fn read_query_file(path: &Path) -> Result<String, QueryError> {
     std::fs::read_to_string(path).map_err(|source| QueryError::File {
