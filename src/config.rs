@@ -147,7 +147,7 @@ impl Default for SinkConfig {
             max_file_bytes: 128 * 1024 * 1024,
             max_file_age_secs: 60,
             memory_budget_bytes: 512 * 1024 * 1024,
-            zstd_level: 3,
+            zstd_level: 1,
             row_group_rows: 128 * 1024,
         }
     }

@@ -139,22 +139,29 @@ fn classify_json_error(err: &serde_json::Error) -> DecodeFailure {
 }
 
 /// The deepest nesting of objects and arrays, found without parsing, so a
-/// hostile document is refused before any recursive code sees it.
+/// hostile document is refused before any recursive code sees it. Most of an
+/// event's bytes sit inside strings, so strings are skipped with `memchr`
+/// rather than walked byte by byte (the walk was a fifth of the writer).
 pub fn json_depth(bytes: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let (mut depth, mut max, mut i) = (0usize, 0usize, 0usize);
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => loop {
+                // An unterminated string cannot nest deeper: the parser
+                // will refuse the document for its own reason.
+                let Some(rest) = bytes.get(i..) else {
+                    return max;
+                };
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    None => return max,
+                    Some(j) if rest[j] == b'\\' => i += j + 2,
+                    Some(j) => {
+                        i += j + 1;
+                        break;
+                    }
+                }
+            },
             b'{' | b'[' => {
                 depth += 1;
                 max = max.max(depth);
@@ -477,8 +484,9 @@ fn checked_str(f: Field, v: Scalar<'_>, max_chars: usize) -> Result<String, Deco
     let Scalar::Str(s) = v else {
         return Err(invalid(f, &format!("must be a string, not {}", v.kind())));
     };
-    let chars = s.chars().count();
-    if chars == 0 || chars > max_chars {
+    // No more bytes than the limit means no more characters either: the
+    // count is needed only for long text.
+    if s.is_empty() || (s.len() > max_chars && s.chars().count() > max_chars) {
         return Err(invalid(f, &format!("must be 1 to {max_chars} characters")));
     }
     if f.is_identifier() && s.chars().any(char::is_control) {

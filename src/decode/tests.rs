@@ -171,4 +171,10 @@ fn failure_details_never_echo_payload_text() {
 fn depth_scan_ignores_brackets_inside_strings() {
     assert_eq!(json_depth(br#"{"a":"[[[[{{{{\"]]"}"#), 1);
     assert_eq!(json_depth(br#"{"a":[{"b":[]}]}"#), 4);
+    // Escaped backslashes end before the quote; an escape at the very end and
+    // an unterminated string stop the scan without reading past the end.
+    assert_eq!(json_depth(br#"{"a":"\\\\","b":[[1]]}"#), 3);
+    assert_eq!(json_depth(br#"{"a":"x\"#), 1);
+    assert_eq!(json_depth(br#"{"a":"[[[["#), 1);
+    assert_eq!(json_depth(br#"[{"k\"[":[{}]}]"#), 4);
 }

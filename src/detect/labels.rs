@@ -2,7 +2,7 @@
 //! Prometheus label values: sanitised, redacted, and capped per label so a
 //! flood of invented names folds into `other` instead of new series.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use crate::redact::{Hits, Redactor};
 

@@ -206,10 +206,12 @@ pub struct Detector {
     cfg: DetectConfig,
     bucket_ms: i64,
     lateness_ms: i64,
-    hasher: std::hash::RandomState,
+    // Keys come from event fields an attacker may choose: a randomly seeded
+    // hash, but a fast one (SipHash was a tenth of the writer thread).
+    hasher: foldhash::fast::RandomState,
     baselines: Baselines,
     /// Names of baseline keys, kept only when bucket scores are recorded.
-    key_names: Option<HashMap<u64, (KeyKind, String, String, String)>>,
+    key_names: Option<foldhash::HashMap<u64, (KeyKind, String, String, String)>>,
     pub scores: Vec<BucketScore>,
     closed: Vec<ClosedBucket>,
     /// The busiest keys of the newest bucket closed so far.
@@ -221,7 +223,7 @@ pub struct Detector {
     tenant_minutes: HashedKeys<(i64, u32)>,
     tenant_tools_seen: HashedKeys<()>,
     credential_agent: HashedKeys<u64>,
-    active: HashMap<(RuleId, u64), ActiveAlert>,
+    active: foldhash::HashMap<(RuleId, u64), ActiveAlert>,
     first_event_ms: Option<i64>,
     max_event_ms: i64,
     /// The watermark bucket `advance` last resolved up to.
@@ -240,7 +242,7 @@ impl Detector {
         Detector {
             bucket_ms,
             lateness_ms: i64::try_from(cfg.allowed_lateness_secs.saturating_mul(1000)).unwrap_or(0),
-            hasher: std::hash::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             baselines: Baselines::new(BaselineConfig {
                 alpha: cfg.alpha,
                 warmup_buckets: cfg.warmup_buckets,
@@ -250,7 +252,7 @@ impl Detector {
                 max_keys: cfg.max_keys,
                 score_closed: record_scores,
             }),
-            key_names: record_scores.then(HashMap::new),
+            key_names: record_scores.then(foldhash::HashMap::default),
             scores: Vec::new(),
             closed: Vec::new(),
             busiest: Vec::new(),
@@ -260,7 +262,7 @@ impl Detector {
             tenant_minutes: HashedKeys::default(),
             tenant_tools_seen: HashedKeys::default(),
             credential_agent: HashedKeys::default(),
-            active: HashMap::new(),
+            active: foldhash::HashMap::default(),
             first_event_ms: None,
             max_event_ms: i64::MIN,
             advanced_to: i64::MIN,

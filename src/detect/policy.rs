@@ -4,8 +4,10 @@
 //! and tenant rate limits. Parsed and checked as a whole; a file with any
 //! error is refused with its line, so a running policy is never half-applied.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::Path;
+
+use foldhash::{HashMap, HashSet};
 
 use chrono::NaiveDate;
 use serde::Deserialize;
@@ -267,7 +269,7 @@ impl Policy {
                         format!("review_by must be YYYY-MM-DD: {e}"),
                     )
                 })?;
-            let mut environments = HashSet::new();
+            let mut environments = HashSet::default();
             for env in &a.environments {
                 let e = env.get_ref().to_lowercase();
                 if !policy.environments.contains(&e) {
@@ -290,7 +292,7 @@ impl Policy {
                     format!("agent `{id}`: a workflow budget of 0 would flag every call"),
                 ));
             }
-            let mut allowlist = HashMap::new();
+            let mut allowlist = HashMap::default();
             for (env, list) in &a.tools {
                 let e = env.to_lowercase();
                 if !environments.contains(&e) {
@@ -301,7 +303,7 @@ impl Policy {
                         ),
                     ));
                 }
-                let mut tools = HashMap::new();
+                let mut tools = HashMap::default();
                 let lists = [
                     (ToolClass::Read, &list.get_ref().read),
                     (ToolClass::Write, &list.get_ref().write),
