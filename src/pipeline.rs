@@ -40,17 +40,23 @@ pub enum PipelineError {
     Runtime(String),
 }
 
-/// The writer: decode → redact into pending rows, on one thread. Full rows go
-/// to the flusher, so decoding goes on while the previous rows are encoded.
+/// The writer: decode → redact into pending rows, on one thread. Rows go to
+/// the flusher in chunks, so decoding goes on while the previous chunk is
+/// encoded, and the flusher is told when to commit (roll) the files.
 struct Writer {
     rows: PendingRows,
     redactor: Arc<Redactor>,
     limits: DecodeLimits,
     metrics: Arc<Metrics>,
-    /// Rows are handed over at this size: the one being filled and the one
-    /// being written together stay within half the memory budget.
-    flush_bytes: usize,
-    flush_age_secs: u64,
+    /// Rows are handed over at this size: small enough that encoding keeps
+    /// pace with decoding, large enough for useful row groups.
+    chunk_bytes: usize,
+    /// Files roll (commit) when the rows since the last commit reach this
+    /// size or the oldest of them this age.
+    roll_bytes: usize,
+    roll_age_secs: u64,
+    /// Rows handed over since the last commit: their bytes and oldest time.
+    uncommitted: (usize, Option<std::time::Instant>),
     flusher: Flusher,
     detect: Option<DetectStage>,
 }
@@ -169,10 +175,11 @@ impl DetectStage {
     }
 }
 
-/// A set of rows for the flusher, and who waits for it to be durable.
+/// A chunk of rows for the flusher to append; with `commit`, the files are
+/// then closed and committed, and `reply` waits for that.
 struct FlushJob {
     rows: PendingRows,
-    mode: CommitMode,
+    commit: Option<CommitMode>,
     reply: Option<SyncSender<Result<(), String>>>,
 }
 
@@ -209,14 +216,16 @@ impl Writer {
                     self.process(batch);
                     self.hand_over_if_due()?;
                 }
-                Ok(ToWriter::Barrier(reply)) => self.hand_over(CommitMode::Sync, Some(reply))?,
+                Ok(ToWriter::Barrier(reply)) => {
+                    self.hand_over(Some(CommitMode::Sync), Some(reply))?
+                }
                 Ok(ToWriter::Finish(reply)) => {
-                    self.hand_over(CommitMode::Sync, Some(reply))?;
+                    self.hand_over(Some(CommitMode::Sync), Some(reply))?;
                     return self.finish();
                 }
                 Err(RecvTimeoutError::Timeout) => self.hand_over_if_due()?,
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.hand_over(CommitMode::Sync, None)?;
+                    self.hand_over(Some(CommitMode::Sync), None)?;
                     return self.finish();
                 }
             }
@@ -231,24 +240,42 @@ impl Writer {
     }
 
     fn hand_over_if_due(&mut self) -> Result<(), PipelineError> {
-        if self.rows.is_due(self.flush_bytes, self.flush_age_secs) {
-            self.hand_over(CommitMode::Async, None)?;
+        let (bytes, since) = self.uncommitted;
+        let oldest = since.or(self.rows.oldest());
+        let roll = bytes + self.rows.bytes() >= self.roll_bytes
+            || oldest.is_some_and(|t| t.elapsed().as_secs() >= self.roll_age_secs);
+        if roll {
+            self.hand_over(Some(CommitMode::Async), None)?;
+        } else if self.rows.bytes() >= self.chunk_bytes {
+            self.hand_over(None, None)?;
         }
         Ok(())
     }
 
     fn hand_over(
         &mut self,
-        mode: CommitMode,
+        commit: Option<CommitMode>,
         reply: Option<SyncSender<Result<(), String>>>,
     ) -> Result<(), PipelineError> {
-        if self.rows.rows() == 0 && reply.is_none() {
+        let nothing_to_commit = commit.is_none() || self.uncommitted.1.is_none();
+        if self.rows.rows() == 0 && reply.is_none() && nothing_to_commit {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.rows);
+        self.uncommitted = match commit {
+            Some(_) => (0, None),
+            None => (
+                self.uncommitted.0 + rows.bytes(),
+                self.uncommitted.1.or(rows.oldest()),
+            ),
+        };
         self.metrics.buffered_bytes.set(0);
         self.metrics.buffered_rows.set(0);
-        self.flusher.send(FlushJob { rows, mode, reply })
+        self.flusher.send(FlushJob {
+            rows,
+            commit,
+            reply,
+        })
     }
 
     fn process(&mut self, batch: Vec<RawMessage>) {
@@ -315,7 +342,7 @@ struct FlushThread {
 impl FlushThread {
     fn run(mut self, rx: Receiver<FlushJob>) -> Result<(), SinkError> {
         for job in rx {
-            let result = self.flush(job.rows, job.mode);
+            let result = self.flush(job.rows, job.commit);
             if let Some(reply) = job.reply {
                 // The requester may have gone away; the flush stands either way.
                 let _ = reply.send(result.as_ref().map_err(ToString::to_string).copied());
@@ -325,11 +352,13 @@ impl FlushThread {
         Ok(())
     }
 
-    fn flush(&mut self, rows: PendingRows, mode: CommitMode) -> Result<(), SinkError> {
-        let outcome = self
-            .sink
-            .write(rows)
-            .inspect_err(|_| self.metrics.flush_failures.inc())?;
+    fn flush(&mut self, rows: PendingRows, commit: Option<CommitMode>) -> Result<(), SinkError> {
+        let failed = |_: &SinkError| self.metrics.flush_failures.inc();
+        self.sink.append(rows).inspect_err(failed)?;
+        let Some(mode) = commit else {
+            return Ok(());
+        };
+        let outcome = self.sink.commit().inspect_err(failed)?;
         if outcome.rows > 0 {
             tracing::debug!(
                 files = outcome.files,
@@ -405,7 +434,7 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     ));
     let (source, rx) = Source::new(cfg, brokers, durable.clone(), metrics.clone())?;
     let consumer = source.consumer.clone();
-    let (flush_bytes, flush_age_secs) = sink.roll_limits();
+    let (roll_bytes, roll_age_secs) = sink.roll_limits();
     let flush_thread = FlushThread {
         sink,
         consumer: consumer.clone(),
@@ -432,8 +461,12 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
         redactor,
         limits: cfg.decode_limits(),
         metrics,
-        flush_bytes: flush_bytes.min(cfg.sink.memory_budget_bytes / 4),
-        flush_age_secs,
+        // The chunk being filled and the one being encoded stay well inside
+        // the budget; what is already encoded sits in the staged files.
+        chunk_bytes: (cfg.sink.memory_budget_bytes / 16).min(roll_bytes),
+        roll_bytes,
+        roll_age_secs,
+        uncommitted: (0, None),
         flusher: Flusher {
             tx: Some(flush_tx),
             thread: Some(flusher),

@@ -35,8 +35,14 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().unwrap();
     let config = dir.path().join("crash.toml");
-    // Flush often so kills land before, during and after flushes.
-    std::fs::write(&config, "[sink]\nmax_file_age_secs = 1\n").unwrap();
+    // Commit often, and append several chunks (budget/16 = 256 KiB) to each
+    // file before its commit (1 MiB or 1 s), so that kills land between
+    // appends, during commits and after them.
+    std::fs::write(
+        &config,
+        "[sink]\nmax_file_age_secs = 1\nmax_file_bytes = 1048576\nmemory_budget_bytes = 4194304\n",
+    )
+    .unwrap();
     let args = [
         "--brokers",
         &brokers,
@@ -110,4 +116,27 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         stored()
     );
     assert_dataset_matches(dir.path(), &corpus);
+    assert!(
+        max_row_groups(&dir.path().join("invocations")) > 1,
+        "no file was appended to more than once: the test missed the window between appends and commits"
+    );
+}
+
+/// The most row groups any Parquet file under `dir` has.
+fn max_row_groups(dir: &std::path::Path) -> usize {
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut most = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        most = most.max(if path.is_dir() {
+            max_row_groups(&path)
+        } else {
+            let file = std::fs::File::open(&path).expect("open");
+            SerializedFileReader::new(file)
+                .expect("parquet")
+                .metadata()
+                .num_row_groups()
+        });
+    }
+    most
 }

@@ -2,6 +2,10 @@
 //! sorted, zstd-compressed Parquet under Hive-style `dt=/hour=` directories,
 //! and the commit protocol that makes a flush durable exactly once.
 //!
+//! Rows arrive in chunks. Each chunk is sorted and appended as row groups to
+//! one staged file per partition (`append`), so encoding keeps pace with the
+//! stream; `commit` closes the staged files and makes them durable together.
+//!
 //! Invariant: a Parquet file is visible in the dataset only after it is
 //! complete and fsynced, and the offsets of its rows are reported as
 //! committable only after the journal naming it is durable (see `journal`).
@@ -10,6 +14,7 @@ pub mod alertmanager;
 pub mod journal;
 pub mod schema;
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::BufWriter;
@@ -19,6 +24,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::metadata::{KeyValue, SortingColumn};
@@ -125,6 +131,11 @@ impl PendingRows {
         self.rows
     }
 
+    /// When the oldest of these rows was buffered.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.oldest
+    }
+
     /// True when the rows are many enough or old enough to roll files.
     pub fn is_due(&self, max_bytes: usize, max_age_secs: u64) -> bool {
         self.bytes >= max_bytes
@@ -152,6 +163,10 @@ pub struct ParquetSink {
     props_alerts: WriterProperties,
     journal: Journal,
     buffer: PendingRows,
+    /// Staged files of the commit in progress, one per partition.
+    open: BTreeMap<PartitionKey, OpenFile>,
+    /// Highest offset appended since the last commit, per (topic, partition).
+    appended: BTreeMap<(Arc<str>, i32), i64>,
     metrics: Arc<Metrics>,
     /// Held for the sink's lifetime: one writer per data directory.
     _lock: File,
@@ -195,6 +210,8 @@ impl ParquetSink {
             cfg: cfg.clone(),
             journal,
             buffer: PendingRows::default(),
+            open: BTreeMap::new(),
+            appended: BTreeMap::new(),
             metrics,
             _lock: lock,
         })
@@ -225,53 +242,117 @@ impl ParquetSink {
     }
 
     /// Writes `buffer` as files and makes them durable; see the module docs.
-    pub fn write(&mut self, mut buffer: PendingRows) -> Result<FlushOutcome, SinkError> {
+    pub fn write(&mut self, buffer: PendingRows) -> Result<FlushOutcome, SinkError> {
+        self.append(buffer)?;
+        self.commit()
+    }
+
+    /// Rows appended since the last commit.
+    pub fn uncommitted_rows(&self) -> usize {
+        self.open.values().map(|f| f.rows).sum()
+    }
+
+    /// Sorts `buffer` and appends it as row groups to the staged file of each
+    /// partition it touches. Nothing is durable or visible until `commit`.
+    pub fn append(&mut self, mut buffer: PendingRows) -> Result<(), SinkError> {
         if buffer.rows == 0 {
-            return Ok(FlushOutcome::default());
+            return Ok(());
         }
-        let started = Instant::now();
-        let seq = self.journal.seq + 1;
-        let mut renames = Vec::new();
-        let mut outcome = FlushOutcome::default();
         for (key, rows) in &buffer.invocations {
-            let coords: Vec<&KafkaCoords> = rows.iter().map(|r| &r.coords).collect();
-            let meta = offsets_metadata(&coords);
             let batch = schema::invocations_batch(rows)?;
-            let props = self.props_invocations.clone();
-            renames.push(self.stage(seq, renames.len(), key, batch, props, meta, &mut outcome)?);
+            let props = &self.props_invocations;
+            self.append_batch(*key, batch, props.clone(), rows.iter().map(|r| &r.coords))?;
         }
         for (key, rows) in buffer.dead_letters.iter_mut() {
-            let coords: Vec<&KafkaCoords> = rows.iter().map(|r| &r.coords).collect();
-            let meta = offsets_metadata(&coords);
             let batch = schema::dead_letter_batch(rows)?;
-            let props = self.props_dead_letter.clone();
-            renames.push(self.stage(seq, renames.len(), key, batch, props, meta, &mut outcome)?);
+            let props = &self.props_dead_letter;
+            self.append_batch(*key, batch, props.clone(), rows.iter().map(|r| &r.coords))?;
         }
         for (key, rows) in &buffer.alerts {
             let batch = schema::alerts_batch(rows)?;
-            let props = self.props_alerts.clone();
-            renames.push(self.stage(
+            let props = &self.props_alerts;
+            self.append_batch(*key, batch, props.clone(), std::iter::empty())?;
+        }
+        for (partition, last) in buffer.pending {
+            let slot = self.appended.entry(partition).or_insert(last);
+            *slot = (*slot).max(last);
+        }
+        Ok(())
+    }
+
+    fn append_batch<'a>(
+        &mut self,
+        key: PartitionKey,
+        batch: RecordBatch,
+        props: WriterProperties,
+        coords: impl Iterator<Item = &'a KafkaCoords>,
+    ) -> Result<(), SinkError> {
+        let seq = self.journal.seq + 1;
+        let index = self.open.len();
+        let file = match self.open.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(OpenFile::create(
+                &self.root,
                 seq,
-                renames.len(),
+                index,
                 key,
-                batch,
+                batch.schema(),
                 props,
-                "{}".into(),
-                &mut outcome,
-            )?);
+            )?),
+        };
+        file.append(&batch)?;
+        for c in coords {
+            let r = file
+                .ranges
+                .entry((c.topic.clone(), c.partition))
+                .or_insert((c.offset, c.offset));
+            r.0 = r.0.min(c.offset);
+            r.1 = r.1.max(c.offset);
+        }
+        Ok(())
+    }
+
+    /// Closes and fsyncs every staged file, then makes them and their offsets
+    /// durable at once through the journal.
+    pub fn commit(&mut self) -> Result<FlushOutcome, SinkError> {
+        let mut outcome = FlushOutcome::default();
+        if self.open.is_empty() && self.appended.is_empty() {
+            return Ok(outcome);
+        }
+        let started = Instant::now();
+        let seq = self.journal.seq + 1;
+        let mut renames = Vec::with_capacity(self.open.len());
+        for (key, file) in std::mem::take(&mut self.open) {
+            let (rows, bytes, rename) = file.close()?;
+            outcome.files += 1;
+            outcome.rows += rows;
+            outcome.bytes += bytes;
+            self.metrics
+                .rows_written
+                .with_label_values(&[key.table])
+                .inc_by(rows as u64);
+            self.metrics
+                .files_written
+                .with_label_values(&[key.table])
+                .inc();
+            self.metrics
+                .bytes_written
+                .with_label_values(&[key.table])
+                .inc_by(bytes);
+            renames.push(rename);
         }
         let mut offsets = self.journal.offsets.clone();
-        for ((topic, partition), last) in &buffer.pending {
+        for ((topic, partition), last) in std::mem::take(&mut self.appended) {
             let next = last + 1;
             let slot = offsets
                 .entry(topic.to_string())
                 .or_default()
-                .entry(*partition)
+                .entry(partition)
                 .or_insert(next);
             *slot = (*slot).max(next);
             outcome
                 .committable
-                .push((topic.to_string(), *partition, *slot));
+                .push((topic.to_string(), partition, *slot));
         }
         let journal = Journal {
             version: 1,
@@ -309,61 +390,89 @@ impl ParquetSink {
             .observe(started.elapsed().as_secs_f64());
         Ok(outcome)
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn stage(
-        &self,
+/// A staged Parquet file of the commit in progress: each append adds sorted
+/// row groups, and the Kafka ranges of its rows go into its metadata on close.
+struct OpenFile {
+    writer: ArrowWriter<BufWriter<File>>,
+    /// Absolute path of the staged file, for errors.
+    path: PathBuf,
+    rename: Rename,
+    rows: usize,
+    /// First and last offset of the rows so far per (topic, partition),
+    /// written as `{"topic/partition": [first, last]}` so that a file can be
+    /// traced to the Kafka range it holds without reading its rows.
+    ranges: BTreeMap<(Arc<str>, i32), (i64, i64)>,
+}
+
+impl OpenFile {
+    fn create(
+        root: &std::path::Path,
         seq: u64,
         index: usize,
-        key: &PartitionKey,
-        batch: RecordBatch,
+        key: PartitionKey,
+        schema: SchemaRef,
         props: WriterProperties,
-        offsets_meta: String,
-        outcome: &mut FlushOutcome,
-    ) -> Result<Rename, SinkError> {
+    ) -> Result<OpenFile, SinkError> {
         let name = format!("part-{seq:012}-{index:04}.parquet");
         let staged = PathBuf::from("_staging").join(&name);
         let final_path = key.dir().join(&name);
-        let path = self.root.join(&staged);
-        let rows = batch.num_rows();
-        let props = props
-            .into_builder()
-            .set_key_value_metadata(Some(vec![KeyValue::new(
-                "agentaudit.offsets".to_owned(),
-                offsets_meta,
-            )]))
-            .build();
+        let path = root.join(&staged);
         let file = File::create(&path).map_err(SinkError::io(&path))?;
+        let writer =
+            ArrowWriter::try_new(BufWriter::new(file), schema, Some(props)).map_err(|source| {
+                SinkError::Parquet {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        Ok(OpenFile {
+            writer,
+            path,
+            rename: Rename { staged, final_path },
+            rows: 0,
+            ranges: BTreeMap::new(),
+        })
+    }
+
+    /// Appends `batch` and ends the row group, so that every row group is
+    /// sorted on its own (Parquet's `sorting_columns` is per row group).
+    fn append(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        let parquet_err = |source| SinkError::Parquet {
+            path: self.path.clone(),
+            source,
+        };
+        self.writer.write(batch).map_err(parquet_err)?;
+        self.writer.flush().map_err(parquet_err)?;
+        self.rows += batch.num_rows();
+        Ok(())
+    }
+
+    /// Writes the footer and fsyncs: rows, bytes on disk, and the rename.
+    fn close(mut self) -> Result<(usize, u64, Rename), SinkError> {
+        let path = self.path;
+        let ranges: BTreeMap<String, (i64, i64)> = self
+            .ranges
+            .iter()
+            .map(|((topic, partition), r)| (format!("{topic}/{partition}"), *r))
+            .collect();
+        let meta = serde_json::to_string(&ranges).unwrap_or_default();
+        self.writer
+            .append_key_value_metadata(KeyValue::new("agentaudit.offsets".to_owned(), meta));
         let parquet_err = |source| SinkError::Parquet {
             path: path.clone(),
             source,
         };
-        let mut writer = ArrowWriter::try_new(BufWriter::new(file), batch.schema(), Some(props))
-            .map_err(parquet_err)?;
-        writer.write(&batch).map_err(parquet_err)?;
-        let file = writer
+        let file = self
+            .writer
             .into_inner()
             .map_err(parquet_err)?
             .into_inner()
             .map_err(|e| SinkError::io(&path)(e.into_error()))?;
         file.sync_all().map_err(SinkError::io(&path))?;
         let bytes = file.metadata().map_err(SinkError::io(&path))?.len();
-        outcome.files += 1;
-        outcome.rows += rows;
-        outcome.bytes += bytes;
-        self.metrics
-            .rows_written
-            .with_label_values(&[key.table])
-            .inc_by(rows as u64);
-        self.metrics
-            .files_written
-            .with_label_values(&[key.table])
-            .inc();
-        self.metrics
-            .bytes_written
-            .with_label_values(&[key.table])
-            .inc_by(bytes);
-        Ok(Rename { staged, final_path })
+        Ok((self.rows, bytes, self.rename))
     }
 }
 
@@ -401,20 +510,6 @@ fn writer_props(cfg: &SinkConfig, sort_key: &[usize]) -> WriterProperties {
         ))
         .set_created_by(format!("agentaudit {}", env!("CARGO_PKG_VERSION")))
         .build()
-}
-
-/// `{"topic/partition": [first, last]}` of the rows in one file, so a file can
-/// be traced to the Kafka range it holds without reading its rows.
-fn offsets_metadata(coords: &[&KafkaCoords]) -> String {
-    let mut ranges: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    for c in coords {
-        let r = ranges
-            .entry(format!("{}/{}", c.topic, c.partition))
-            .or_insert((c.offset, c.offset));
-        r.0 = r.0.min(c.offset);
-        r.1 = r.1.max(c.offset);
-    }
-    serde_json::to_string(&ranges).unwrap_or_default()
 }
 
 /// An estimate of the memory a buffered record holds, for the budget.
