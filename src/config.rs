@@ -87,9 +87,10 @@ pub struct RedactConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
     pub data_dir: PathBuf,
-    /// Roll files when the buffered rows reach this many bytes…
+    /// Roll (commit) the staged files when one reaches this many bytes on
+    /// disk…
     pub max_file_bytes: usize,
-    /// …or when the oldest buffered row is this old.
+    /// …or when the oldest row not yet committed is this old.
     pub max_file_age_secs: u64,
     /// Upper bound on memory held by buffered rows and in-flight messages.
     pub memory_budget_bytes: usize,
@@ -393,10 +394,10 @@ impl Config {
                 "must be ≥ 1 MiB",
             ));
         }
-        if s.memory_budget_bytes < 2 * s.max_file_bytes.min(64 * 1024 * 1024) {
+        if s.memory_budget_bytes < 4 * 1024 * 1024 {
             return Err(ConfigError::invalid(
                 "sink.memory_budget_bytes",
-                "must be at least twice min(max_file_bytes, 64 MiB)",
+                "must be ≥ 4 MiB",
             ));
         }
         if s.max_file_age_secs == 0 {

@@ -3,7 +3,7 @@
 //! and commits offsets once the sink reports them durable.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -51,12 +51,14 @@ struct Writer {
     /// Rows are handed over at this size: small enough that encoding keeps
     /// pace with decoding, large enough for useful row groups.
     chunk_bytes: usize,
-    /// Files roll (commit) when the rows since the last commit reach this
-    /// size or the oldest of them this age.
-    roll_bytes: usize,
+    /// Files roll (commit) when the largest staged file reaches this size
+    /// on disk, as the flusher reports it, or the oldest uncommitted row
+    /// this age.
+    roll_bytes: u64,
+    staged_bytes: Arc<AtomicU64>,
     roll_age_secs: u64,
-    /// Rows handed over since the last commit: their bytes and oldest time.
-    uncommitted: (usize, Option<std::time::Instant>),
+    /// When the oldest row handed over since the last commit was buffered.
+    uncommitted_since: Option<std::time::Instant>,
     flusher: Flusher,
     detect: Option<DetectStage>,
 }
@@ -240,9 +242,8 @@ impl Writer {
     }
 
     fn hand_over_if_due(&mut self) -> Result<(), PipelineError> {
-        let (bytes, since) = self.uncommitted;
-        let oldest = since.or(self.rows.oldest());
-        let roll = bytes + self.rows.bytes() >= self.roll_bytes
+        let oldest = self.uncommitted_since.or(self.rows.oldest());
+        let roll = self.staged_bytes.load(Ordering::Relaxed) >= self.roll_bytes
             || oldest.is_some_and(|t| t.elapsed().as_secs() >= self.roll_age_secs);
         if roll {
             self.hand_over(Some(CommitMode::Async), None)?;
@@ -257,17 +258,14 @@ impl Writer {
         commit: Option<CommitMode>,
         reply: Option<SyncSender<Result<(), String>>>,
     ) -> Result<(), PipelineError> {
-        let nothing_to_commit = commit.is_none() || self.uncommitted.1.is_none();
+        let nothing_to_commit = commit.is_none() || self.uncommitted_since.is_none();
         if self.rows.rows() == 0 && reply.is_none() && nothing_to_commit {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.rows);
-        self.uncommitted = match commit {
-            Some(_) => (0, None),
-            None => (
-                self.uncommitted.0 + rows.bytes(),
-                self.uncommitted.1.or(rows.oldest()),
-            ),
+        self.uncommitted_since = match commit {
+            Some(_) => None,
+            None => self.uncommitted_since.or(rows.oldest()),
         };
         self.metrics.buffered_bytes.set(0);
         self.metrics.buffered_rows.set(0);
@@ -337,6 +335,8 @@ struct FlushThread {
     durable: Durable,
     topic: String,
     metrics: Arc<Metrics>,
+    /// The largest staged file's size, for the writer's roll decision.
+    staged_bytes: Arc<AtomicU64>,
 }
 
 impl FlushThread {
@@ -356,9 +356,12 @@ impl FlushThread {
         let failed = |_: &SinkError| self.metrics.flush_failures.inc();
         self.sink.append(rows).inspect_err(failed)?;
         let Some(mode) = commit else {
+            self.staged_bytes
+                .store(self.sink.largest_staged_bytes(), Ordering::Relaxed);
             return Ok(());
         };
         let outcome = self.sink.commit().inspect_err(failed)?;
+        self.staged_bytes.store(0, Ordering::Relaxed);
         if outcome.rows > 0 {
             tracing::debug!(
                 files = outcome.files,
@@ -435,7 +438,9 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     let (source, rx) = Source::new(cfg, brokers, durable.clone(), metrics.clone())?;
     let consumer = source.consumer.clone();
     let (roll_bytes, roll_age_secs) = sink.roll_limits();
+    let staged_bytes = Arc::new(AtomicU64::new(0));
     let flush_thread = FlushThread {
+        staged_bytes: staged_bytes.clone(),
         sink,
         consumer: consumer.clone(),
         durable,
@@ -461,12 +466,13 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
         redactor,
         limits: cfg.decode_limits(),
         metrics,
-        // The chunk being filled and the one being encoded stay well inside
+        // The chunk being filled and the one being encoded take a quarter of
         // the budget; what is already encoded sits in the staged files.
-        chunk_bytes: (cfg.sink.memory_budget_bytes / 16).min(roll_bytes),
-        roll_bytes,
+        chunk_bytes: cfg.sink.memory_budget_bytes / 8,
+        roll_bytes: roll_bytes as u64,
+        staged_bytes,
         roll_age_secs,
-        uncommitted: (0, None),
+        uncommitted_since: None,
         flusher: Flusher {
             tx: Some(flush_tx),
             thread: Some(flusher),

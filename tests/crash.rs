@@ -35,9 +35,9 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().unwrap();
     let config = dir.path().join("crash.toml");
-    // Commit often, and append several chunks (budget/16 = 256 KiB) to each
-    // file before its commit (1 MiB or 1 s), so that kills land between
-    // appends, during commits and after them.
+    // Commit often, and append several chunks (budget/8 = 512 KiB of rows)
+    // to each file before its commit (at 1 s: the files stay under 1 MiB),
+    // so that kills land between appends, during commits and after them.
     std::fs::write(
         &config,
         "[sink]\nmax_file_age_secs = 1\nmax_file_bytes = 1048576\nmemory_budget_bytes = 4194304\n",

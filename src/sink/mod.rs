@@ -252,6 +252,15 @@ impl ParquetSink {
         self.open.values().map(|f| f.rows).sum()
     }
 
+    /// Bytes on disk of the largest staged file, for rolling by size.
+    pub fn largest_staged_bytes(&self) -> u64 {
+        self.open
+            .values()
+            .map(|f| f.writer.bytes_written() as u64)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Sorts `buffer` and appends it as row groups to the staged file of each
     /// partition it touches. Nothing is durable or visible until `commit`.
     pub fn append(&mut self, mut buffer: PendingRows) -> Result<(), SinkError> {
@@ -512,22 +521,54 @@ fn writer_props(cfg: &SinkConfig, sort_key: &[usize]) -> WriterProperties {
         .build()
 }
 
-/// An estimate of the memory a buffered record holds, for the budget.
+/// The memory a buffered record holds, for the budget: the struct twice (the
+/// `Vec` it sits in may have doubled) plus every string's heap. An estimate
+/// that runs low is memory over budget, so it counts generously.
 fn record_size(r: &Record) -> usize {
     let e = &r.event;
-    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-    320 + e.event_id.len()
-        + e.tenant.len()
-        + e.agent_id.len()
-        + e.environment.len()
-        + e.tool.len()
-        + opt(&e.actor)
-        + opt(&e.workflow_id)
-        + opt(&e.tool_call_id)
-        + opt(&e.error_type)
-        + opt(&r.input_json)
-        + opt(&r.attributes_json)
-        + r.redactions.iter().map(|s| s.len() + 24).sum::<usize>()
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+    let output = e
+        .output
+        .as_ref()
+        .map_or(0, |o| o.sha256.capacity() + opt(&o.preview));
+    let approval = e
+        .approval
+        .as_ref()
+        .map_or(0, |a| opt(&a.id) + opt(&a.approver));
+    let attributes: usize = e
+        .attributes
+        .iter()
+        .map(|(k, v)| k.capacity() + v.capacity() + 48)
+        .sum();
+    2 * std::mem::size_of::<Record>()
+        + e.event_id.capacity()
+        + e.tenant.capacity()
+        + e.agent_id.capacity()
+        + e.environment.capacity()
+        + e.tool.capacity()
+        + [
+            &e.actor,
+            &e.workflow_id,
+            &e.tool_call_id,
+            &e.tool_type,
+            &e.agent_version,
+            &e.mcp_server,
+            &e.mcp_server_version,
+            &e.credential_id,
+            &e.error_type,
+            &r.input_json,
+            &r.attributes_json,
+        ]
+        .into_iter()
+        .map(opt)
+        .sum::<usize>()
+        + output
+        + approval
+        + attributes
+        + r.redactions
+            .iter()
+            .map(|s| s.capacity() + 24)
+            .sum::<usize>()
 }
 
 #[cfg(test)]

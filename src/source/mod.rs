@@ -167,6 +167,10 @@ impl Source {
             writer_done: AtomicBool::new(false),
         };
         let prefetch_kib = (cfg.sink.memory_budget_bytes / 8 / 1024).clamp(1024, 2_097_151);
+        // A fetch response stays in memory until its last message is copied
+        // out, on top of the prefetch queue: bound it too (librdkafka's
+        // default is 50 MB whatever the budget).
+        let fetch_bytes = (cfg.sink.memory_budget_bytes / 16).clamp(1 << 20, 52_428_800);
         let mut cc = client_config(&cfg.kafka, brokers);
         cc.set("group.id", &cfg.kafka.group)
             .set("enable.auto.commit", "false")
@@ -175,6 +179,7 @@ impl Source {
             ("auto.offset.reset", "earliest".to_owned()),
             ("statistics.interval.ms", "5000".to_owned()),
             ("queued.max.messages.kbytes", prefetch_kib.to_string()),
+            ("fetch.max.bytes", fetch_bytes.to_string()),
         ] {
             if cc.get(key).is_none() {
                 cc.set(key, default);
