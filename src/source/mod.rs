@@ -166,7 +166,10 @@ impl Source {
             assigned: AtomicBool::new(false),
             writer_done: AtomicBool::new(false),
         };
-        let prefetch_kib = (cfg.sink.memory_budget_bytes / 8 / 1024).clamp(1024, 2_097_151);
+        // librdkafka counts payload bytes only; each queued message also
+        // holds its op and the fetch buffer it points into, about as much
+        // again for ~500 B events, so the payload share is half of its 1/8.
+        let prefetch_kib = (cfg.sink.memory_budget_bytes / 16 / 1024).clamp(1024, 2_097_151);
         // A fetch response stays in memory until its last message is copied
         // out, on top of the prefetch queue: bound it too (librdkafka's
         // default is 50 MB whatever the budget).
