@@ -96,7 +96,7 @@ impl Metrics {
         let flush_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "agentaudit_flush_seconds",
-                "Time to write, fsync and commit one flush of Parquet files",
+                "Time to close, fsync and commit the staged Parquet files of one roll",
             )
             .buckets(vec![
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
