@@ -273,7 +273,14 @@ impl Writer {
             rows,
             commit,
             reply,
-        })
+        })?;
+        if commit.is_some() {
+            // The flusher has taken the commit, so the size it reported is of
+            // files now rolling: without this, the next check would see it
+            // and roll again, into a file of a few rows.
+            self.staged_bytes.store(0, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn process(&mut self, batch: Vec<RawMessage>) {
