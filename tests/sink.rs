@@ -82,14 +82,19 @@ fn tenants_by_row_group(path: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
-#[test]
-fn appends_are_sorted_row_groups_made_durable_together_by_commit() {
+/// A fresh data directory, its sink configuration, and a redactor.
+fn setup() -> (tempfile::TempDir, SinkConfig, Redactor) {
     let dir = tempfile::tempdir().unwrap();
-    let redactor = Redactor::new(&RedactConfig::default()).unwrap();
     let cfg = SinkConfig {
         data_dir: dir.path().to_owned(),
         ..SinkConfig::default()
     };
+    (dir, cfg, Redactor::new(&RedactConfig::default()).unwrap())
+}
+
+#[test]
+fn appends_are_sorted_row_groups_made_durable_together_by_commit() {
+    let (dir, cfg, redactor) = setup();
     let mut sink = ParquetSink::open(&cfg, Arc::new(Metrics::new())).unwrap();
     let invocations = dir.path().join("invocations");
 
@@ -149,12 +154,7 @@ fn appends_are_sorted_row_groups_made_durable_together_by_commit() {
 
 #[test]
 fn a_stop_before_the_commit_leaves_the_dataset_and_offsets_as_they_were() {
-    let dir = tempfile::tempdir().unwrap();
-    let redactor = Redactor::new(&RedactConfig::default()).unwrap();
-    let cfg = SinkConfig {
-        data_dir: dir.path().to_owned(),
-        ..SinkConfig::default()
-    };
+    let (dir, cfg, redactor) = setup();
     let metrics = Arc::new(Metrics::new());
     let mut sink = ParquetSink::open(&cfg, metrics.clone()).unwrap();
     sink.write(chunk(&redactor, &[("acme", T0, 0), ("acme", T0, 1)]))

@@ -135,14 +135,6 @@ impl PendingRows {
     pub fn oldest(&self) -> Option<Instant> {
         self.oldest
     }
-
-    /// True when the rows are many enough or old enough to roll files.
-    pub fn is_due(&self, max_bytes: usize, max_age_secs: u64) -> bool {
-        self.bytes >= max_bytes
-            || self
-                .oldest
-                .is_some_and(|t| t.elapsed().as_secs() >= max_age_secs)
-    }
 }
 
 /// What a flush made durable.
@@ -269,18 +261,15 @@ impl ParquetSink {
         }
         for (key, rows) in &buffer.invocations {
             let batch = schema::invocations_batch(rows)?;
-            let props = &self.props_invocations;
-            self.append_batch(*key, batch, props.clone(), rows.iter().map(|r| &r.coords))?;
+            self.append_batch(*key, batch, rows.iter().map(|r| &r.coords))?;
         }
         for (key, rows) in buffer.dead_letters.iter_mut() {
             let batch = schema::dead_letter_batch(rows)?;
-            let props = &self.props_dead_letter;
-            self.append_batch(*key, batch, props.clone(), rows.iter().map(|r| &r.coords))?;
+            self.append_batch(*key, batch, rows.iter().map(|r| &r.coords))?;
         }
         for (key, rows) in &buffer.alerts {
             let batch = schema::alerts_batch(rows)?;
-            let props = &self.props_alerts;
-            self.append_batch(*key, batch, props.clone(), std::iter::empty())?;
+            self.append_batch(*key, batch, std::iter::empty())?;
         }
         for (partition, last) in buffer.pending {
             let slot = self.appended.entry(partition).or_insert(last);
@@ -293,11 +282,15 @@ impl ParquetSink {
         &mut self,
         key: PartitionKey,
         batch: RecordBatch,
-        props: WriterProperties,
         coords: impl Iterator<Item = &'a KafkaCoords>,
     ) -> Result<(), SinkError> {
         let seq = self.journal.seq + 1;
         let index = self.open.len();
+        let props = match key.table {
+            INVOCATIONS => &self.props_invocations,
+            DEAD_LETTER => &self.props_dead_letter,
+            _ => &self.props_alerts,
+        };
         let file = match self.open.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(OpenFile::create(
@@ -306,7 +299,7 @@ impl ParquetSink {
                 index,
                 key,
                 batch.schema(),
-                props,
+                props.clone(),
             )?),
         };
         file.append(&batch)?;
