@@ -12,6 +12,11 @@ use agentaudit::sink::schema;
 use agentaudit::traffic::{GenOptions, Generator};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
+// The allocator the binary runs with: allocation is a good part of each
+// room's cost, and the system allocator would measure something else.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn corpus(n: usize, secret_ratio: f64) -> Vec<Vec<u8>> {
     let mut g = Generator::new(GenOptions {
         secret_ratio,
@@ -65,17 +70,14 @@ fn benches(c: &mut Criterion) {
         .cloned()
         .map(|e| redactor.redact_event(e, coords(), now))
         .collect();
+    let sink_cfg = agentaudit::config::SinkConfig::default();
     g.bench_function("parquet_encode", |b| {
         b.iter_batched(
             || records.clone(),
             |records| {
                 let batch = schema::invocations_batch(&records).expect("batch");
                 let mut out = Vec::with_capacity(4 << 20);
-                let props = datafusion::parquet::file::properties::WriterProperties::builder()
-                    .set_compression(datafusion::parquet::basic::Compression::ZSTD(
-                        Default::default(),
-                    ))
-                    .build();
+                let props = agentaudit::sink::invocations_writer_props(&sink_cfg);
                 let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(
                     &mut out,
                     batch.schema(),

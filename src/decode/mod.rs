@@ -83,8 +83,7 @@ pub fn decode(
             format!("invalid UTF-8 at byte {}", e.valid_up_to()),
         )
     })?;
-    let depth = json_depth(text.as_bytes());
-    if depth > limits.max_depth {
+    if let Some(depth) = depth_over(text.as_bytes(), limits.max_depth) {
         return Err(fail(
             DeadLetterReason::TooDeep,
             format!(
@@ -136,6 +135,16 @@ fn classify_json_error(err: &serde_json::Error) -> DecodeFailure {
             ),
         ),
     }
+}
+
+/// The nesting depth of `bytes` when it is deeper than `max`. Nesting cannot
+/// be deeper than the number of `{` and `[` bytes, and an event has a handful,
+/// which `memchr` finds in a few vectorised strides; the exact walk runs only
+/// for the rare document with more openers than the limit (the walk was a
+/// tenth of the writer).
+pub fn depth_over(bytes: &[u8], max: usize) -> Option<usize> {
+    memchr::memchr2_iter(b'{', b'[', bytes).nth(max)?;
+    Some(json_depth(bytes)).filter(|&d| d > max)
 }
 
 /// The deepest nesting of objects and arrays, found without parsing, so a
@@ -489,7 +498,12 @@ fn checked_str(f: Field, v: Scalar<'_>, max_chars: usize) -> Result<String, Deco
     if s.is_empty() || (s.len() > max_chars && s.chars().count() > max_chars) {
         return Err(invalid(f, &format!("must be 1 to {max_chars} characters")));
     }
-    if f.is_identifier() && s.chars().any(char::is_control) {
+    // Control characters are below 0x20, 0x7f, or (C1) encoded from 0xc2:
+    // a vectorised byte test spares decoding characters in the common case.
+    if f.is_identifier()
+        && s.bytes().any(|b| !(0x20..0x7f).contains(&b))
+        && s.chars().any(char::is_control)
+    {
         return Err(invalid(f, "must not contain control characters"));
     }
     Ok(s.into_owned())

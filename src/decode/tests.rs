@@ -178,3 +178,31 @@ fn depth_scan_ignores_brackets_inside_strings() {
     assert_eq!(json_depth(br#"{"a":"[[[["#), 1);
     assert_eq!(json_depth(br#"[{"k\"[":[{}]}]"#), 4);
 }
+
+#[test]
+fn depth_over_counts_openers_first_and_walks_only_past_the_limit() {
+    // Two openers cannot nest three deep, whatever the strings hold.
+    assert_eq!(depth_over(br#"{"a":[1]}"#, 2), None);
+    // Many openers, all inside a string: walked, and still shallow.
+    assert_eq!(depth_over(br#"{"a":"[[[[[[[["}"#, 2), None);
+    assert_eq!(depth_over(br#"{"a":[[[1]]]}"#, 3), Some(4));
+    assert_eq!(depth_over(br#"{"a":[[[1]]]}"#, 4), None);
+    // Siblings are many openers but little depth.
+    assert_eq!(depth_over(br#"[[],[],[],[],[]]"#, 2), None);
+}
+
+#[test]
+fn identifiers_refuse_every_control_character_and_keep_other_text() {
+    for bad in ["a\u{0}b", "a\tb", "a\u{7f}b", "a\u{85}b", "a\u{9f}b"] {
+        let mut v = ok_json();
+        v["tenant"] = serde_json::json!(bad);
+        let f = dec(&v).expect_err("control character in an identifier");
+        assert_eq!(f.reason, DeadLetterReason::InvalidField, "{bad:?}");
+    }
+    // Non-ASCII that is not a control character (U+00A0 follows C1) stays.
+    for good in ["caf\u{e9}", "a\u{a0}b", "\u{1F600}", "\u{7e}"] {
+        let mut v = ok_json();
+        v["tenant"] = serde_json::json!(good);
+        assert_eq!(dec(&v).expect("valid").tenant, good);
+    }
+}

@@ -195,7 +195,7 @@ impl ParquetSink {
             .discarded_staged_files
             .inc_by(report.discarded_staged as u64);
         Ok(ParquetSink {
-            props_invocations: writer_props(cfg, &schema::INVOCATIONS_SORT_KEY),
+            props_invocations: invocations_writer_props(cfg),
             props_dead_letter: writer_props(cfg, &schema::DEAD_LETTER_SORT_KEY),
             props_alerts: writer_props(cfg, &schema::ALERTS_SORT_KEY),
             root,
@@ -480,14 +480,21 @@ impl OpenFile {
 
 /// Columns whose values are (nearly) unique per row: a dictionary would only
 /// cost hashing every value and then fall back to plain encoding anyway.
-const UNIQUE_COLUMNS: [&str; 6] = [
+const UNIQUE_COLUMNS: [&str; 7] = [
     "event_id",
+    "ts",
     "tool_call_id",
     "input",
     "output_sha256",
     "output_preview",
     "src_offset",
 ];
+
+/// The properties `invocations` files are written with, for benchmarks that
+/// must encode as the sink does.
+pub fn invocations_writer_props(cfg: &SinkConfig) -> WriterProperties {
+    writer_props(cfg, &schema::INVOCATIONS_SORT_KEY)
+}
 
 fn writer_props(cfg: &SinkConfig, sort_key: &[usize]) -> WriterProperties {
     let level = ZstdLevel::try_new(cfg.zstd_level).unwrap_or_default();
