@@ -39,6 +39,10 @@ pub struct BenchReport {
     /// librdkafka's share, which the pipeline's figure includes too.
     pub floor_rss_growth_bytes: u64,
     pub memory_budget_bytes: usize,
+    /// CPU time of every thread of this process per event, broker included:
+    /// what each run costs, whatever the machine's speed of the moment.
+    pub floor_cpu_per_event_secs: f64,
+    pub pipeline_cpu_per_event_secs: f64,
 }
 
 impl fmt::Display for BenchReport {
@@ -78,12 +82,46 @@ impl fmt::Display for BenchReport {
             mib(self.peak_rss_growth_bytes as f64),
             mib(self.memory_budget_bytes as f64)
         )?;
-        write!(
+        writeln!(
             f,
             "peak RSS growth in floor    {:.0} MiB (broker responses and librdkafka alone)",
             mib(self.floor_rss_growth_bytes as f64),
+        )?;
+        let us = 1e6;
+        writeln!(
+            f,
+            "CPU per event, floor        {:.2} µs (all threads, the in-process broker's too)",
+            self.floor_cpu_per_event_secs * us
+        )?;
+        writeln!(
+            f,
+            "CPU per event, pipeline     {:.2} µs",
+            self.pipeline_cpu_per_event_secs * us
+        )?;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        write!(
+            f,
+            "CPU-bound ceiling           {:.0} events/s on {cores} cores at that cost",
+            cores / self.pipeline_cpu_per_event_secs.max(1e-12)
         )
     }
+}
+
+/// CPU time (user + system) of every thread of this process so far, from
+/// /proc in clock ticks of 1/100 s (USER_HZ, fixed by the kernel's ABI).
+fn process_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // The command name may hold spaces; the fields after it are fixed.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
 }
 
 /// Samples this process's RSS every 20 ms on a thread, keeping the peak.
@@ -246,9 +284,13 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
     let floor_rss = RssSampler::start();
     raw.subscribe(&[topic]).map_err(runtime)?;
     let (mut n, mut bytes, mut started) = (0u64, 0u64, None);
+    let mut floor_cpu_start = f64::NAN;
     while n < opts.events {
         if let Some(Ok(m)) = raw.poll(Duration::from_millis(100)) {
-            started.get_or_insert_with(Instant::now);
+            started.get_or_insert_with(|| {
+                floor_cpu_start = process_cpu_secs();
+                Instant::now()
+            });
             // Copy the payload as the pipeline does, so the floor is honest.
             bytes += m
                 .payload()
@@ -258,6 +300,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         }
     }
     let raw_secs = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let floor_cpu_secs = process_cpu_secs() - floor_cpu_start;
     drop(raw);
     let floor_rss_growth_bytes = floor_rss.stop();
 
@@ -279,6 +322,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         std::thread::sleep(Duration::from_millis(1));
     }
     let started = Instant::now();
+    let pipeline_cpu_start = process_cpu_secs();
     let head_start = metrics.consumed.get();
     let written = |m: &Metrics| {
         m.rows_written.with_label_values(&[INVOCATIONS]).get()
@@ -292,6 +336,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
     let consumed_secs = started.elapsed().as_secs_f64();
     running.stop()?;
     let pipeline_secs = started.elapsed().as_secs_f64();
+    let pipeline_cpu_secs = process_cpu_secs() - pipeline_cpu_start;
     eprintln!(
         "consumed and decoded all events after {consumed_secs:.2} s; the final flush and \
          consumer close took {:.2} s more; {} flushes took {:.2} s in all",
@@ -325,5 +370,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         peak_rss_growth_bytes,
         floor_rss_growth_bytes,
         memory_budget_bytes: opts.memory_budget_bytes,
+        floor_cpu_per_event_secs: floor_cpu_secs / opts.events.max(1) as f64,
+        pipeline_cpu_per_event_secs: pipeline_cpu_secs / (opts.events - head_start).max(1) as f64,
     })
 }
