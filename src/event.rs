@@ -185,3 +185,16 @@ pub struct DeadLetter {
     pub coords: KafkaCoords,
     pub ingested_at_ms: i64,
 }
+
+/// One consumed message after decode and redaction: a record, or the dead
+/// letter it became. This is what crosses from the consumer thread to the
+/// writer, so nothing unredacted ever leaves the consumer thread but bytes
+/// it has not yet decoded.
+#[derive(Debug)]
+// Nearly every message is a record: boxing it to shrink the rare dead letter's
+// variant would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
+pub enum Prepared {
+    Record(Record),
+    DeadLetter(DeadLetter),
+}

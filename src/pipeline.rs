@@ -17,12 +17,12 @@ use crate::detect::labels::{LabelCap, LabelName};
 use crate::detect::policy::{Policy, PolicyError};
 use crate::detect::{AlertChange, Detector, SharedPolicy};
 use crate::error::{ConfigError, SinkError, SourceError};
-use crate::event::Record;
+use crate::event::{Prepared, Record};
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
 use crate::sink::alertmanager::AlertmanagerPush;
 use crate::sink::{ParquetSink, PendingRows};
-use crate::source::{self, Durable, KafkaConsumer, RawMessage, Source, ToWriter};
+use crate::source::{self, Durable, KafkaConsumer, Prepare, RawMessage, Source, ToWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -40,13 +40,57 @@ pub enum PipelineError {
     Runtime(String),
 }
 
-/// The writer: decode → redact into pending rows, on one thread. Rows go to
-/// the flusher in chunks, so decoding goes on while the previous chunk is
+/// Decode → redact, run by the consumer thread on each message as it is
+/// polled: the most expensive steps per event, taken off the writer thread
+/// (which was the one saturated core) so they overlap detection and
+/// encoding. The counters it bumps all precede the writer's `consumed`.
+struct Preparer {
+    redactor: Arc<Redactor>,
+    limits: DecodeLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl Preparer {
+    fn prepare(&self, m: RawMessage<'_>) -> (Prepared, usize) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let prepared = match decode::decode(m.payload, now_ms, &self.limits) {
+            Ok(event) => {
+                self.metrics.decoded.inc();
+                if event.unknown_fields > 0 {
+                    self.metrics
+                        .unknown_fields
+                        .inc_by(u64::from(event.unknown_fields));
+                }
+                let record = self.redactor.redact_event(event, m.coords, now_ms);
+                for name in &record.redactions {
+                    self.metrics.redactions.with_label_values(&[name]).inc();
+                }
+                Prepared::Record(record)
+            }
+            Err(failure) => {
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&[failure.reason.as_str()])
+                    .inc();
+                let dl = self
+                    .redactor
+                    .redact_dead_letter(m.payload, failure, m.coords, now_ms);
+                for name in &dl.redactions {
+                    self.metrics.redactions.with_label_values(&[name]).inc();
+                }
+                Prepared::DeadLetter(dl)
+            }
+        };
+        let bytes = crate::sink::prepared_size(&prepared);
+        (prepared, bytes)
+    }
+}
+
+/// The writer: detection and pending rows, on one thread. Rows go to the
+/// flusher in chunks, so the next chunk fills while the previous one is
 /// encoded, and the flusher is told when to commit (roll) the files.
 struct Writer {
     rows: PendingRows,
-    redactor: Arc<Redactor>,
-    limits: DecodeLimits,
     metrics: Arc<Metrics>,
     /// Rows are handed over at this size: small enough that encoding keeps
     /// pace with decoding, large enough for useful row groups.
@@ -283,42 +327,19 @@ impl Writer {
         Ok(())
     }
 
-    fn process(&mut self, batch: Vec<RawMessage>) {
-        let now_ms = chrono::Utc::now().timestamp_millis();
+    fn process(&mut self, batch: Vec<Prepared>) {
         // One policy per batch: a reload lands between batches, never inside.
         let policy = self.detect.as_ref().and_then(DetectStage::current_policy);
-        let (mut decoded, mut unknown) = (0u64, 0u64);
         let consumed = batch.len() as u64;
-        for m in batch {
-            match decode::decode(m.payload.as_deref(), now_ms, &self.limits) {
-                Ok(event) => {
-                    decoded += 1;
-                    unknown += u64::from(event.unknown_fields);
-                    let record = self.redactor.redact_event(event, m.coords, now_ms);
-                    for name in &record.redactions {
-                        self.metrics.redactions.with_label_values(&[name]).inc();
-                    }
+        for item in batch {
+            match item {
+                Prepared::Record(record) => {
                     if let Some(d) = self.detect.as_mut() {
                         d.observe(&record, policy.as_deref());
                     }
                     self.rows.push_record(record);
                 }
-                Err(failure) => {
-                    self.metrics
-                        .dead_letters
-                        .with_label_values(&[failure.reason.as_str()])
-                        .inc();
-                    let dl = self.redactor.redact_dead_letter(
-                        m.payload.as_deref(),
-                        failure,
-                        m.coords,
-                        now_ms,
-                    );
-                    for name in &dl.redactions {
-                        self.metrics.redactions.with_label_values(&[name]).inc();
-                    }
-                    self.rows.push_dead_letter(dl);
-                }
+                Prepared::DeadLetter(dl) => self.rows.push_dead_letter(dl),
             }
         }
         if let Some(d) = self.detect.as_mut() {
@@ -326,10 +347,8 @@ impl Writer {
         }
         self.metrics.buffered_bytes.set(self.rows.bytes() as i64);
         self.metrics.buffered_rows.set(self.rows.rows() as i64);
-        self.metrics.decoded.inc_by(decoded);
-        self.metrics.unknown_fields.inc_by(unknown);
         // Counted last, so a reader that sees N consumed also sees every
-        // dead letter and redaction of those N.
+        // decode, dead letter and redaction of those N.
         self.metrics.consumed.inc_by(consumed);
     }
 }
@@ -467,11 +486,15 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     } else {
         (None, None)
     };
+    let preparer = Preparer {
+        redactor,
+        limits: cfg.decode_limits(),
+        metrics: metrics.clone(),
+    };
+    let prepare: Prepare = Box::new(move |m| preparer.prepare(m));
     let writer = Writer {
         detect,
         rows: PendingRows::default(),
-        redactor,
-        limits: cfg.decode_limits(),
         metrics,
         // The chunk being filled and the one being encoded take a quarter of
         // the budget; what is already encoded sits in the staged files.
@@ -493,7 +516,7 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     let source_stop = stop.clone();
     let source = std::thread::Builder::new()
         .name("agentaudit-consumer".into())
-        .spawn(move || source.run(&source_stop))
+        .spawn(move || source.run(&source_stop, prepare))
         .map_err(|e| PipelineError::Runtime(format!("spawning the consumer: {e}")))?;
     Ok(Running {
         stop,

@@ -34,7 +34,7 @@ use datafusion::parquet::schema::types::ColumnPath;
 use crate::config::SinkConfig;
 use crate::detect::Alert;
 use crate::error::SinkError;
-use crate::event::{DeadLetter, KafkaCoords, Record};
+use crate::event::{DeadLetter, KafkaCoords, Prepared, Record};
 use crate::metrics::Metrics;
 use journal::{Journal, Offsets, Rename};
 
@@ -107,7 +107,7 @@ impl PendingRows {
     }
 
     pub fn push_dead_letter(&mut self, d: DeadLetter) {
-        self.note(&d.coords, d.raw.len() + d.detail.len() + 128);
+        self.note(&d.coords, dead_letter_size(&d));
         let key = PartitionKey::for_time(DEAD_LETTER, d.ingested_at_ms);
         self.dead_letters.entry(key).or_default().push(d);
     }
@@ -519,6 +519,19 @@ fn writer_props(cfg: &SinkConfig, sort_key: &[usize]) -> WriterProperties {
         ))
         .set_created_by(format!("agentaudit {}", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+/// The memory a prepared message holds, for the budget of the queue it waits
+/// in: counted as the buffer counts it.
+pub fn prepared_size(p: &Prepared) -> usize {
+    match p {
+        Prepared::Record(r) => record_size(r),
+        Prepared::DeadLetter(d) => dead_letter_size(d),
+    }
+}
+
+fn dead_letter_size(d: &DeadLetter) -> usize {
+    d.raw.len() + d.detail.len() + 128
 }
 
 /// The memory a buffered record holds, for the budget: the struct twice (the

@@ -1,5 +1,7 @@
 //! Source owns the Kafka side: the consumer, its rebalance handling, the
-//! embedded broker, and handing raw messages to the writer in bounded batches.
+//! embedded broker, and handing messages to the writer in bounded batches,
+//! each first passed through the pipeline's `Prepare` (decode and redact) on
+//! this thread, so that work overlaps the writer's.
 //!
 //! Offsets are never committed here on a timer: the writer commits them once
 //! the rows they produced are durable. On a revoke the consumer waits for the
@@ -23,20 +25,24 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::{Config, KafkaConfig};
 use crate::error::SourceError;
-use crate::event::KafkaCoords;
+use crate::event::{KafkaCoords, Prepared};
 use crate::metrics::Metrics;
 
-/// One message as the writer receives it: its coordinates and a copy of its
-/// value (the borrowed librdkafka buffer cannot cross threads).
+/// One message as polled: its coordinates and its value, borrowed from
+/// librdkafka's buffer for as long as `Prepare` looks at it.
 #[derive(Debug)]
-pub struct RawMessage {
+pub struct RawMessage<'a> {
     pub coords: KafkaCoords,
-    pub payload: Option<Vec<u8>>,
+    pub payload: Option<&'a [u8]>,
 }
+
+/// Turns a polled message into what the writer takes, with the bytes it
+/// holds (batches and the queue are bounded by those bytes).
+pub type Prepare = Box<dyn FnMut(RawMessage<'_>) -> (Prepared, usize) + Send>;
 
 /// What flows from the consumer thread to the writer thread.
 pub enum ToWriter {
-    Batch(Vec<RawMessage>),
+    Batch(Vec<Prepared>),
     /// Flush everything received so far, commit synchronously, then reply.
     Barrier(SyncSender<Result<(), String>>),
     /// Like `Barrier`, then end the writer: the consumer is stopping.
@@ -119,7 +125,8 @@ fn flush_and_wait(
 
 pub type KafkaConsumer = BaseConsumer<SourceContext>;
 
-/// Batches are cut at this many messages or bytes, whichever comes first.
+/// Batches are cut at this many messages or bytes held after preparing
+/// (decoded records are about three times their JSON), whichever first.
 const BATCH_MESSAGES: usize = 2048;
 const BATCH_BYTES: usize = 1024 * 1024;
 
@@ -221,7 +228,7 @@ impl Source {
     /// Polls until `stop` is set, handing batches to the writer. Returns
     /// after a final barrier, so everything consumed is durable and
     /// committed (or the writer failed, which is then the error).
-    pub fn run(self, stop: &AtomicBool) -> Result<(), SourceError> {
+    pub fn run(self, stop: &AtomicBool, mut prepare: Prepare) -> Result<(), SourceError> {
         let Source {
             consumer,
             to_writer,
@@ -233,7 +240,7 @@ impl Source {
         let mut skip_below: BTreeMap<i32, i64> = BTreeMap::new();
         let mut batch = Vec::with_capacity(BATCH_MESSAGES);
         let mut batch_bytes = 0usize;
-        let send = |batch: &mut Vec<RawMessage>, batch_bytes: &mut usize| {
+        let send = |batch: &mut Vec<Prepared>, batch_bytes: &mut usize| {
             if batch.is_empty() {
                 return Ok(());
             }
@@ -269,17 +276,17 @@ impl Source {
                         metrics.skipped_durable.inc();
                         continue;
                     }
-                    let payload = m.payload().map(<[u8]>::to_vec);
-                    batch_bytes += payload.as_ref().map_or(0, Vec::len) + 64;
-                    batch.push(RawMessage {
+                    let (prepared, bytes) = prepare(RawMessage {
                         coords: KafkaCoords {
                             topic: topic.clone(),
                             partition,
                             offset,
                             kafka_ts_ms: m.timestamp().to_millis(),
                         },
-                        payload,
+                        payload: m.payload(),
                     });
+                    batch_bytes += bytes;
+                    batch.push(prepared);
                     if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
                         send(&mut batch, &mut batch_bytes)?;
                     }
