@@ -20,6 +20,8 @@ use crate::source::embedded::EmbeddedBroker;
 use crate::traffic::{GenOptions, Generator};
 
 pub struct BenchOptions {
+    /// An external Kafka-protocol broker; `None` runs the embedded one.
+    pub brokers: Option<String>,
     pub events: u64,
     pub partitions: i32,
     pub data_dir: PathBuf,
@@ -90,7 +92,7 @@ impl fmt::Display for BenchReport {
         let us = 1e6;
         writeln!(
             f,
-            "CPU per event, floor        {:.2} µs (all threads, the in-process broker's too)",
+            "CPU per event, floor        {:.2} µs (this process's threads, an embedded broker's too)",
             self.floor_cpu_per_event_secs * us
         )?;
         writeln!(
@@ -105,6 +107,29 @@ impl fmt::Display for BenchReport {
             cores / self.pipeline_cpu_per_event_secs.max(1e-12)
         )
     }
+}
+
+/// Creates `topic` with `partitions` on an external broker, through the
+/// Kafka admin API.
+fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), PipelineError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(runtime)?;
+    let runtime_ = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(runtime)?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = runtime_
+        .block_on(admin.create_topics([&new], &AdminOptions::new()))
+        .map_err(runtime)?;
+    for r in results {
+        r.map_err(|(t, e)| runtime(format!("creating topic {t}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// CPU time (user + system) of every thread of this process so far, from
@@ -241,9 +266,25 @@ fn runtime(e: impl fmt::Display) -> PipelineError {
 }
 
 pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
-    let topic = "bench-events";
-    let broker = EmbeddedBroker::start(topic, opts.partitions)?;
-    let brokers = broker.bootstrap_servers();
+    // An external broker keeps earlier runs' topics: each run gets its own.
+    let topic = match &opts.brokers {
+        Some(_) => format!("bench-events-{}", chrono::Utc::now().timestamp_millis()),
+        None => "bench-events".to_owned(),
+    };
+    let topic = topic.as_str();
+    let _embedded;
+    let brokers = match &opts.brokers {
+        Some(b) => {
+            create_topic(b, topic, opts.partitions)?;
+            b.clone()
+        }
+        None => {
+            let broker = EmbeddedBroker::start(topic, opts.partitions)?;
+            let servers = broker.bootstrap_servers();
+            _embedded = broker;
+            servers
+        }
+    };
 
     eprintln!("pre-filling {} events…", opts.events);
     // librdkafka's mock broker answers a fetch with one stored producer batch

@@ -152,6 +152,10 @@ enum Command {
     },
     /// End-to-end benchmark on the embedded broker: raw consume vs pipeline.
     Bench {
+        /// Run against this Kafka-protocol broker (e.g. tansu) instead of the
+        /// embedded one; a fresh topic is created for the run.
+        #[arg(long)]
+        brokers: Option<String>,
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
         /// The embedded broker keeps only the newest 5 MiB of a partition, so
@@ -381,6 +385,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Bench {
+            brokers,
             events,
             partitions,
             data_dir,
@@ -389,6 +394,7 @@ fn main() -> anyhow::Result<()> {
             baseline_keys,
         } => {
             let report = agentaudit::bench::run(&agentaudit::bench::BenchOptions {
+                brokers,
                 events,
                 partitions,
                 data_dir,
