@@ -62,9 +62,7 @@ impl Preparer {
                         .inc_by(u64::from(event.unknown_fields));
                 }
                 let record = self.redactor.redact_event(event, m.coords, now_ms);
-                for name in &record.redactions {
-                    self.metrics.redactions.with_label_values(&[name]).inc();
-                }
+                self.count_redactions(&record.redactions);
                 Prepared::Record(record)
             }
             Err(failure) => {
@@ -75,14 +73,18 @@ impl Preparer {
                 let dl = self
                     .redactor
                     .redact_dead_letter(m.payload, failure, m.coords, now_ms);
-                for name in &dl.redactions {
-                    self.metrics.redactions.with_label_values(&[name]).inc();
-                }
+                self.count_redactions(&dl.redactions);
                 Prepared::DeadLetter(dl)
             }
         };
         let bytes = crate::sink::prepared_size(&prepared);
         (prepared, bytes)
+    }
+
+    fn count_redactions(&self, detectors: &[String]) {
+        for name in detectors {
+            self.metrics.redactions.with_label_values(&[name]).inc();
+        }
     }
 }
 
@@ -93,7 +95,7 @@ struct Writer {
     rows: PendingRows,
     metrics: Arc<Metrics>,
     /// Rows are handed over at this size: small enough that encoding keeps
-    /// pace with decoding, large enough for useful row groups.
+    /// pace with the writer, large enough for useful row groups.
     chunk_bytes: usize,
     /// Files roll (commit) when the largest staged file reaches this size
     /// on disk, as the flusher reports it, or the oldest uncommitted row
