@@ -267,24 +267,20 @@ fn runtime(e: impl fmt::Display) -> PipelineError {
 
 pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
     // An external broker keeps earlier runs' topics: each run gets its own.
-    let topic = match &opts.brokers {
-        Some(_) => format!("bench-events-{}", chrono::Utc::now().timestamp_millis()),
-        None => "bench-events".to_owned(),
-    };
-    let topic = topic.as_str();
-    let _embedded;
-    let brokers = match &opts.brokers {
+    // The embedded broker lives as long as `_embedded`.
+    let (topic, brokers, _embedded) = match &opts.brokers {
         Some(b) => {
-            create_topic(b, topic, opts.partitions)?;
-            b.clone()
+            let topic = format!("bench-events-{}", chrono::Utc::now().timestamp_millis());
+            create_topic(b, &topic, opts.partitions)?;
+            (topic, b.clone(), None)
         }
         None => {
-            let broker = EmbeddedBroker::start(topic, opts.partitions)?;
-            let servers = broker.bootstrap_servers();
-            _embedded = broker;
-            servers
+            let topic = "bench-events".to_owned();
+            let broker = EmbeddedBroker::start(&topic, opts.partitions)?;
+            (topic, broker.bootstrap_servers(), Some(broker))
         }
     };
+    let topic = topic.as_str();
 
     eprintln!("pre-filling {} events…", opts.events);
     // librdkafka's mock broker answers a fetch with one stored producer batch

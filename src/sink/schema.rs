@@ -197,12 +197,9 @@ fn list_of(rows: usize) -> ListBuilder<StringBuilder> {
 /// column by column with `take`: gathering the rows in sorted order instead
 /// jumped across the whole chunk for each of them.
 pub fn invocations_batch(rows: &[Record]) -> Result<RecordBatch, ArrowError> {
-    let order: Vec<u32> = sort_order(rows)
-        .into_iter()
-        .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
-        .collect();
+    let order = UInt32Array::from(sort_order(rows));
     let unsorted = invocations_batch_in_arrival_order(rows)?;
-    datafusion::arrow::compute::take_record_batch(&unsorted, &UInt32Array::from(order))
+    datafusion::arrow::compute::take_record_batch(&unsorted, &order)
 }
 
 fn invocations_batch_in_arrival_order(rows: &[Record]) -> Result<RecordBatch, ArrowError> {
@@ -316,7 +313,7 @@ fn invocations_batch_in_arrival_order(rows: &[Record]) -> Result<RecordBatch, Ar
 /// The row order of a file: by (tenant, agent_id, tool, ts). The few distinct
 /// (tenant, agent_id, tool) groups are ranked once, so the sort compares
 /// integers; comparing strings per row pair was most of a flush's time.
-fn sort_order(rows: &[Record]) -> Vec<usize> {
+fn sort_order(rows: &[Record]) -> Vec<u32> {
     // foldhash, not SipHash: hashing three strings per row was a tenth of
     // the flusher. It is still randomly seeded, as the names are the
     // producers' choice.
@@ -337,11 +334,15 @@ fn sort_order(rows: &[Record]) -> Vec<usize> {
     for (r, &(_, &g)) in by_name.iter().enumerate() {
         rank[g as usize] = u32::try_from(r).unwrap_or(u32::MAX);
     }
-    let mut keys: Vec<(u32, i64, usize)> = rows
+    // Row indices as `take` wants them; a chunk is far below 2^32 rows.
+    let mut keys: Vec<(u32, i64, u32)> = rows
         .iter()
         .zip(&group_of)
         .enumerate()
-        .map(|(i, (r, &g))| (rank[g as usize], r.event.ts_ms, i))
+        .map(|(i, (r, &g))| {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            (rank[g as usize], r.event.ts_ms, index)
+        })
         .collect();
     // The index makes every key distinct, so an unstable sort is deterministic.
     keys.sort_unstable();
@@ -427,7 +428,7 @@ mod tests {
         ];
         let offsets: Vec<i64> = sort_order(&rows)
             .into_iter()
-            .map(|i| rows[i].coords.offset)
+            .map(|i| rows[i as usize].coords.offset)
             .collect();
         assert_eq!(offsets, vec![4, 3, 2, 5, 1, 0]);
     }
