@@ -203,22 +203,29 @@ fn rss_bytes() -> u64 {
 /// buckets, and reports bytes per key: by the table's own accounting and by
 /// this process's RSS growth.
 pub fn baseline_memory(keys: usize) -> (f64, f64) {
-    use crate::detect::baseline::{BaselineConfig, Baselines};
+    use crate::detect::baseline::{BaselineConfig, Baselines, Shape};
     let before = rss_bytes();
     let mut b = Baselines::new(BaselineConfig {
         max_keys: keys,
+        max_profiles: BaselineConfig::default().max_profiles.min(keys),
         ..BaselineConfig::default()
     });
-    let mut closed = Vec::new();
+    let (mut closed, mut signals) = (Vec::new(), Vec::new());
     for bucket in 0..3u32 {
         for k in 0..keys as u64 {
+            // Every fourth key teaches a shape, as a tenant's tool does for
+            // the agents that call it.
+            let shape = if k % 4 == 0 { Shape::Own } else { Shape::Flat };
             b.observe(
                 k.wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 bucket,
                 1,
+                shape,
                 &mut closed,
+                &mut signals,
             );
             closed.clear();
+            signals.clear();
         }
     }
     let grown = rss_bytes().saturating_sub(before);

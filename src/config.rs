@@ -168,14 +168,33 @@ pub struct DetectConfig {
     /// How far behind the newest event time an event may arrive and still
     /// count in its own bucket.
     pub allowed_lateness_secs: u64,
-    /// EWMA weight of the newest bucket (0.05 ≈ a 20-bucket memory).
-    pub alpha: f64,
+    /// Half-life of a key's level and dispersion: how fast a new normal
+    /// (an onboarding, a step change) is learned.
+    pub level_halflife_secs: u64,
+    /// Memory of the weekly shape, in weeks: each hour-of-week slot learns
+    /// from about this many of its past visits.
+    pub season_weeks: f64,
+    /// Buckets a key must have seen before its statistical rules may alert.
     pub warmup_buckets: u32,
+    /// Calls in one bucket below which no spike alerts.
     pub min_count: u32,
+    /// Observed over expected below which no spike alerts (and expected over
+    /// observed below which no single-bucket drop alerts).
     pub min_ratio: f64,
-    /// -log10 of the tail probability at which a spike alerts.
+    /// -log10 of the tail probability at which a spike or drop alerts.
     pub min_score: f64,
+    /// CUSUM threshold in nats: sustained rises, drops and failure shares.
+    pub cusum_threshold: f64,
+    /// Expected calls per bucket below which a single-bucket drop is not
+    /// tested (the CUSUM still is).
+    pub min_drop_expected: f64,
+    /// Learning weight of a bucket that alerted, relative to a quiet one.
+    pub alerting_weight: f64,
+    /// Calls a failure-rate key needs before `error_rate_spike` may fire.
+    pub error_min_calls: u32,
     pub max_keys: usize,
+    /// Weekly shapes kept (336 bytes each); keys beyond use a flat level.
+    pub max_profiles: usize,
     /// An alert stays active this many buckets after its condition was last
     /// seen, then resolves.
     pub hold_buckets: u32,
@@ -184,6 +203,9 @@ pub struct DetectConfig {
     /// `exfiltration_sequence`: an egress within this many calls of a
     /// sensitive read in the same workflow.
     pub exfiltration_window_steps: u32,
+    /// `injection_then_unusual_call`: an unusual call within this many calls
+    /// of a tool result with injection markers in the same workflow.
+    pub injection_window_steps: u32,
     pub max_workflows: usize,
     pub max_active_alerts: usize,
     pub disabled_rules: Vec<String>,
@@ -198,6 +220,31 @@ pub struct DetectConfig {
     pub max_label_values: usize,
 }
 
+impl DetectConfig {
+    /// The baseline model's tuning, in its own per-bucket terms.
+    pub fn baseline_config(&self, score_closed: bool) -> crate::detect::baseline::BaselineConfig {
+        let buckets_per_hour = (3600.0 / self.bucket_secs.max(1) as f64).max(1.0);
+        crate::detect::baseline::BaselineConfig {
+            bucket_secs: self.bucket_secs.max(1),
+            level_alpha: crate::detect::baseline::alpha_for_halflife(
+                self.bucket_secs,
+                self.level_halflife_secs,
+            ),
+            season_weight: (1.0 / (self.season_weeks * buckets_per_hour)).min(1.0),
+            warmup_buckets: self.warmup_buckets,
+            min_count: self.min_count,
+            min_ratio: self.min_ratio,
+            min_score: self.min_score,
+            cusum_threshold: self.cusum_threshold,
+            min_drop_expected: self.min_drop_expected,
+            alerting_weight: self.alerting_weight,
+            max_keys: self.max_keys,
+            max_profiles: self.max_profiles,
+            score_closed,
+        }
+    }
+}
+
 impl Default for DetectConfig {
     fn default() -> Self {
         DetectConfig {
@@ -205,15 +252,22 @@ impl Default for DetectConfig {
             policy_file: None,
             bucket_secs: 60,
             allowed_lateness_secs: 120,
-            alpha: 0.05,
-            warmup_buckets: 30,
-            min_count: 20,
-            min_ratio: 5.0,
+            level_halflife_secs: 3 * 3600,
+            season_weeks: 3.0,
+            warmup_buckets: 60,
+            min_count: 5,
+            min_ratio: 1.5,
             min_score: 8.0,
+            cusum_threshold: 20.0,
+            min_drop_expected: 5.0,
+            alerting_weight: 0.25,
+            error_min_calls: 30,
             max_keys: 1_000_000,
+            max_profiles: 65_536,
             hold_buckets: 5,
             new_tool_warmup_buckets: 60,
             exfiltration_window_steps: 5,
+            injection_window_steps: 5,
             max_workflows: 100_000,
             max_active_alerts: 10_000,
             disabled_rules: Vec::new(),
@@ -276,10 +330,33 @@ impl Config {
                 "must be 1 to 86400",
             ));
         }
-        if !(d.alpha > 0.0 && d.alpha < 1.0) {
+        if d.level_halflife_secs < d.bucket_secs || d.level_halflife_secs > 90 * 86_400 {
             return Err(ConfigError::invalid(
-                "detect.alpha",
-                "must be between 0 and 1",
+                "detect.level_halflife_secs",
+                "must be at least one bucket and at most 90 days",
+            ));
+        }
+        if !(d.season_weeks >= 0.5 && d.season_weeks <= 52.0) {
+            return Err(ConfigError::invalid(
+                "detect.season_weeks",
+                "must be 0.5 to 52",
+            ));
+        }
+        let tuned = d.cusum_threshold.is_finite()
+            && d.cusum_threshold > 0.0
+            && d.min_drop_expected.is_finite()
+            && d.min_drop_expected >= 0.0
+            && (0.0..=1.0).contains(&d.alerting_weight);
+        if !tuned {
+            return Err(ConfigError::invalid(
+                "detect.cusum_threshold / min_drop_expected / alerting_weight",
+                "cusum_threshold must be positive, min_drop_expected at least 0, alerting_weight 0 to 1",
+            ));
+        }
+        if d.max_profiles > d.max_keys {
+            return Err(ConfigError::invalid(
+                "detect.max_profiles",
+                "must not exceed detect.max_keys",
             ));
         }
         if d.min_ratio < 1.0 || !d.min_score.is_finite() || d.min_score <= 0.0 {

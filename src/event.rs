@@ -98,6 +98,17 @@ pub struct Event {
     pub attributes: Vec<(String, String)>,
     /// How many top-level fields the decoder did not recognise.
     pub unknown_fields: u32,
+    /// Prompt-injection markers found in the output before it was digested,
+    /// and in the input: names only, never the text.
+    pub output_markers: crate::decode::markers::Markers,
+    pub input_markers: crate::decode::markers::Markers,
+}
+
+impl Event {
+    /// Every injection marker of the call, input and output together.
+    pub fn markers(&self) -> crate::decode::markers::Markers {
+        self.output_markers.union(self.input_markers)
+    }
 }
 
 /// An event after redaction: what the sink stores, one row per invocation.

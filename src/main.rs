@@ -344,13 +344,14 @@ fn main() -> anyhow::Result<()> {
                 }
                 _ => anyhow::bail!("give --jsonl FILE, or --from and --to over --data-dir"),
             };
-            let outcome = backtest::run(&cfg, &input)?;
-            backtest::write(&outcome, &out)?;
+            let outcome = backtest::run(&cfg, &input, &out)?;
+            backtest::write_alerts(&outcome, &out)?;
             println!(
-                "replayed {} events ({} not valid v1, skipped): {} bucket scores, {} alerts, written to {}",
+                "replayed {} events ({} not valid v1, skipped; {} sorted runs spilled): {} bucket scores, {} alerts, written to {}",
                 outcome.events,
                 outcome.skipped,
-                outcome.scores.len(),
+                outcome.spilled_runs,
+                outcome.scores,
                 outcome.alerts.len(),
                 out.display()
             );

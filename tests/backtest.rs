@@ -108,6 +108,7 @@ fn backtest_finds_every_scenario_and_replays_identically() {
             cfg
         },
         &agentaudit::detect::backtest::Input::Jsonl(p("events.jsonl").into()),
+        Path::new(&p("lib-out")),
     )
     .expect("backtest")
     .alerts;

@@ -6,6 +6,7 @@
 //! never panics on input and never echoes payload text in a failure detail.
 
 mod fields;
+pub mod markers;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -401,11 +402,16 @@ impl<'de> RawFields<'de> {
             Some(Scalar::Float(x)) if x.is_finite() && x >= 0.0 => Some(x),
             Some(_) => return Err(invalid(Field::LatencyMs, "must be a number ≥ 0")),
         };
-        let output = match self.output {
-            None => None,
-            Some(raw) if raw.get() == "null" => None,
-            Some(raw) => Some(digest_output(raw, limits.output_preview_chars)),
+        let (output, output_markers) = match self.output {
+            None => (None, markers::Markers::default()),
+            Some(raw) if raw.get() == "null" => (None, markers::Markers::default()),
+            Some(raw) => {
+                let (digest, found) = digest_output(raw, limits.output_preview_chars);
+                (Some(digest), found)
+            }
         };
+        let input = self.input.take().filter(|v| !v.is_null());
+        let input_markers = input.as_ref().map(markers::scan_json).unwrap_or_default();
         Ok(Event {
             event_id,
             ts_ms,
@@ -425,7 +431,7 @@ impl<'de> RawFields<'de> {
             credential_id: self.optional_str(Field::CredentialId, 256)?,
             latency_ms,
             error_type: self.optional_str(Field::ErrorType, 1024)?,
-            input: self.input.take().filter(|v| !v.is_null()),
+            input,
             output,
             tokens_in: self.optional_count(Field::TokensIn)?,
             tokens_out: self.optional_count(Field::TokensOut)?,
@@ -437,6 +443,8 @@ impl<'de> RawFields<'de> {
                 .transpose()?
                 .unwrap_or_default(),
             unknown_fields: self.unknown,
+            output_markers,
+            input_markers,
         })
     }
 
@@ -509,7 +517,12 @@ fn checked_str(f: Field, v: Scalar<'_>, max_chars: usize) -> Result<String, Deco
     Ok(s.into_owned())
 }
 
-fn digest_output(raw: &serde_json::value::RawValue, preview_chars: usize) -> OutputDigest {
+/// The output's digest, and the injection markers of its content (scanned
+/// here because the content is gone after this).
+fn digest_output(
+    raw: &serde_json::value::RawValue,
+    preview_chars: usize,
+) -> (OutputDigest, markers::Markers) {
     let text = raw.get();
     // A JSON string is hashed by its content so that the digest matches what
     // the tool returned, not how the producer escaped it.
@@ -528,11 +541,23 @@ fn digest_output(raw: &serde_json::value::RawValue, preview_chars: usize) -> Out
         .map(str::to_owned)
         .unwrap_or_default();
     let preview = (preview_chars > 0).then(|| content.chars().take(preview_chars).collect());
-    OutputDigest {
-        sha256,
-        bytes: content.len() as i64,
-        preview,
-    }
+    // Structured output is scanned string by string, so escapes such as
+    // \u200b are seen as the characters they stand for.
+    let found = if text.starts_with('"') {
+        markers::scan(&content)
+    } else {
+        serde_json::from_str::<serde_json::Value>(text)
+            .map(|v| markers::scan_json(&v))
+            .unwrap_or_else(|_| markers::scan(text))
+    };
+    (
+        OutputDigest {
+            sha256,
+            bytes: content.len() as i64,
+            preview,
+        },
+        found,
+    )
 }
 
 fn approval(v: serde_json::Value) -> Result<Option<Approval>, DecodeFailure> {

@@ -1,61 +1,123 @@
-//! Baseline owns the rolling per-key call-frequency statistics and the spike
-//! test: an exponentially weighted mean and variance of calls per event-time
-//! bucket, kept for at most `max_keys` keys (least recently seen evicted),
-//! and the upper-tail probability of an observed count under that baseline.
+//! Baseline owns the per-key model of call frequency and the tests against
+//! it: a level (calls per event-time bucket), a weekly seasonal shape, a
+//! dispersion, and two CUSUMs, kept for at most `max_keys` keys (least
+//! recently seen evicted), with shapes in a table of at most `max_profiles`.
+//!
+//! The expected count of a bucket is `level × shape[hour of week]`. A key
+//! that owns a shape (tenant+tool, tenant) teaches it; a key that borrows one
+//! (an agent's calls of a tool borrow its tenant's shape of that tool) only
+//! scales it by its own level, so a tenant's shape is learned once however
+//! many agents share it. Four signals come out:
+//! - a *spike*: the open bucket's count is improbable (Poisson, or negative
+//!   binomial when the key is over-dispersed) and well above expectation;
+//! - a *surge*: a Poisson-likelihood CUSUM for "twice the expected rate"
+//!   crosses its threshold, counting the buckets still open: shifts that no
+//!   single bucket shows (3× for 15 minutes, a slow climb);
+//! - a *drop*: a closed bucket far below expectation, or the CUSUM for "half
+//!   the expected rate" crossing (silence included: empty buckets fold as 0);
+//! - none, and the bucket teaches the model at full weight. A bucket that
+//!   signalled teaches at `alerting_weight`, so an attack does not become
+//!   normal within minutes.
 //!
 //! Each key keeps the counts of its newest `RING` buckets, so a call up to
 //! `RING - 1` buckets late still counts in its own bucket; a bucket is folded
-//! into the baseline when it leaves the ring, and a call later than that is
-//! counted as late and left out (it is still stored; only the baseline
-//! skips it). A key costs one 56-byte slot plus its index entry. Keys are 64-bit hashes:
-//! names are the caller's business, so the table's size never depends on how
-//! long an attacker's tenant or tool names are.
+//! into the model when it leaves the ring. A key costs one 64-byte slot plus
+//! its index entry; a shape costs 336 bytes. Keys are 64-bit hashes: names
+//! are the caller's business, so the table's size never depends on how long
+//! an attacker's tenant or tool names are.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use half::f16;
 use statrs::distribution::{DiscreteCDF, NegativeBinomial, Poisson};
 
-/// Tuning of the spike test; see `DetectConfig` for the defaults and why.
+/// Tuning of the model and its tests; see `DetectConfig` for the defaults
+/// and why.
 #[derive(Debug, Clone)]
 pub struct BaselineConfig {
-    /// EWMA weight of the newest bucket.
-    pub alpha: f64,
+    /// Seconds in one bucket: where a bucket falls in the week.
+    pub bucket_secs: u64,
+    /// EWMA weight of the newest bucket in the level and the dispersion.
+    pub level_alpha: f64,
+    /// EWMA weight of a bucket in its hour-of-week slot of the shape.
+    pub season_weight: f64,
     /// Closed buckets a key needs before it may alert.
     pub warmup_buckets: u32,
-    /// Calls in one bucket below which nothing alerts.
+    /// Calls in one bucket below which no spike alerts.
     pub min_count: u32,
-    /// Observed over expected below which nothing alerts.
+    /// Observed over expected below which no spike alerts (and expected
+    /// over observed below which no single-bucket drop alerts).
     pub min_ratio: f64,
-    /// Alert when -log10 P(X >= observed) reaches this.
+    /// Alert when -log10 of the tail probability reaches this.
     pub min_score: f64,
+    /// CUSUM decision threshold, in nats of log-likelihood ratio.
+    pub cusum_threshold: f64,
+    /// Expected calls per bucket below which drops are not tested.
+    pub min_drop_expected: f64,
+    /// Learning weight of a bucket that signalled, relative to a quiet one.
+    pub alerting_weight: f64,
     pub max_keys: usize,
+    pub max_profiles: usize,
     /// Score every bucket as it closes. Backtests record those scores; live
-    /// detection does not need them, and a negative-binomial tail costs
-    /// microseconds, so it scores only open buckets that could alert.
+    /// detection does not need them.
     pub score_closed: bool,
 }
 
 impl Default for BaselineConfig {
     fn default() -> Self {
         BaselineConfig {
-            alpha: 0.05,
-            warmup_buckets: 30,
-            min_count: 20,
-            min_ratio: 5.0,
+            bucket_secs: 60,
+            level_alpha: alpha_for_halflife(60, 3 * 3600),
+            season_weight: 1.0 / (3.0 * 60.0),
+            warmup_buckets: 60,
+            min_count: 5,
+            min_ratio: 1.5,
             min_score: 8.0,
+            cusum_threshold: 20.0,
+            min_drop_expected: 5.0,
+            alerting_weight: 0.25,
             max_keys: 1_000_000,
+            max_profiles: 65_536,
             score_closed: false,
         }
     }
 }
 
-/// A spike found in a key's open bucket.
+/// The per-bucket EWMA weight whose memory halves every `halflife_secs`.
+pub fn alpha_for_halflife(bucket_secs: u64, halflife_secs: u64) -> f64 {
+    let ratio = bucket_secs as f64 / halflife_secs.max(1) as f64;
+    (1.0 - 0.5f64.powf(ratio)).clamp(1e-6, 0.5)
+}
+
+/// The CUSUM alternatives: twice and half the expected rate.
+const SURGE_RATIO: f64 = 2.0;
+const DROP_RATIO: f64 = 0.5;
+/// A CUSUM is capped at this many thresholds, so a shift that ends is
+/// forgotten within a bounded time.
+const CUSUM_CAP: f64 = 2.0;
+/// Never expect less than this per bucket when testing for a rise: a key
+/// that was silent is not infinitely surprised by one call.
+const FLOOR: f64 = 0.5;
+/// The dispersion index never counts one bucket above this.
+const PHI_CAP: f64 = 1000.0;
+
+/// What stood out in a key's buckets.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Spike {
+pub enum SignalKind {
+    Spike,
+    Surge,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Signal {
+    pub kind: SignalKind,
     pub bucket: u32,
     pub observed: u32,
     pub expected: f64,
+    /// -log10 tail probability for spikes and drops, CUSUM nats for surges
+    /// (and for drops that the CUSUM found).
     pub score: f64,
 }
 
@@ -71,24 +133,55 @@ pub struct ClosedBucket {
     pub warm: bool,
 }
 
+/// Which seasonal shape a key reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The key teaches a shape of its own (if the table has room).
+    Own,
+    /// The key scales the shape of another key (its profile index).
+    Borrow(u32),
+    /// Flat: the level alone.
+    Flat,
+}
+
 const NONE: u32 = u32::MAX;
 /// Buckets of counts kept per key: the lateness a key tolerates.
 pub const RING: u32 = 4;
-/// Beyond this many empty buckets a mean has decayed to nothing anyway.
-const MAX_DECAY_STEPS: u32 = 2048;
+/// Beyond this many empty buckets a key is folded no further: its level and
+/// CUSUMs have long reached what silence teaches.
+const MAX_FOLD_STEPS: u32 = 2048;
+/// Hours in a week: the slots of a shape.
+pub const WEEK_HOURS: usize = 168;
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     key: u64,
-    mean: f32,
-    var: f32,
+    /// EWMA of calls per bucket, and of the shape at the same buckets, over
+    /// the buckets whose shape is known: the level is their ratio, which
+    /// stays finite where the shape is zero.
+    lx: f32,
+    lp: f32,
+    /// EWMA of calls per bucket over every bucket: the expectation while no
+    /// shape is known.
+    flat: f32,
+    /// EWMA of (x - e)² / e: 1 for a Poisson process, more when bursty.
+    phi: f32,
+    surge: f32,
+    drop: f32,
     /// Newest bucket seen; the ring holds `newest - RING + 1 ..= newest`.
     newest: u32,
     counts: [u32; RING as usize],
+    /// The shape this key reads (its own or borrowed), or `NONE`.
+    profile: u32,
     /// Closed buckets folded in, saturating.
     history: u16,
-    /// Bit per ring position: that bucket already alerted.
+    /// Bit per ring position: that bucket spiked (low nibble) or surged
+    /// (high nibble) already.
     fired: u8,
+    owns_profile: bool,
+    /// `lx` and `lp` hold data (the first bucket with a known shape seeds
+    /// them, so that both are in the same units from the start).
+    ratio_ready: bool,
     prev: u32,
     next: u32,
 }
@@ -111,15 +204,22 @@ impl Hasher for IdentityHasher {
     }
 }
 
+/// An hour-of-week shape; NaN marks an hour not seen yet.
+type Profile = [f16; WEEK_HOURS];
+
 pub struct Baselines {
     cfg: BaselineConfig,
     index: HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>,
     slots: Vec<Slot>,
+    profiles: Vec<Profile>,
+    free_profiles: Vec<u32>,
     /// Most and least recently seen; the tail is evicted first.
     head: u32,
     tail: u32,
     evictions: u64,
     late: u64,
+    ln_surge: f64,
+    ln_drop: f64,
 }
 
 impl Baselines {
@@ -128,10 +228,14 @@ impl Baselines {
             cfg,
             index: HashMap::default(),
             slots: Vec::new(),
+            profiles: Vec::new(),
+            free_profiles: Vec::new(),
             head: NONE,
             tail: NONE,
             evictions: 0,
             late: 0,
+            ln_surge: SURGE_RATIO.ln(),
+            ln_drop: DROP_RATIO.ln(),
         }
     }
 
@@ -147,102 +251,405 @@ impl Baselines {
         self.evictions
     }
 
+    /// Shapes in use.
+    pub fn profiles(&self) -> usize {
+        self.profiles.len() - self.free_profiles.len()
+    }
+
     /// Calls that arrived after their bucket had left the key's ring.
     pub fn late(&self) -> u64 {
         self.late
     }
 
-    /// Bytes the table holds: slots plus index entries (key, slot, control
-    /// byte) at the index's capacity.
+    /// Bytes the tables hold: slots, shapes, and index entries (key, slot,
+    /// control byte) at the index's capacity.
     pub fn approx_bytes(&self) -> usize {
-        self.slots.capacity() * size_of::<Slot>() + self.index.capacity() * (12 + 1)
+        self.slots.capacity() * size_of::<Slot>()
+            + self.profiles.capacity() * size_of::<Profile>()
+            + self.index.capacity() * (12 + 1)
+    }
+
+    /// The profile a key teaches, for keys that borrow it.
+    pub fn profile_of(&self, key: u64) -> Option<u32> {
+        let s = &self.slots[*self.index.get(&key)? as usize];
+        (s.owns_profile && s.profile != NONE).then_some(s.profile)
     }
 
     /// Counts `n` calls for `key` in `bucket`. Buckets the key leaves behind
-    /// are folded into its baseline and reported through `closed`. Returns a
-    /// spike the first time the open bucket's count becomes improbable.
+    /// are folded into its model and reported through `closed`; what stood
+    /// out (a drop in a folded bucket, a spike or surge in the open ones)
+    /// goes to `signals`.
     pub fn observe(
         &mut self,
         key: u64,
         bucket: u32,
         n: u32,
+        shape: Shape,
         closed: &mut Vec<ClosedBucket>,
-    ) -> Option<Spike> {
-        let idx = self.slot_for(key, bucket);
-        let cfg = &self.cfg;
-        let s = &mut self.slots[idx as usize];
+        signals: &mut Vec<Signal>,
+    ) {
+        let idx = self.slot_for(key, bucket, shape);
+        if let Shape::Borrow(p) = shape
+            && !self.slots[idx as usize].owns_profile
+            && (p as usize) < self.profiles.len()
+        {
+            self.slots[idx as usize].profile = p;
+        }
+        let s = self.slots[idx as usize];
         if bucket > s.newest {
-            // Fold, oldest first, every bucket the ring no longer holds.
             let keep_from = bucket.saturating_sub(RING - 1);
-            let mut b = s.newest.saturating_sub(RING - 1);
-            while b < keep_from && b <= s.newest {
-                closed.push(close(cfg, s, b));
-                b += 1;
+            let from = s.newest.saturating_sub(RING - 1);
+            // Fold, oldest first, every bucket the ring no longer holds,
+            // the empty ones between included (capped).
+            let to = keep_from.min(from.saturating_add(MAX_FOLD_STEPS));
+            for b in from..to {
+                self.fold(idx, b, closed, signals);
             }
-            // Buckets between the old newest and the new ring that saw no
-            // calls at all: lazy decay, capped.
-            if keep_from > s.newest + 1 {
-                decay(
-                    cfg.alpha,
-                    s,
-                    (keep_from - s.newest - 1).min(MAX_DECAY_STEPS),
-                );
-            }
-            s.newest = bucket;
+            self.slots[idx as usize].newest = bucket;
         } else if bucket + RING <= s.newest {
             self.late += u64::from(n);
-            return None;
+            return;
         }
+        let s = &mut self.slots[idx as usize];
         let pos = (bucket % RING) as usize;
         s.counts[pos] = s.counts[pos].saturating_add(n);
-        let spike = test(cfg, s, bucket);
+        self.test_open(idx, bucket, signals);
         self.touch(idx);
-        spike
+    }
+
+    /// Counts a past bucket into the model without reporting anything:
+    /// warming from stored history.
+    pub fn warm(&mut self, key: u64, bucket: u32, n: u32, shape: Shape) {
+        let (mut closed, mut signals) = (Vec::new(), Vec::new());
+        self.observe(key, bucket, n, shape, &mut closed, &mut signals);
     }
 
     /// Closes every open bucket (end of a backtest).
-    pub fn close_all(&mut self, closed: &mut Vec<ClosedBucket>) {
-        for s in &mut self.slots {
+    pub fn close_all(&mut self, closed: &mut Vec<ClosedBucket>, signals: &mut Vec<Signal>) {
+        for idx in 0..self.slots.len() as u32 {
+            let s = self.slots[idx as usize];
             for b in s.newest.saturating_sub(RING - 1)..=s.newest {
                 if s.counts[(b % RING) as usize] > 0 {
-                    closed.push(close(&self.cfg, s, b));
+                    self.fold(idx, b, closed, signals);
                 }
             }
         }
     }
 
-    /// Expected calls per bucket for `key`, if it is known and warm.
-    pub fn expected(&self, key: u64) -> Option<f64> {
+    /// Expected calls for `key` in `bucket`, if the key is known and warm.
+    pub fn expected(&self, key: u64, bucket: u32) -> Option<f64> {
         let s = &self.slots[*self.index.get(&key)? as usize];
-        (u32::from(s.history) >= self.cfg.warmup_buckets).then_some(f64::from(s.mean))
+        (u32::from(s.history) >= self.cfg.warmup_buckets).then(|| self.expect(s, bucket))
     }
 
-    fn slot_for(&mut self, key: u64, bucket: u32) -> u32 {
+    /// The hour-of-week slot of a bucket (weeks start on Monday, UTC).
+    fn hour_of_week(&self, bucket: u32) -> usize {
+        let hours = u64::from(bucket) * self.cfg.bucket_secs / 3600;
+        // 1970-01-01 was a Thursday: 3 days after a Monday.
+        ((hours + 72) % WEEK_HOURS as u64) as usize
+    }
+
+    /// The shape at a bucket: its hour of week, else the same hour on the
+    /// nearest day already seen (a daily rhythm before a week is known).
+    fn shape_at(&self, s: &Slot, bucket: u32) -> Option<f64> {
+        self.shape_and_kind(s, bucket).map(|(v, _)| v)
+    }
+
+    /// The shape at a bucket, and whether it comes from a day of the same
+    /// kind (its own hour of week, or another weekday for a weekday, the
+    /// other weekend day for a weekend day). Only those teach the level: a
+    /// first Saturday read off Friday's shape would drag it down for days.
+    fn shape_and_kind(&self, s: &Slot, bucket: u32) -> Option<(f64, bool)> {
+        let p = self.profiles.get(s.profile as usize)?;
+        let h = self.hour_of_week(bucket);
+        let weekend = |hour: usize| hour / 24 >= 5;
+        // An hour in its first visit holds a running mean of a few buckets:
+        // not yet something to expect.
+        let first = usize::from(self.young(s, bucket));
+        for d in [0, 1, 6, 2, 5, 3, 4].into_iter().skip(first) {
+            let at = (h + d * 24) % WEEK_HOURS;
+            let v = p[at];
+            if !v.is_nan() {
+                return Some((f64::from(v), weekend(at) == weekend(h)));
+            }
+        }
+        None
+    }
+
+    /// Whether `bucket`'s hour of week is still in its first visit for this
+    /// key (a key's history is contiguous: empty buckets fold too).
+    fn young(&self, s: &Slot, bucket: u32) -> bool {
+        let bph = (3600 / self.cfg.bucket_secs).max(1);
+        let in_hour = (u64::from(bucket) * self.cfg.bucket_secs % 3600) / self.cfg.bucket_secs;
+        let visits = u64::from(s.history) / (WEEK_HOURS as u64 * bph);
+        visits * bph + in_hour < bph
+    }
+
+    /// Expected count at a bucket: the shape scaled by the key's level, or
+    /// the flat level while no shape is known there.
+    fn expect(&self, s: &Slot, bucket: u32) -> f64 {
+        match self.shape_at(s, bucket) {
+            Some(shape) if s.ratio_ready => shape * level(f64::from(s.lx), f64::from(s.lp)),
+            _ => f64::from(s.flat),
+        }
+    }
+
+    fn var(s: &Slot, e: f64) -> f64 {
+        e.max(FLOOR) * f64::from(s.phi).max(1.0)
+    }
+
+    /// Tests the open buckets after a call: a spike in `bucket`, a surge
+    /// over the folded CUSUM plus every bucket still in the ring.
+    fn test_open(&mut self, idx: u32, bucket: u32, signals: &mut Vec<Signal>) {
+        let cfg = &self.cfg;
+        let s = self.slots[idx as usize];
+        if u32::from(s.history) < cfg.warmup_buckets {
+            return;
+        }
+        let pos = (bucket % RING) as usize;
+        let observed = s.counts[pos];
+        let e = self.expect(&s, bucket);
+        let mut fired = s.fired;
+        if fired & (1 << pos) == 0
+            && observed >= cfg.min_count
+            && f64::from(observed) >= cfg.min_ratio * e.max(FLOOR)
+        {
+            let score = score_up(observed, e, Self::var(&s, e));
+            if score >= cfg.min_score {
+                fired |= 1 << pos;
+                signals.push(Signal {
+                    kind: SignalKind::Spike,
+                    bucket,
+                    observed,
+                    expected: e,
+                    score,
+                });
+            }
+        }
+        if fired & (0x10 << pos) == 0 {
+            let mut cusum = f64::from(s.surge);
+            let (mut obs_sum, mut exp_sum) = (0u64, 0.0);
+            for b in s.newest.saturating_sub(RING - 1)..=s.newest {
+                let x = s.counts[(b % RING) as usize];
+                let e = self.expect(&s, b);
+                cusum = (cusum + self.surge_llr(&s, x, e)).max(0.0);
+                obs_sum += u64::from(x);
+                exp_sum += e;
+            }
+            if cusum >= cfg.cusum_threshold {
+                fired |= 0x10 << pos;
+                signals.push(Signal {
+                    kind: SignalKind::Surge,
+                    bucket,
+                    observed: u32::try_from(obs_sum).unwrap_or(u32::MAX),
+                    expected: exp_sum,
+                    score: cusum,
+                });
+            }
+        }
+        self.slots[idx as usize].fired = fired;
+    }
+
+    /// Log-likelihood ratio of "twice the rate" over "the expected rate"
+    /// for one bucket, shrunk by the dispersion.
+    fn surge_llr(&self, s: &Slot, x: u32, e: f64) -> f64 {
+        let e = e.max(FLOOR);
+        (f64::from(x) * self.ln_surge - e * (SURGE_RATIO - 1.0)) / f64::from(s.phi).max(1.0)
+    }
+
+    /// Folds `bucket` (leaving the ring) into the model: tests it for a drop,
+    /// steps both CUSUMs, then teaches the level, shape and dispersion.
+    fn fold(
+        &mut self,
+        idx: u32,
+        bucket: u32,
+        closed: &mut Vec<ClosedBucket>,
+        signals: &mut Vec<Signal>,
+    ) {
+        let cfg = &self.cfg;
+        let mut s = self.slots[idx as usize];
+        let pos = (bucket % RING) as usize;
+        let observed = s.counts[pos];
+        let x = f64::from(observed);
+        let warm = u32::from(s.history) >= cfg.warmup_buckets;
+        if s.history == 0 && observed == 0 {
+            // A ring position from before the key's first call.
+            return;
+        }
+        let e = self.expect(&s, bucket);
+        let var = Self::var(&s, e);
+        let phi = f64::from(s.phi).max(1.0);
+        let mut signalled = s.fired & (0x11 << pos) != 0;
+        if warm {
+            // Both CUSUMs leak at the level's rate: a statistic that a sparse
+            // key can no longer move (a drop CUSUM where nothing is
+            // expected) fades instead of alerting for ever.
+            let leak = 1.0 - cfg.level_alpha;
+            let cap = CUSUM_CAP * cfg.cusum_threshold;
+            let surge = f64::from(s.surge) * leak + self.surge_llr(&s, observed, e);
+            s.surge = surge.clamp(0.0, cap) as f32;
+            signalled |= surge >= cfg.cusum_threshold;
+            // A drop is only tested for keys that average at least
+            // `min_drop_expected` calls a bucket, and where at least one
+            // is expected: below that, silence is ordinary.
+            let testable = f64::from(s.flat) >= cfg.min_drop_expected;
+            let drop = if testable && e >= 1.0 {
+                f64::from(s.drop) * leak + (x * self.ln_drop - e * (DROP_RATIO - 1.0)) / phi
+            } else {
+                f64::from(s.drop) * leak
+            };
+            s.drop = drop.clamp(0.0, cap) as f32;
+            let mut signal = None;
+            if testable && e >= cfg.min_drop_expected && x * cfg.min_ratio <= e {
+                let score = score_down(observed, e, var.max(e));
+                if score >= cfg.min_score {
+                    signal = Some(score);
+                }
+            }
+            if signal.is_none() && drop >= cfg.cusum_threshold {
+                signal = Some(drop);
+            }
+            if let Some(score) = signal {
+                signalled = true;
+                signals.push(Signal {
+                    kind: SignalKind::Drop,
+                    bucket,
+                    observed,
+                    expected: e,
+                    score,
+                });
+            }
+        }
+        closed.push(ClosedBucket {
+            key: s.key,
+            bucket,
+            observed,
+            expected: e,
+            score: if cfg.score_closed {
+                score_up(observed, e, var)
+            } else {
+                0.0
+            },
+            warm,
+        });
+        // Learn: a bucket that signalled teaches at a fraction of the weight.
+        let m = if signalled { cfg.alerting_weight } else { 1.0 };
+        let a = cfg.level_alpha * m;
+        let (lx, lp) = (f64::from(s.lx), f64::from(s.lp));
+        let h = self.hour_of_week(bucket);
+        // How many buckets of this hour of week the key has seen before.
+        let bph = (3600 / cfg.bucket_secs).max(1);
+        let in_hour = (u64::from(bucket) * cfg.bucket_secs % 3600) / cfg.bucket_secs;
+        let visits = u64::from(s.history) / (WEEK_HOURS as u64 * bph);
+        let seen = visits * bph + in_hour;
+        let young = self.young(&s, bucket);
+        if s.owns_profile
+            && let Some(p) = self.profiles.get_mut(s.profile as usize)
+        {
+            // The shape learns calls, not calls over level: dividing by a
+            // level that itself learns from the shape feeds back on itself
+            // and drifts. The level only corrects the shape for what the
+            // last hours showed.
+            // A young slot averages what it has seen (the first visit's
+            // running mean, then the mean over visits); an old one is an
+            // EWMA. Starting from the first bucket alone, an hourly batch
+            // job at minute 0 would set the hour's shape for weeks. A slot
+            // still in its first visit knows nothing to alert against, so
+            // it learns at full weight.
+            let w = cfg.season_weight.max(1.0 / (seen as f64 + 1.0));
+            let m = if young { 1.0 } else { m };
+            let old = f64::from(p[h]);
+            p[h] = f16::from_f64(if old.is_nan() {
+                x
+            } else {
+                old + w * m * (x - old)
+            });
+        }
+        // The level compares calls with the shape the key expects by: never
+        // a first visit's running mean, which holds this very bucket.
+        if let Some((shape, true)) = self.shape_and_kind(&s, bucket) {
+            if s.ratio_ready {
+                s.lx = (lx + a * (x - lx)) as f32;
+                s.lp = (lp + a * (shape - lp)) as f32;
+            } else {
+                // Seed a level of 1 (the shape is taken as right on average)
+                // at the key's smoothed rate: one bucket, say an hourly
+                // batch job's, would set it askew for hours.
+                let seed = f64::from(s.flat).max(shape).max(FLOOR);
+                s.lx = seed as f32;
+                s.lp = seed as f32;
+                s.ratio_ready = true;
+            }
+        }
+        // A young key averages its buckets so far: an EWMA started from
+        // its first bucket (often a partial one) would stay biased for
+        // hours.
+        let young_key = 1.0 / (f64::from(s.history) + 1.0);
+        let flat = f64::from(s.flat);
+        s.flat = (flat + a.max(young_key) * (x - flat)) as f32;
+        if warm {
+            let dev = ((x - e) * (x - e) / e.max(FLOOR)).min(PHI_CAP);
+            let w = a;
+            s.phi = (f64::from(s.phi) + w * (dev - f64::from(s.phi))) as f32;
+        }
+        s.counts[pos] = 0;
+        s.fired &= !(0x11 << pos);
+        s.history = s.history.saturating_add(1);
+        self.slots[idx as usize] = s;
+    }
+
+    fn slot_for(&mut self, key: u64, bucket: u32, shape: Shape) -> u32 {
         if let Some(&i) = self.index.get(&key) {
             return i;
         }
-        let fresh = Slot {
+        let mut fresh = Slot {
             key,
-            mean: 0.0,
-            var: 0.0,
+            lx: 0.0,
+            lp: 0.0,
+            flat: 0.0,
+            ratio_ready: false,
+            phi: 1.0,
+            surge: 0.0,
+            drop: 0.0,
             newest: bucket,
             counts: [0; RING as usize],
+            profile: NONE,
             history: 0,
             fired: 0,
+            owns_profile: false,
             prev: NONE,
             next: NONE,
         };
         let idx = if self.slots.len() >= self.cfg.max_keys && self.tail != NONE {
             let victim = self.tail;
             self.unlink(victim);
-            self.index.remove(&self.slots[victim as usize].key);
+            let old = self.slots[victim as usize];
+            self.index.remove(&old.key);
+            if old.owns_profile && old.profile != NONE {
+                self.free_profiles.push(old.profile);
+            }
             self.evictions += 1;
-            self.slots[victim as usize] = fresh;
             victim
         } else {
             self.slots.push(fresh);
             u32::try_from(self.slots.len() - 1).unwrap_or(NONE - 1)
         };
+        if shape == Shape::Own {
+            let p = match self.free_profiles.pop() {
+                Some(p) => Some(p),
+                None if self.profiles.len() < self.cfg.max_profiles => {
+                    self.profiles.push([f16::NAN; WEEK_HOURS]);
+                    u32::try_from(self.profiles.len() - 1).ok()
+                }
+                None => None,
+            };
+            if let Some(p) = p {
+                self.profiles[p as usize] = [f16::NAN; WEEK_HOURS];
+                fresh.profile = p;
+                fresh.owns_profile = true;
+            }
+        }
+        self.slots[idx as usize] = fresh;
         self.index.insert(key, idx);
         self.push_front(idx);
         idx
@@ -287,228 +694,74 @@ impl Baselines {
     }
 }
 
-/// Folds `bucket` (leaving the ring) into the mean and variance (West's
-/// weighted incremental form) and reports it with the score it had.
-fn close(cfg: &BaselineConfig, s: &mut Slot, bucket: u32) -> ClosedBucket {
-    let pos = (bucket % RING) as usize;
-    let observed = s.counts[pos];
-    s.counts[pos] = 0;
-    s.fired &= !(1 << pos);
-    let warm = u32::from(s.history) >= cfg.warmup_buckets;
-    let expected = f64::from(s.mean);
-    let out = ClosedBucket {
-        key: s.key,
-        bucket,
-        observed,
-        expected,
-        score: if cfg.score_closed {
-            score(observed, expected, f64::from(s.var))
-        } else {
-            0.0
-        },
-        warm,
-    };
-    update(cfg.alpha, s, f64::from(observed));
-    out
+/// The level: recent calls over what the shape said of the same buckets,
+/// both smoothed; 1 for an owner whose traffic follows its shape, an agent's
+/// share for a key that borrows its tenant's shape. The small constant keeps
+/// it finite where both have decayed towards zero (a key quiet for days).
+fn level(lx: f64, lp: f64) -> f64 {
+    const EPS: f64 = 0.01;
+    ((lx + EPS) / (lp + EPS)).clamp(1e-4, 1e4)
 }
 
-fn update(alpha: f64, s: &mut Slot, x: f64) {
-    let (mean, var) = (f64::from(s.mean), f64::from(s.var));
-    let diff = x - mean;
-    let incr = alpha * diff;
-    s.mean = (mean + incr) as f32;
-    s.var = ((1.0 - alpha) * (var + diff * incr)) as f32;
-    s.history = s.history.saturating_add(1);
+/// A Poisson, or when `var` exceeds the mean a negative binomial, with the
+/// given mean.
+enum Counts {
+    Poisson(Poisson),
+    NegBin(NegativeBinomial),
 }
 
-fn decay(alpha: f64, s: &mut Slot, empty_buckets: u32) {
-    for _ in 0..empty_buckets {
-        update(alpha, s, 0.0);
-    }
-}
-
-fn test(cfg: &BaselineConfig, s: &mut Slot, bucket: u32) -> Option<Spike> {
-    let pos = (bucket % RING) as usize;
-    let observed = s.counts[pos];
-    if s.fired & (1 << pos) != 0
-        || u32::from(s.history) < cfg.warmup_buckets
-        || observed < cfg.min_count
-    {
-        return None;
-    }
-    let expected = f64::from(s.mean);
-    if f64::from(observed) < cfg.min_ratio * expected.max(0.1) {
-        return None;
-    }
-    let score = score(observed, expected, f64::from(s.var));
-    (score >= cfg.min_score).then(|| {
-        s.fired |= 1 << pos;
-        Spike {
-            bucket,
-            observed,
-            expected,
-            score,
+impl Counts {
+    fn new(mean: f64, var: f64) -> Option<Counts> {
+        // statrs panics on some extreme parameters; no real key expects a
+        // billion calls a bucket.
+        if !(mean.is_finite() && var.is_finite() && mean > 0.0 && mean < 1e9 && var < 1e15) {
+            return None;
         }
-    })
+        if var > mean * 1.05 {
+            let r = (mean * mean / (var - mean)).max(1e-6);
+            NegativeBinomial::new(r, r / (r + mean))
+                .ok()
+                .map(Counts::NegBin)
+        } else {
+            Poisson::new(mean).ok().map(Counts::Poisson)
+        }
+    }
+    fn sf(&self, x: u64) -> f64 {
+        match self {
+            Counts::Poisson(d) => d.sf(x),
+            Counts::NegBin(d) => d.sf(x),
+        }
+    }
+    fn cdf(&self, x: u64) -> f64 {
+        match self {
+            Counts::Poisson(d) => d.cdf(x),
+            Counts::NegBin(d) => d.cdf(x),
+        }
+    }
 }
 
-/// -log10 P(X >= observed): Poisson around the mean, or negative binomial
-/// when the key's counts vary more than a Poisson process would.
-pub fn score(observed: u32, mean: f64, var: f64) -> f64 {
+fn neg_log10(p: f64) -> f64 {
+    if p > 0.0 {
+        (-p.log10()).clamp(0.0, 300.0)
+    } else {
+        300.0
+    }
+}
+
+/// -log10 P(X >= observed).
+pub fn score_up(observed: u32, mean: f64, var: f64) -> f64 {
     if observed == 0 {
         return 0.0;
     }
-    // Never expect less than a call per ten buckets: a key that was silent
-    // is not infinitely surprised by one call.
     let mean = mean.max(0.1);
-    let x = u64::from(observed - 1);
-    let tail = if var > mean * 1.05 {
-        let r = mean * mean / (var - mean);
-        NegativeBinomial::new(r, r / (r + mean)).map(|d| d.sf(x))
-    } else {
-        Poisson::new(mean)
-            .map(|d| d.sf(x))
-            .map_err(|_| statrs::distribution::NegativeBinomialError::PInvalid)
-    };
-    match tail {
-        Ok(p) if p > 0.0 => (-p.log10()).clamp(0.0, 300.0),
-        Ok(_) => 300.0,
-        Err(_) => 0.0,
-    }
+    Counts::new(mean, var.max(mean)).map_or(0.0, |d| neg_log10(d.sf(u64::from(observed - 1))))
+}
+
+/// -log10 P(X <= observed).
+pub fn score_down(observed: u32, mean: f64, var: f64) -> f64 {
+    let mean = mean.max(0.1);
+    Counts::new(mean, var.max(mean)).map_or(0.0, |d| neg_log10(d.cdf(u64::from(observed))))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg() -> BaselineConfig {
-        BaselineConfig {
-            warmup_buckets: 10,
-            min_count: 20,
-            min_ratio: 5.0,
-            min_score: 8.0,
-            max_keys: 1000,
-            ..BaselineConfig::default()
-        }
-    }
-
-    /// Feeds `per_bucket` calls per bucket for buckets `from..to`.
-    fn feed(b: &mut Baselines, key: u64, from: u32, to: u32, per_bucket: u32) -> Vec<Spike> {
-        let mut closed = Vec::new();
-        (from..to)
-            .filter_map(|bucket| b.observe(key, bucket, per_bucket, &mut closed))
-            .collect()
-    }
-
-    #[test]
-    fn steady_traffic_never_alerts_and_learns_its_rate() {
-        let mut b = Baselines::new(cfg());
-        assert!(feed(&mut b, 1, 0, 500, 10).is_empty());
-        let expected = b.expected(1).expect("warm");
-        assert!((expected - 10.0).abs() < 0.5, "{expected}");
-    }
-
-    #[test]
-    fn a_tenfold_jump_alerts_once_in_its_bucket() {
-        let mut b = Baselines::new(cfg());
-        feed(&mut b, 1, 0, 100, 10);
-        let mut closed = Vec::new();
-        let mut spikes = Vec::new();
-        for _ in 0..100 {
-            spikes.extend(b.observe(1, 100, 1, &mut closed));
-        }
-        assert_eq!(spikes.len(), 1, "{spikes:?}");
-        assert!(spikes[0].observed < 100, "fires while the bucket is open");
-        assert_eq!(spikes[0].bucket, 100);
-        assert!(spikes[0].score >= 8.0);
-    }
-
-    #[test]
-    fn cold_keys_do_not_alert() {
-        let mut b = Baselines::new(cfg());
-        feed(&mut b, 1, 0, 5, 1);
-        assert!(
-            feed(&mut b, 1, 5, 6, 500).is_empty(),
-            "only 5 buckets of history"
-        );
-    }
-
-    #[test]
-    fn small_keys_stay_quiet() {
-        let mut b = Baselines::new(cfg());
-        feed(&mut b, 1, 0, 100, 1);
-        // 15 calls against 1 expected is improbable but below min_count.
-        assert!(feed(&mut b, 1, 100, 101, 15).is_empty());
-    }
-
-    #[test]
-    fn idle_buckets_decay_the_mean_lazily() {
-        let mut b = Baselines::new(cfg());
-        feed(&mut b, 1, 0, 100, 10);
-        // Next call 200 buckets later: the empty ones are folded in.
-        let mut closed = Vec::new();
-        b.observe(1, 300, 1, &mut closed);
-        let expected = b.expected(1).expect("warm");
-        assert!(expected < 0.01, "{expected}");
-        let buckets: Vec<u32> = closed.iter().map(|c| c.bucket).collect();
-        assert_eq!(buckets, vec![96, 97, 98, 99], "the ring is folded in order");
-        assert_eq!(closed[3].observed, 10);
-    }
-
-    #[test]
-    fn late_calls_count_in_their_own_bucket_or_not_at_all() {
-        let mut b = Baselines::new(cfg());
-        feed(&mut b, 1, 0, 100, 10);
-        let mut closed = Vec::new();
-        // Bucket 100 opens; a call for 98 (two late) still joins 98.
-        b.observe(1, 100, 1, &mut closed);
-        b.observe(1, 98, 1, &mut closed);
-        assert_eq!(b.late(), 0);
-        // 96 left the ring when 100 arrived: too late, counted as such.
-        b.observe(1, 96, 5, &mut closed);
-        assert_eq!(b.late(), 5);
-        b.close_all(&mut closed);
-        let b98 = closed.iter().find(|c| c.bucket == 98).expect("98 closed");
-        assert_eq!(b98.observed, 11);
-    }
-
-    #[test]
-    fn the_least_recently_seen_key_is_evicted() {
-        let mut b = Baselines::new(BaselineConfig {
-            max_keys: 3,
-            ..cfg()
-        });
-        let mut closed = Vec::new();
-        for key in [1, 2, 3] {
-            b.observe(key, 0, 1, &mut closed);
-        }
-        b.observe(1, 1, 1, &mut closed);
-        b.observe(4, 1, 1, &mut closed);
-        assert_eq!(b.len(), 3);
-        assert_eq!(b.evictions(), 1);
-        assert!(b.index.contains_key(&1) && b.index.contains_key(&4));
-        assert!(!b.index.contains_key(&2), "2 was the least recently seen");
-    }
-
-    #[test]
-    fn overdispersed_keys_are_harder_to_surprise() {
-        let poisson = score(30, 10.0, 10.0);
-        let bursty = score(30, 10.0, 100.0);
-        assert!(poisson > bursty, "{poisson} vs {bursty}");
-        assert!(poisson > 5.0);
-    }
-
-    #[test]
-    fn memory_per_key_stays_under_128_bytes() {
-        let mut b = Baselines::new(BaselineConfig {
-            max_keys: 100_000,
-            ..cfg()
-        });
-        let mut closed = Vec::new();
-        for key in 0..100_000u64 {
-            b.observe(key.wrapping_mul(0x9E37_79B9_7F4A_7C15), 0, 1, &mut closed);
-        }
-        let per_key = b.approx_bytes() / b.len();
-        assert!(per_key <= 128, "{per_key} bytes per key");
-    }
-}
+mod tests;

@@ -6,6 +6,7 @@
 
 pub mod backtest;
 pub mod baseline;
+pub mod errors;
 pub mod labels;
 pub mod policy;
 pub mod warm;
@@ -16,7 +17,8 @@ use std::sync::Arc;
 
 use sha2::Digest;
 
-use baseline::{BaselineConfig, Baselines, ClosedBucket};
+use baseline::{Baselines, ClosedBucket, Shape, Signal, SignalKind};
+use errors::{ErrorRateConfig, ErrorRates};
 use policy::{Policy, TierA};
 
 use crate::config::DetectConfig;
@@ -57,8 +59,10 @@ macro_rules! rules {
 }
 
 rules! {
-    ToolFrequencySpike = "tool_frequency_spike", Warning, "A tenant or agent calls a tool far more often than its baseline";
-    ErrorRateSpike = "error_rate_spike", Warning, "Errors and denials of a tenant's agent far above their baseline";
+    ToolFrequencySpike = "tool_frequency_spike", Warning, "A tenant or agent calls a tool far more often in one bucket than its seasonal baseline";
+    ToolFrequencyShift = "tool_frequency_shift", Warning, "A tenant or agent calls a tool at a sustained multiple of its seasonal baseline";
+    TrafficDrop = "traffic_drop", Warning, "A tenant, an agent's tool or a tenant's tool falls far below its seasonal baseline or goes silent";
+    ErrorRateSpike = "error_rate_spike", Warning, "The share of an agent's or a tool's calls that fail rises far above its own rate";
     UnregisteredAgent = "unregistered_agent", Critical, "An agent that is not in the inventory made a tool call";
     EnvironmentNotRegistered = "environment_not_registered", Warning, "An agent ran in an environment it is not registered for";
     ToolNotAllowed = "tool_not_allowed", Critical, "An agent called a tool outside its allowlist for the environment";
@@ -73,6 +77,7 @@ rules! {
     McpServerUnpinned = "mcp_server_unpinned", Warning, "An MCP server's version differs from its pin";
     ExfiltrationSequence = "exfiltration_sequence", Critical, "A sensitive read followed shortly by an egress or bulk export in one workflow";
     InventoryReviewOverdue = "inventory_review_overdue", Info, "An agent's inventory review date has passed";
+    InjectionThenUnusualCall = "injection_then_unusual_call", Critical, "In one workflow, a tool result with injection markers is followed within a few calls by a call new for the agent, or a write or egress";
 }
 
 impl RuleId {
@@ -173,7 +178,6 @@ enum KeyKind {
     TenantTool,
     AgentTool,
     Tenant,
-    TenantAgentErrors,
 }
 
 impl KeyKind {
@@ -182,7 +186,6 @@ impl KeyKind {
             KeyKind::TenantTool => "tenant_tool",
             KeyKind::AgentTool => "agent_tool",
             KeyKind::Tenant => "tenant",
-            KeyKind::TenantAgentErrors => "tenant_agent_errors",
         }
     }
 }
@@ -193,6 +196,9 @@ struct WorkflowState {
     max_step: i64,
     tokens: u64,
     last_sensitive_call: Option<u32>,
+    /// The call whose result carried injection markers, and which.
+    last_marked_call: Option<u32>,
+    marked: crate::decode::markers::Markers,
     last_seen_ms: i64,
 }
 
@@ -210,6 +216,8 @@ pub struct Detector {
     // hash, but a fast one (SipHash was a tenth of the writer thread).
     hasher: foldhash::fast::RandomState,
     baselines: Baselines,
+    errors: ErrorRates,
+    signals: Vec<Signal>,
     /// Names of baseline keys, kept only when bucket scores are recorded.
     key_names: Option<foldhash::HashMap<u64, (KeyKind, String, String, String)>>,
     pub scores: Vec<BucketScore>,
@@ -222,6 +230,10 @@ pub struct Detector {
     /// (tenant) → (minute, calls in it).
     tenant_minutes: HashedKeys<(i64, u32)>,
     tenant_tools_seen: HashedKeys<()>,
+    /// (tenant, agent, tool) pairs seen, and when each (tenant, agent) was
+    /// first seen: what counts as a call new for an agent.
+    agent_tools_seen: HashedKeys<()>,
+    agents_first_seen: HashedKeys<i64>,
     credential_agent: HashedKeys<u64>,
     active: foldhash::HashMap<(RuleId, u64), ActiveAlert>,
     first_event_ms: Option<i64>,
@@ -243,15 +255,14 @@ impl Detector {
             bucket_ms,
             lateness_ms: i64::try_from(cfg.allowed_lateness_secs.saturating_mul(1000)).unwrap_or(0),
             hasher: foldhash::fast::RandomState::default(),
-            baselines: Baselines::new(BaselineConfig {
-                alpha: cfg.alpha,
-                warmup_buckets: cfg.warmup_buckets,
-                min_count: cfg.min_count,
-                min_ratio: cfg.min_ratio,
-                min_score: cfg.min_score,
+            baselines: Baselines::new(cfg.baseline_config(record_scores)),
+            errors: ErrorRates::new(ErrorRateConfig {
+                min_calls: cfg.error_min_calls,
+                threshold: cfg.cusum_threshold,
                 max_keys: cfg.max_keys,
-                score_closed: record_scores,
+                ..ErrorRateConfig::default()
             }),
+            signals: Vec::new(),
             key_names: record_scores.then(foldhash::HashMap::default),
             scores: Vec::new(),
             closed: Vec::new(),
@@ -261,6 +272,8 @@ impl Detector {
             workflows: HashedKeys::default(),
             tenant_minutes: HashedKeys::default(),
             tenant_tools_seen: HashedKeys::default(),
+            agent_tools_seen: HashedKeys::default(),
+            agents_first_seen: HashedKeys::default(),
             credential_agent: HashedKeys::default(),
             active: foldhash::HashMap::default(),
             first_event_ms: None,
@@ -314,29 +327,52 @@ impl Detector {
         errors: u32,
     ) {
         let bucket = self.bucket_of(bucket_start_ms);
-        let b = u32::try_from(bucket).unwrap_or(0);
-        let mut sink = Vec::new();
-        for (_, key) in self.keys(tenant, agent, tool) {
-            self.baselines.observe(key, b, calls, &mut sink);
+        let b = u32::try_from(bucket.max(0)).unwrap_or(0);
+        let mut shared = None;
+        for (kind, key) in self.keys(tenant, agent, tool) {
+            let shape = self.shape_for(kind, shared);
+            self.baselines.warm(key, b, calls, shape);
+            if kind == KeyKind::TenantTool {
+                shared = self.baselines.profile_of(key);
+            }
         }
-        if errors > 0 {
-            let key = self.hash(&[tenant, agent], 4);
-            self.baselines.observe(key, b, errors, &mut sink);
+        for key in self.failure_keys(tenant, agent, tool) {
+            self.errors.warm(key, calls, errors);
         }
         let seen = self.hash(&[tenant, tool], 9);
         self.tenant_tools_seen.insert(seen, ());
+        self.note_agent_tool(tenant, agent, tool, bucket_start_ms);
         self.first_event_ms = Some(
             self.first_event_ms
                 .map_or(bucket_start_ms, |f| f.min(bucket_start_ms)),
         );
     }
 
+    /// Baseline keys of a call, in the order `observe` needs: the tenant's
+    /// tool first, whose shape the agent's key borrows. An agent's key is
+    /// scoped to its tenant: `agent_id` means nothing across tenants.
     fn keys(&self, tenant: &str, agent: &str, tool: &str) -> [(KeyKind, u64); 3] {
         [
             (KeyKind::TenantTool, self.hash(&[tenant, tool], 1)),
-            (KeyKind::AgentTool, self.hash(&[agent, tool], 2)),
+            (KeyKind::AgentTool, self.hash(&[tenant, agent, tool], 2)),
             (KeyKind::Tenant, self.hash(&[tenant], 3)),
         ]
+    }
+
+    /// Failure-rate keys: (tenant, agent) and (tenant, tool).
+    fn failure_keys(&self, tenant: &str, agent: &str, tool: &str) -> [u64; 2] {
+        [
+            self.hash(&[tenant, agent], 4),
+            self.hash(&[tenant, tool], 5),
+        ]
+    }
+
+    fn shape_for(&self, kind: KeyKind, shared: Option<u32>) -> Shape {
+        match (kind, shared) {
+            (KeyKind::TenantTool | KeyKind::Tenant, _) => Shape::Own,
+            (KeyKind::AgentTool, Some(p)) => Shape::Borrow(p),
+            (KeyKind::AgentTool, None) => Shape::Flat,
+        }
     }
 
     /// Runs every enabled rule over one record; changes go to `out`.
@@ -347,6 +383,7 @@ impl Detector {
         let bucket = self.bucket_of(e.ts_ms);
         let b32 = u32::try_from(bucket.max(0)).unwrap_or(u32::MAX);
         // Statistical rules.
+        let mut shared = None;
         for (kind, key) in self.keys(&e.tenant, &e.agent_id, &e.tool) {
             if let Some(names) = self.key_names.as_mut() {
                 names
@@ -354,58 +391,47 @@ impl Detector {
                     .or_insert_with(|| names_for(kind, &e.tenant, &e.agent_id, &e.tool));
             }
             let before = self.closed.len();
-            let spike = self.baselines.observe(key, b32, 1, &mut self.closed);
+            let shape = self.shape_for(kind, shared);
+            self.baselines
+                .observe(key, b32, 1, shape, &mut self.closed, &mut self.signals);
+            if kind == KeyKind::TenantTool {
+                shared = self.baselines.profile_of(key);
+            }
             self.note_busy(before, kind, &e.tenant, &e.agent_id, &e.tool);
-            if let Some(s) = spike {
-                let (agent, tool) = match kind {
-                    KeyKind::TenantTool => ("", e.tool.as_str()),
-                    KeyKind::AgentTool => (e.agent_id.as_str(), e.tool.as_str()),
-                    _ => ("", ""),
-                };
-                let detail = format!(
-                    "{} calls in the bucket against {:.1} expected ({} baseline)",
-                    s.observed,
-                    s.expected,
-                    kind.as_str()
-                );
-                let tenant = if kind == KeyKind::AgentTool {
-                    ""
-                } else {
-                    e.tenant.as_str()
-                };
-                self.fire(
-                    RuleId::ToolFrequencySpike,
-                    r,
-                    (tenant, agent, tool),
-                    bucket,
-                    s.observed.into(),
-                    s.expected,
-                    s.score,
-                    detail,
-                    out,
-                );
+            let (t, a, x) = match kind {
+                KeyKind::TenantTool => (e.tenant.as_str(), "", e.tool.as_str()),
+                KeyKind::AgentTool => (e.tenant.as_str(), e.agent_id.as_str(), e.tool.as_str()),
+                KeyKind::Tenant => (e.tenant.as_str(), "", ""),
+            };
+            let signals = std::mem::take(&mut self.signals);
+            for s in &signals {
+                self.fire_signal(kind, s, r, (t, a, x), out);
             }
+            self.signals = signals;
+            self.signals.clear();
         }
-        if matches!(e.status, Status::Error | Status::Denied) {
-            let key = self.hash(&[&e.tenant, &e.agent_id], 4);
-            if let Some(names) = self.key_names.as_mut() {
-                names.entry(key).or_insert_with(|| {
-                    names_for(KeyKind::TenantAgentErrors, &e.tenant, &e.agent_id, "")
-                });
-            }
-            if let Some(s) = self.baselines.observe(key, b32, 1, &mut self.closed) {
+        let failed = matches!(e.status, Status::Error | Status::Denied | Status::Timeout);
+        let [agent_key, tool_key] = self.failure_keys(&e.tenant, &e.agent_id, &e.tool);
+        for (key, names) in [
+            (agent_key, (e.tenant.as_str(), e.agent_id.as_str(), "")),
+            (tool_key, (e.tenant.as_str(), "", e.tool.as_str())),
+        ] {
+            if let Some(shift) = self.errors.observe(key, failed)
+                && failed
+            {
                 let detail = format!(
-                    "{} errors and denials against {:.1} expected",
-                    s.observed, s.expected
+                    "failures far above their usual share of {:.1} % of calls (CUSUM {:.1} nats)",
+                    shift.baseline_rate * 100.0,
+                    shift.score
                 );
                 self.fire(
                     RuleId::ErrorRateSpike,
                     r,
-                    (&e.tenant, &e.agent_id, ""),
+                    names,
                     bucket,
-                    s.observed.into(),
-                    s.expected,
-                    s.score,
+                    1.0,
+                    shift.baseline_rate,
+                    shift.score,
                     detail,
                     out,
                 );
@@ -449,6 +475,61 @@ impl Detector {
         }
     }
 
+    /// Turns a baseline signal into its rule's alert.
+    fn fire_signal(
+        &mut self,
+        kind: KeyKind,
+        s: &Signal,
+        r: &Record,
+        names: (&str, &str, &str),
+        out: &mut Vec<AlertChange>,
+    ) {
+        let (rule, detail) = match s.kind {
+            SignalKind::Spike => (
+                RuleId::ToolFrequencySpike,
+                format!(
+                    "{} calls in the bucket against {:.1} expected ({} baseline, -log10 p = {:.1})",
+                    s.observed,
+                    s.expected,
+                    kind.as_str(),
+                    s.score
+                ),
+            ),
+            SignalKind::Surge => (
+                RuleId::ToolFrequencyShift,
+                format!(
+                    "{} calls in the newest buckets against {:.1} expected, a sustained rise \
+                     ({} baseline, CUSUM {:.1} nats)",
+                    s.observed,
+                    s.expected,
+                    kind.as_str(),
+                    s.score
+                ),
+            ),
+            SignalKind::Drop => (
+                RuleId::TrafficDrop,
+                format!(
+                    "{} calls in a closed bucket against {:.1} expected ({} baseline, score {:.1})",
+                    s.observed,
+                    s.expected,
+                    kind.as_str(),
+                    s.score
+                ),
+            ),
+        };
+        self.fire(
+            rule,
+            r,
+            names,
+            i64::from(s.bucket),
+            s.observed.into(),
+            s.expected,
+            s.score,
+            detail,
+            out,
+        );
+    }
+
     /// The busiest keys of the newest closed bucket, and that bucket.
     pub fn busiest(&self) -> (&[BusyKey], u32) {
         (&self.busiest, self.busiest_bucket)
@@ -478,7 +559,9 @@ impl Detector {
 
     /// Closes every open bucket: the end of a backtest.
     pub fn finish(&mut self, out: &mut Vec<AlertChange>) {
-        self.baselines.close_all(&mut self.closed);
+        self.baselines
+            .close_all(&mut self.closed, &mut self.signals);
+        self.signals.clear();
         self.record_closed();
         let mut rest: Vec<_> = self.active.drain().map(|(_, a)| a.alert).collect();
         rest.sort_by(|a, b| {
@@ -695,7 +778,8 @@ impl Detector {
                 self.violation(RuleId::CredentialMisuse, r, names, bucket, detail, out);
             }
         }
-        // Workflow state: budgets and exfiltration sequences.
+        let new_for_agent = self.note_agent_tool(&e.tenant, &e.agent_id, &e.tool, e.ts_ms);
+        // Workflow state: budgets, exfiltration and injection sequences.
         let tool_meta = policy.and_then(|p| p.tools.get(&e.tool));
         if let Some(wf) = e.workflow_id.as_deref() {
             let wkey = self.hash(&[&e.tenant, &e.agent_id, wf], 13);
@@ -717,6 +801,41 @@ impl Detector {
                 w.last_sensitive_call = Some(calls);
             }
             let egress = tool_meta.is_some_and(|t| t.egress || t.tier_a == Some(TierA::BulkExport));
+            let marked = w
+                .last_marked_call
+                .filter(|m| calls - m <= self.cfg.injection_window_steps);
+            let marks = w.marked;
+            if !e.output_markers.is_empty() {
+                w.last_marked_call = Some(calls);
+                w.marked = e.output_markers;
+            }
+            let writes = tool_meta.is_some_and(|t| t.class == policy::ToolClass::Write);
+            if let Some(m) = marked
+                && (new_for_agent || egress || writes)
+            {
+                let why = if new_for_agent {
+                    "a tool this agent has never called"
+                } else if egress {
+                    "an egress tool"
+                } else {
+                    "a write tool"
+                };
+                let names: Vec<&str> = marks.names().collect();
+                let detail = format!(
+                    "`{}` is {why}, called {} call(s) after a result marked {} in workflow `{wf}`",
+                    e.tool,
+                    calls - m,
+                    names.join(", ")
+                );
+                self.violation(
+                    RuleId::InjectionThenUnusualCall,
+                    r,
+                    names_of(e),
+                    bucket,
+                    detail,
+                    out,
+                );
+            }
             if egress && near_sensitive {
                 let detail = format!(
                     "`{}` sends data out within {window} calls of a sensitive read in workflow `{wf}`",
@@ -854,6 +973,21 @@ impl Detector {
         }
     }
 
+    /// Remembers that an agent called a tool; true when the agent is known
+    /// (first seen at least `new_tool_warmup_buckets` ago) and the tool is
+    /// new for it.
+    fn note_agent_tool(&mut self, tenant: &str, agent: &str, tool: &str, ts_ms: i64) -> bool {
+        let pair = self.hash(&[tenant, agent, tool], 14);
+        let akey = self.hash(&[tenant, agent], 15);
+        self.evictions += make_room(&mut self.agent_tools_seen, pair, self.cfg.max_keys);
+        self.evictions += make_room(&mut self.agents_first_seen, akey, self.cfg.max_keys);
+        let first = *self.agents_first_seen.entry(akey).or_insert(ts_ms);
+        let known_since =
+            ts_ms - first >= i64::from(self.cfg.new_tool_warmup_buckets) * self.bucket_ms;
+        let new = self.agent_tools_seen.insert(pair, ()).is_none();
+        new && known_since
+    }
+
     fn evict_workflows(&mut self) {
         // Drop the older half: amortised O(1) per workflow, bounded always.
         let mut seen: Vec<i64> = self.workflows.values().map(|w| w.last_seen_ms).collect();
@@ -879,6 +1013,10 @@ fn make_room<V>(map: &mut HashedKeys<V>, key: u64, max: usize) -> u64 {
     }
 }
 
+fn names_of(e: &crate::event::Event) -> (&str, &str, &str) {
+    (e.tenant.as_str(), e.agent_id.as_str(), e.tool.as_str())
+}
+
 fn names_for(
     kind: KeyKind,
     tenant: &str,
@@ -887,9 +1025,8 @@ fn names_for(
 ) -> (KeyKind, String, String, String) {
     let (t, a, x) = match kind {
         KeyKind::TenantTool => (tenant, "", tool),
-        KeyKind::AgentTool => ("", agent, tool),
+        KeyKind::AgentTool => (tenant, agent, tool),
         KeyKind::Tenant => (tenant, "", ""),
-        KeyKind::TenantAgentErrors => (tenant, agent, ""),
     };
     (kind, t.to_owned(), a.to_owned(), x.to_owned())
 }

@@ -191,6 +191,8 @@ fn event(input: serde_json::Value) -> Event {
             ("note".into(), "mail bob@example.com".into()),
         ],
         unknown_fields: 0,
+        output_markers: Default::default(),
+        input_markers: Default::default(),
     }
 }
 

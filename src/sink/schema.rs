@@ -63,6 +63,12 @@ pub static INVOCATIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
         utf8("approval_decision", true),
         utf8("attributes", true),
         redactions_field(),
+        // Nullable: files written before the column existed read as null.
+        Field::new(
+            "injection_markers",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            true,
+        ),
         Field::new("unknown_fields", DataType::Int32, false),
         utf8("src_topic", false),
         Field::new("src_partition", DataType::Int32, false),
@@ -229,6 +235,7 @@ fn invocations_batch_in_arrival_order(rows: &[Record]) -> Result<RecordBatch, Ar
     let mut unknown_fields = Int32Builder::with_capacity(n);
     let mut src_partition = Int32Builder::with_capacity(n);
     let mut redactions = list_of(n);
+    let mut injection_markers = list_of(n);
 
     for r in rows {
         let e = &r.event;
@@ -265,6 +272,10 @@ fn invocations_batch_in_arrival_order(rows: &[Record]) -> Result<RecordBatch, Ar
             redactions.values().append_value(name);
         }
         redactions.append(true);
+        for name in e.markers().names() {
+            injection_markers.values().append_value(name);
+        }
+        injection_markers.append(true);
         unknown_fields.append_value(i32::try_from(e.unknown_fields).unwrap_or(i32::MAX));
         src_topic.append_value(&*r.coords.topic);
         src_partition.append_value(r.coords.partition);
@@ -301,6 +312,7 @@ fn invocations_batch_in_arrival_order(rows: &[Record]) -> Result<RecordBatch, Ar
         Arc::new(approval_decision.finish()),
         Arc::new(attributes.finish()),
         Arc::new(redactions.finish()),
+        Arc::new(injection_markers.finish()),
         Arc::new(unknown_fields.finish()),
         Arc::new(src_topic.finish()),
         Arc::new(src_partition.finish()),

@@ -74,11 +74,14 @@ impl Scenario {
     /// The rule that must fire, then others that may rightly fire too.
     pub fn rules(self) -> &'static [&'static str] {
         match self {
-            Scenario::InjectionSpike => &["tool_frequency_spike"],
+            Scenario::InjectionSpike => &["tool_frequency_spike", "tool_frequency_shift"],
             Scenario::Exfiltration => &["exfiltration_sequence", "new_tool_for_tenant"],
+            // A loop is extra calls of one tool: a rise its baselines see.
             Scenario::RunawayLoop => &[
                 "workflow_step_budget_exceeded",
                 "workflow_token_budget_exceeded",
+                "tool_frequency_shift",
+                "tool_frequency_spike",
             ],
             Scenario::UnapprovedTierA => &["tier_a_without_approval"],
             Scenario::UnregisteredAgent => &["unregistered_agent"],

@@ -2,10 +2,15 @@
 //! JSONL file of v1 events or a time range of the stored dataset, sorted by
 //! (ts, event_id) so that two runs over the same input write byte-identical
 //! scores and alerts; and scoring those alerts against `gen`'s ground truth.
+//! Memory stays bounded whatever the input: the JSONL input is sorted
+//! externally (`sort`), bucket scores stream to their files as they close,
+//! and the dataset is replayed one hour at a time.
+
+mod sort;
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,7 +26,7 @@ use super::policy::Policy;
 use super::{Alert, AlertChange, BucketScore, Detector};
 use crate::config::Config;
 use crate::decode::decode;
-use crate::event::{KafkaCoords, Record};
+use crate::event::KafkaCoords;
 use crate::redact::Redactor;
 use crate::traffic::scenario::GroundTruth;
 
@@ -36,7 +41,7 @@ pub enum BacktestError {
     Other(String),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BacktestError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BacktestError + '_ {
     move |source| BacktestError::Io {
         path: path.to_owned(),
         source,
@@ -56,31 +61,28 @@ pub enum Input {
 pub struct Outcome {
     pub events: usize,
     pub skipped: usize,
-    pub scores: Vec<BucketScore>,
+    /// Bucket scores written to `scores.csv` and `scores.parquet`.
+    pub scores: usize,
     pub alerts: Vec<Alert>,
+    /// Sorted runs spilled to disk (0: the input fit in memory).
+    pub spilled_runs: usize,
 }
 
+/// Bytes of input lines held in memory per sorted run.
+pub const RUN_BYTES: usize = 64 * 1024 * 1024;
+/// Bucket scores buffered before they are written out.
+const SCORE_BATCH: usize = 65_536;
+
 /// Decodes, redacts and replays `input`; the policy is the one in `cfg`.
-pub fn run(cfg: &Config, input: &Input) -> Result<Outcome, BacktestError> {
+/// Scores stream into `out` (created if missing) as buckets close; the
+/// alerts are returned, for `write_alerts`.
+pub fn run(cfg: &Config, input: &Input, out: &Path) -> Result<Outcome, BacktestError> {
     let redactor = Redactor::new(&cfg.redact).map_err(|e| BacktestError::Other(e.to_string()))?;
     let policy = match &cfg.detect.policy_file {
         Some(p) => Some(Policy::load(p).map_err(|e| BacktestError::Other(e.to_string()))?),
         None => None,
     };
-    let lines = match input {
-        Input::Jsonl(path) => {
-            let f = File::open(path).map_err(io(path))?;
-            BufReader::new(f)
-                .lines()
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(io(path))?
-        }
-        Input::Dataset {
-            data_dir,
-            from_ms,
-            to_ms,
-        } => dataset_lines(data_dir, *from_ms, *to_ms)?,
-    };
+    std::fs::create_dir_all(out).map_err(io(out))?;
     let limits = cfg.decode_limits();
     let coords = KafkaCoords {
         topic: Arc::from("backtest"),
@@ -88,37 +90,91 @@ pub fn run(cfg: &Config, input: &Input) -> Result<Outcome, BacktestError> {
         offset: 0,
         kafka_ts_ms: None,
     };
-    let mut records: Vec<Record> = Vec::with_capacity(lines.len());
-    let mut skipped = 0;
-    for line in &lines {
-        // History is judged by its own clock: no event is "in the future".
-        match decode(Some(line.as_bytes()), i64::MAX / 2, &limits) {
-            Ok(e) => records.push(redactor.redact_event(e, coords.clone(), 0)),
-            Err(_) => skipped += 1,
+    let mut detector = Detector::new(&cfg.detect, true);
+    let mut scores = ScoreWriter::create(out)?;
+    let mut changes = Vec::new();
+    let mut alerts = Vec::new();
+    let (mut events, mut skipped, mut spilled_runs) = (0usize, 0usize, 0usize);
+    // History is judged by its own clock: no event is "in the future".
+    let now = i64::MAX / 2;
+    let mut replay = |line: &str, detector: &mut Detector| -> Result<(), BacktestError> {
+        let Ok(e) = decode(Some(line.as_bytes()), now, &limits) else {
+            return Ok(());
+        };
+        let r = redactor.redact_event(e, coords.clone(), 0);
+        detector.observe(&r, policy.as_ref(), &mut changes);
+        events += 1;
+        keep_fired(&mut changes, &mut alerts);
+        if detector.scores.len() >= SCORE_BATCH {
+            scores.write(&std::mem::take(&mut detector.scores))?;
+        }
+        Ok(())
+    };
+    match input {
+        Input::Jsonl(path) => {
+            let f = File::open(path).map_err(io(path))?;
+            let spill = out.join(format!(".sort-{}", std::process::id()));
+            let mut sorted = sort::Sorted::new(
+                BufReader::with_capacity(1 << 20, f),
+                path,
+                &spill,
+                RUN_BYTES,
+                |line| match decode(Some(line.as_bytes()), now, &limits) {
+                    Ok(e) => Some((e.ts_ms, e.event_id)),
+                    Err(_) => {
+                        skipped += 1;
+                        None
+                    }
+                },
+            )?;
+            spilled_runs = sorted.spilled_runs;
+            while let Some(k) = sorted.next_line()? {
+                replay(&k.line, &mut detector)?;
+            }
+        }
+        Input::Dataset {
+            data_dir,
+            from_ms,
+            to_ms,
+        } => {
+            // One hour at a time, each sorted: memory is bounded by an
+            // hour of traffic, not by the range.
+            let mut hour = from_ms.div_euclid(3_600_000) * 3_600_000;
+            while hour < *to_ms {
+                let (lo, hi) = (hour.max(*from_ms), (hour + 3_600_000).min(*to_ms));
+                let mut lines: Vec<(i64, String, String)> = Vec::new();
+                for line in dataset_lines(data_dir, lo, hi)? {
+                    match decode(Some(line.as_bytes()), now, &limits) {
+                        Ok(e) => lines.push((e.ts_ms, e.event_id, line)),
+                        Err(_) => skipped += 1,
+                    }
+                }
+                lines.sort();
+                for (_, _, line) in &lines {
+                    replay(line, &mut detector)?;
+                }
+                hour += 3_600_000;
+            }
         }
     }
-    records.sort_by(|a, b| {
-        (a.event.ts_ms, &a.event.event_id).cmp(&(b.event.ts_ms, &b.event.event_id))
-    });
-    let mut detector = Detector::new(&cfg.detect, true);
-    let mut changes = Vec::new();
-    for r in &records {
-        detector.observe(r, policy.as_ref(), &mut changes);
-    }
     detector.finish(&mut changes);
-    let alerts = changes
-        .into_iter()
-        .filter_map(|c| match c {
-            AlertChange::Fired(a) => Some(a),
-            AlertChange::Resolved(_) => None,
-        })
-        .collect();
+    keep_fired(&mut changes, &mut alerts);
+    scores.write(&std::mem::take(&mut detector.scores))?;
+    let scores = scores.finish()?;
     Ok(Outcome {
-        events: records.len(),
+        events,
         skipped,
-        scores: std::mem::take(&mut detector.scores),
+        scores,
         alerts,
+        spilled_runs,
     })
+}
+
+fn keep_fired(changes: &mut Vec<AlertChange>, alerts: &mut Vec<Alert>) {
+    alerts.extend(changes.drain(..).filter_map(|c| match c {
+        AlertChange::Fired(a) => Some(a),
+        AlertChange::Resolved(_) => None,
+    }));
 }
 
 /// Rows of the stored dataset as v1 JSON lines (the input is stored
@@ -182,28 +238,75 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// Writes scores and alerts under `dir`, as CSV and as Parquet.
-pub fn write(outcome: &Outcome, dir: &Path) -> Result<(), BacktestError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut scores =
-        String::from("kind,tenant,agent_id,tool,bucket_start_ms,observed,expected,score,warm\n");
-    for s in &outcome.scores {
-        let _ = writeln!(
-            scores,
-            "{},{},{},{},{},{},{:.6},{:.6},{}",
-            s.kind,
-            csv_field(&s.tenant),
-            csv_field(&s.agent_id),
-            csv_field(&s.tool),
-            s.bucket_start_ms,
-            s.observed,
-            s.expected,
-            s.score,
-            s.warm
-        );
+/// Bucket scores as they close, to `scores.csv` and `scores.parquet`.
+struct ScoreWriter {
+    csv: std::io::BufWriter<File>,
+    parquet: ArrowWriter<File>,
+    csv_path: PathBuf,
+    written: usize,
+}
+
+impl ScoreWriter {
+    fn create(dir: &Path) -> Result<ScoreWriter, BacktestError> {
+        let csv_path = dir.join("scores.csv");
+        let mut csv = std::io::BufWriter::new(File::create(&csv_path).map_err(io(&csv_path))?);
+        csv.write_all(b"kind,tenant,agent_id,tool,bucket_start_ms,observed,expected,score,warm\n")
+            .map_err(io(&csv_path))?;
+        let pq_path = dir.join("scores.parquet");
+        let f = File::create(&pq_path).map_err(io(&pq_path))?;
+        let parquet = ArrowWriter::try_new(f, scores_schema(), None)
+            .map_err(|e| BacktestError::Other(format!("{}: {e}", pq_path.display())))?;
+        Ok(ScoreWriter {
+            csv,
+            parquet,
+            csv_path,
+            written: 0,
+        })
     }
-    let path = dir.join("scores.csv");
-    std::fs::write(&path, scores).map_err(io(&path))?;
+
+    fn write(&mut self, scores: &[BucketScore]) -> Result<(), BacktestError> {
+        if scores.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::new();
+        for s in scores {
+            let _ = writeln!(
+                text,
+                "{},{},{},{},{},{},{:.6},{:.6},{}",
+                s.kind,
+                csv_field(&s.tenant),
+                csv_field(&s.agent_id),
+                csv_field(&s.tool),
+                s.bucket_start_ms,
+                s.observed,
+                s.expected,
+                s.score,
+                s.warm
+            );
+        }
+        self.csv
+            .write_all(text.as_bytes())
+            .map_err(io(&self.csv_path))?;
+        self.parquet
+            .write(&scores_batch(scores)?)
+            .map_err(|e| BacktestError::Other(e.to_string()))?;
+        self.written += scores.len();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<usize, BacktestError> {
+        self.csv.flush().map_err(io(&self.csv_path))?;
+        self.parquet
+            .close()
+            .map_err(|e| BacktestError::Other(e.to_string()))?;
+        Ok(self.written)
+    }
+}
+
+/// Writes the alerts under `dir`, as CSV and as Parquet (the scores are
+/// already there: `run` streams them).
+pub fn write_alerts(outcome: &Outcome, dir: &Path) -> Result<(), BacktestError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut alerts = String::from(
         "alert_id,rule,severity,tenant,agent_id,tool,window_start_ms,detected_at_ms,observed,expected,score,sample_event_ids,detail\n",
     );
@@ -231,7 +334,6 @@ pub fn write(outcome: &Outcome, dir: &Path) -> Result<(), BacktestError> {
     let batch = crate::sink::schema::alerts_batch(&outcome.alerts)
         .map_err(|e| BacktestError::Other(e.to_string()))?;
     write_parquet(&dir.join("alerts.parquet"), &batch)?;
-    write_parquet(&dir.join("scores.parquet"), &scores_batch(&outcome.scores)?)?;
     Ok(())
 }
 
@@ -246,9 +348,9 @@ fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), BacktestError> 
     Ok(())
 }
 
-fn scores_batch(scores: &[BucketScore]) -> Result<RecordBatch, BacktestError> {
+fn scores_schema() -> Arc<Schema> {
     let utc = Some("UTC".into());
-    let schema = Arc::new(Schema::new(vec![
+    Arc::new(Schema::new(vec![
         Field::new("kind", DataType::Utf8, false),
         Field::new("tenant", DataType::Utf8, false),
         Field::new("agent_id", DataType::Utf8, false),
@@ -262,7 +364,11 @@ fn scores_batch(scores: &[BucketScore]) -> Result<RecordBatch, BacktestError> {
         Field::new("expected", DataType::Float64, false),
         Field::new("score", DataType::Float64, false),
         Field::new("warm", DataType::Boolean, false),
-    ]));
+    ]))
+}
+
+fn scores_batch(scores: &[BucketScore]) -> Result<RecordBatch, BacktestError> {
+    let schema = scores_schema();
     let text = |f: fn(&BucketScore) -> &str| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(scores.iter().map(f)))
     };
