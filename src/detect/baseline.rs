@@ -376,6 +376,14 @@ impl Baselines {
         None
     }
 
+    /// Whether the key's expectation at `bucket` can carry a CUSUM: a known
+    /// shape there, or a day of history. A first day's flat level lags
+    /// every morning ramp, and a rise against it is no evidence.
+    fn settled(&self, s: &Slot, bucket: u32) -> bool {
+        let day = 86_400 / self.cfg.bucket_secs.max(1);
+        u64::from(s.history) >= day || self.shape_at(s, bucket).is_some()
+    }
+
     /// Whether `bucket`'s hour of week is still in its first visit for this
     /// key (a key's history is contiguous: empty buckets fold too).
     fn young(&self, s: &Slot, bucket: u32) -> bool {
@@ -426,7 +434,7 @@ impl Baselines {
                 });
             }
         }
-        if fired & (0x10 << pos) == 0 {
+        if fired & (0x10 << pos) == 0 && self.settled(&s, bucket) {
             let mut cusum = f64::from(s.surge);
             let (mut obs_sum, mut exp_sum) = (0u64, 0.0);
             for b in s.newest.saturating_sub(RING - 1)..=s.newest {
@@ -480,7 +488,7 @@ impl Baselines {
         let var = Self::var(&s, e);
         let phi = f64::from(s.phi).max(1.0);
         let mut signalled = s.fired & (0x11 << pos) != 0;
-        if warm {
+        if warm && self.settled(&s, bucket) {
             // Both CUSUMs leak at the level's rate: a statistic that a sparse
             // key can no longer move (a drop CUSUM where nothing is
             // expected) fades instead of alerting for ever.

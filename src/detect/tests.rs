@@ -489,18 +489,22 @@ fn a_tenant_going_quiet_is_a_traffic_drop_unless_switched_off() {
         };
         let mut d = Detector::new(&cfg, false);
         let mut out = Vec::new();
-        for minute in 0..180 {
+        // Two days, so that the hour's shape is known.
+        for minute in 0..2 * 1440 {
             for i in 0..20 {
                 let r = call(&format!(
                     r#""event_id":"q{minute}-{i}","ts":{}"#,
-                    T0 + minute * 60_000 + i * 1000
+                    T0 - 3 * 86_400_000 + minute * 60_000 + i * 1000
                 ));
                 d.observe(&r, None, &mut out);
             }
         }
         assert!(out.is_empty(), "{out:?}");
         // Silent for 20 minutes, then one call.
-        let r = call(&format!(r#""event_id":"back","ts":{}"#, T0 + 200 * 60_000));
+        let r = call(&format!(
+            r#""event_id":"back","ts":{}"#,
+            T0 - 3 * 86_400_000 + (2 * 1440 + 20) * 60_000
+        ));
         d.observe(&r, None, &mut out);
         out.iter()
             .filter(|c| matches!(c, AlertChange::Fired(a) if a.rule == RuleId::TrafficDrop))
