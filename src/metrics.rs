@@ -37,6 +37,8 @@ pub struct Metrics {
     pub label_overflow: IntCounter,
     pub baseline_keys: IntGauge,
     pub baseline_max_keys: IntGauge,
+    pub baseline_profiles: IntGauge,
+    pub baseline_max_profiles: IntGauge,
     pub baseline_evictions: IntCounter,
     pub baseline_late: IntCounter,
     pub detector_evictions: IntCounter,
@@ -241,6 +243,16 @@ impl Metrics {
                 "agentaudit_baseline_max_keys",
                 "Configured limit of baseline keys",
             ),
+            baseline_profiles: gauge(
+                &r,
+                "agentaudit_baseline_profiles",
+                "Weekly shapes in use (tenants and their tools; agents borrow them)",
+            ),
+            baseline_max_profiles: gauge(
+                &r,
+                "agentaudit_baseline_max_profiles",
+                "Configured limit of weekly shapes",
+            ),
             baseline_evictions: counter(
                 &r,
                 "agentaudit_baseline_evictions_total",
@@ -254,7 +266,7 @@ impl Metrics {
             detector_evictions: counter(
                 &r,
                 "agentaudit_detector_state_evictions_total",
-                "Workflow, rate-limit, credential and alert state dropped to stay bounded",
+                "Workflow, rate-limit, credential, failure-share and alert state dropped to stay bounded",
             ),
             active_alerts: gauge(&r, "agentaudit_active_alerts", "Alerts currently active"),
             policy_loaded: gauge(

@@ -204,7 +204,13 @@ impl DetectStage {
         metrics
             .baseline_keys
             .set(self.detector.baseline_keys() as i64);
-        let (b, d) = (self.detector.baseline_evictions(), self.detector.evictions);
+        metrics
+            .baseline_profiles
+            .set(self.detector.baseline_profiles() as i64);
+        let (b, d) = (
+            self.detector.baseline_evictions(),
+            self.detector.state_evictions(),
+        );
         metrics
             .baseline_evictions
             .inc_by(b - self.reported_evictions.0);
@@ -564,6 +570,7 @@ fn detect_stage(
         }
     }
     metrics.baseline_max_keys.set(d.max_keys as i64);
+    metrics.baseline_max_profiles.set(d.max_profiles as i64);
     let alertmanager = d.alertmanager_url.as_deref().map(|url| {
         AlertmanagerPush::start(
             url,

@@ -288,6 +288,17 @@ impl Detector {
         self.baselines.len()
     }
 
+    /// Weekly shapes in use.
+    pub fn baseline_profiles(&self) -> usize {
+        self.baselines.profiles()
+    }
+
+    /// Bounded-state evictions outside the baselines (workflows, rates,
+    /// credentials, failure shares, alerts).
+    pub fn state_evictions(&self) -> u64 {
+        self.evictions + self.errors.evictions
+    }
+
     pub fn baseline_evictions(&self) -> u64 {
         self.baselines.evictions()
     }
