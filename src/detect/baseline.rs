@@ -30,7 +30,6 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use half::f16;
-use statrs::distribution::{DiscreteCDF, NegativeBinomial, Poisson};
 
 /// Tuning of the model and its tests; see `DetectConfig` for the defaults
 /// and why.
@@ -387,10 +386,19 @@ impl Baselines {
     /// Whether `bucket`'s hour of week is still in its first visit for this
     /// key (a key's history is contiguous: empty buckets fold too).
     fn young(&self, s: &Slot, bucket: u32) -> bool {
-        let bph = (3600 / self.cfg.bucket_secs).max(1);
+        self.slot_seen(s, bucket) < self.buckets_per_hour()
+    }
+
+    fn buckets_per_hour(&self) -> u64 {
+        (3600 / self.cfg.bucket_secs).max(1)
+    }
+
+    /// How many buckets of `bucket`'s hour of week the key has seen before.
+    fn slot_seen(&self, s: &Slot, bucket: u32) -> u64 {
+        let bph = self.buckets_per_hour();
         let in_hour = (u64::from(bucket) * self.cfg.bucket_secs % 3600) / self.cfg.bucket_secs;
         let visits = u64::from(s.history) / (WEEK_HOURS as u64 * bph);
-        visits * bph + in_hour < bph
+        visits * bph + in_hour
     }
 
     /// Expected count at a bucket: the shape scaled by the key's level, or
@@ -545,12 +553,8 @@ impl Baselines {
         let a = cfg.level_alpha * m;
         let (lx, lp) = (f64::from(s.lx), f64::from(s.lp));
         let h = self.hour_of_week(bucket);
-        // How many buckets of this hour of week the key has seen before.
-        let bph = (3600 / cfg.bucket_secs).max(1);
-        let in_hour = (u64::from(bucket) * cfg.bucket_secs % 3600) / cfg.bucket_secs;
-        let visits = u64::from(s.history) / (WEEK_HOURS as u64 * bph);
-        let seen = visits * bph + in_hour;
-        let young = self.young(&s, bucket);
+        let seen = self.slot_seen(&s, bucket);
+        let young = seen < self.buckets_per_hour();
         if s.owns_profile
             && let Some(p) = self.profiles.get_mut(s.profile as usize)
         {
@@ -711,65 +715,8 @@ fn level(lx: f64, lp: f64) -> f64 {
     ((lx + EPS) / (lp + EPS)).clamp(1e-4, 1e4)
 }
 
-/// A Poisson, or when `var` exceeds the mean a negative binomial, with the
-/// given mean.
-enum Counts {
-    Poisson(Poisson),
-    NegBin(NegativeBinomial),
-}
-
-impl Counts {
-    fn new(mean: f64, var: f64) -> Option<Counts> {
-        // statrs panics on some extreme parameters; no real key expects a
-        // billion calls a bucket.
-        if !(mean.is_finite() && var.is_finite() && mean > 0.0 && mean < 1e9 && var < 1e15) {
-            return None;
-        }
-        if var > mean * 1.05 {
-            let r = (mean * mean / (var - mean)).max(1e-6);
-            NegativeBinomial::new(r, r / (r + mean))
-                .ok()
-                .map(Counts::NegBin)
-        } else {
-            Poisson::new(mean).ok().map(Counts::Poisson)
-        }
-    }
-    fn sf(&self, x: u64) -> f64 {
-        match self {
-            Counts::Poisson(d) => d.sf(x),
-            Counts::NegBin(d) => d.sf(x),
-        }
-    }
-    fn cdf(&self, x: u64) -> f64 {
-        match self {
-            Counts::Poisson(d) => d.cdf(x),
-            Counts::NegBin(d) => d.cdf(x),
-        }
-    }
-}
-
-fn neg_log10(p: f64) -> f64 {
-    if p > 0.0 {
-        (-p.log10()).clamp(0.0, 300.0)
-    } else {
-        300.0
-    }
-}
-
-/// -log10 P(X >= observed).
-pub fn score_up(observed: u32, mean: f64, var: f64) -> f64 {
-    if observed == 0 {
-        return 0.0;
-    }
-    let mean = mean.max(0.1);
-    Counts::new(mean, var.max(mean)).map_or(0.0, |d| neg_log10(d.sf(u64::from(observed - 1))))
-}
-
-/// -log10 P(X <= observed).
-pub fn score_down(observed: u32, mean: f64, var: f64) -> f64 {
-    let mean = mean.max(0.1);
-    Counts::new(mean, var.max(mean)).map_or(0.0, |d| neg_log10(d.cdf(u64::from(observed))))
-}
+mod tails;
+pub use tails::{score_down, score_up};
 
 #[cfg(test)]
 mod tests;

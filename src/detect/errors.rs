@@ -10,7 +10,7 @@
 use super::HashedKeys;
 
 /// Tuning; see `DetectConfig` for the defaults.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct ErrorRateConfig {
     /// Calls a key needs before it may alert.
     pub min_calls: u32,
@@ -79,6 +79,16 @@ impl ErrorRates {
         self.keys.is_empty()
     }
 
+    /// The key's state, made room for and created if new.
+    fn rate(&mut self, key: u64) -> &mut Rate {
+        self.evictions += super::make_room(&mut self.keys, key, self.cfg.max_keys);
+        self.keys.entry(key).or_insert(Rate {
+            p: 0.02,
+            cusum: 0.0,
+            calls: 0,
+        })
+    }
+
     /// The alternative a key is tested against: at least four times its
     /// rate, and at least 30 points above it.
     fn alternative(p0: f64) -> f64 {
@@ -88,12 +98,8 @@ impl ErrorRates {
     /// Counts one call; returns the shift when the CUSUM crosses (and on
     /// every call while it stays above, so the alert stays active).
     pub fn observe(&mut self, key: u64, failed: bool) -> Option<ErrorShift> {
-        self.evictions += super::make_room(&mut self.keys, key, self.cfg.max_keys);
-        let r = self.keys.entry(key).or_insert(Rate {
-            p: 0.02,
-            cusum: 0.0,
-            calls: 0,
-        });
+        let cfg = self.cfg;
+        let r = self.rate(key);
         let p0 = f64::from(r.p).clamp(MIN_RATE, MAX_RATE);
         let p1 = Self::alternative(p0);
         let llr = if failed {
@@ -101,19 +107,19 @@ impl ErrorRates {
         } else {
             ((1.0 - p1) / (1.0 - p0)).ln()
         };
-        let cap = 2.0 * self.cfg.threshold;
+        let cap = 2.0 * cfg.threshold;
         let cusum = (f64::from(r.cusum) + llr).clamp(0.0, cap);
-        let warm = r.calls >= self.cfg.min_calls;
+        let warm = r.calls >= cfg.min_calls;
         r.cusum = if warm { cusum as f32 } else { 0.0 };
-        let m = if cusum > self.cfg.threshold / 2.0 {
-            self.cfg.alerting_weight
+        let m = if cusum > cfg.threshold / 2.0 {
+            cfg.alerting_weight
         } else {
             1.0
         };
         let y = if failed { 1.0 } else { 0.0 };
-        r.p = (f64::from(r.p) + self.cfg.alpha * m * (y - f64::from(r.p))) as f32;
+        r.p = (f64::from(r.p) + cfg.alpha * m * (y - f64::from(r.p))) as f32;
         r.calls = r.calls.saturating_add(1);
-        (warm && cusum >= self.cfg.threshold).then_some(ErrorShift {
+        (warm && cusum >= cfg.threshold).then_some(ErrorShift {
             baseline_rate: p0,
             score: cusum,
         })
@@ -122,17 +128,13 @@ impl ErrorRates {
     /// Teaches `calls` calls of which `failed` failed, without alerting:
     /// warming from stored history.
     pub fn warm(&mut self, key: u64, calls: u32, failed: u32) {
-        self.evictions += super::make_room(&mut self.keys, key, self.cfg.max_keys);
-        let r = self.keys.entry(key).or_insert(Rate {
-            p: 0.02,
-            cusum: 0.0,
-            calls: 0,
-        });
+        let alpha = self.cfg.alpha;
+        let r = self.rate(key);
         if calls == 0 {
             return;
         }
         let share = f64::from(failed.min(calls)) / f64::from(calls);
-        let w = 1.0 - (1.0 - self.cfg.alpha).powf(f64::from(calls.min(100_000)));
+        let w = 1.0 - (1.0 - alpha).powf(f64::from(calls.min(100_000)));
         r.p = (f64::from(r.p) + w * (share - f64::from(r.p))) as f32;
         r.calls = r.calls.saturating_add(calls);
     }
