@@ -40,6 +40,8 @@ pub struct Metrics {
     pub baseline_profiles: IntGauge,
     pub baseline_max_profiles: IntGauge,
     pub baseline_evictions: IntCounter,
+    pub silence_watched: IntGauge,
+    pub silence_watch_refused: IntCounter,
     pub baseline_late: IntCounter,
     pub detector_evictions: IntCounter,
     pub active_alerts: IntGauge,
@@ -252,6 +254,16 @@ impl Metrics {
                 &r,
                 "agentaudit_baseline_max_profiles",
                 "Configured limit of weekly shapes",
+            ),
+            silence_watched: gauge(
+                &r,
+                "agentaudit_silence_watched_tenants",
+                "Tenants whose silence is watched (limit agentaudit::detect::MAX_SILENCE_WATCH, 10000)",
+            ),
+            silence_watch_refused: counter(
+                &r,
+                "agentaudit_silence_watch_refused_total",
+                "Calls of busy tenants left unwatched for silence because the watch was full",
             ),
             baseline_evictions: counter(
                 &r,

@@ -222,6 +222,13 @@ impl DetectStage {
         metrics
             .label_overflow
             .inc_by(overflow.saturating_sub(metrics.label_overflow.get()));
+        metrics
+            .silence_watched
+            .set(self.detector.silence_watched() as i64);
+        let refused = self.detector.silence_watch_refused;
+        metrics
+            .silence_watch_refused
+            .inc_by(refused.saturating_sub(metrics.silence_watch_refused.get()));
         let late = self.detector.baseline_late();
         metrics
             .baseline_late

@@ -294,18 +294,7 @@ impl Baselines {
         {
             self.slots[idx as usize].profile = p;
         }
-        let s = self.slots[idx as usize];
-        if bucket > s.newest {
-            let keep_from = bucket.saturating_sub(RING - 1);
-            let from = s.newest.saturating_sub(RING - 1);
-            // Fold, oldest first, every bucket the ring no longer holds,
-            // the empty ones between included (capped).
-            let to = keep_from.min(from.saturating_add(MAX_FOLD_STEPS));
-            for b in from..to {
-                self.fold(idx, b, closed, signals);
-            }
-            self.slots[idx as usize].newest = bucket;
-        } else if bucket + RING <= s.newest {
+        if !self.roll(idx, bucket, closed, signals) {
             self.late += u64::from(n);
             return;
         }
@@ -314,6 +303,54 @@ impl Baselines {
         s.counts[pos] = s.counts[pos].saturating_add(n);
         self.test_open(idx, bucket, signals);
         self.touch(idx);
+    }
+
+    /// Moves a known key's ring up to `bucket` with no call in it, folding
+    /// the buckets it leaves behind: a key that fell silent sends nothing
+    /// that would fold its empty buckets. Returns false for an unknown key.
+    pub fn roll_silent(
+        &mut self,
+        key: u64,
+        bucket: u32,
+        closed: &mut Vec<ClosedBucket>,
+        signals: &mut Vec<Signal>,
+    ) -> bool {
+        let Some(&idx) = self.index.get(&key) else {
+            return false;
+        };
+        self.roll(idx, bucket, closed, signals);
+        true
+    }
+
+    /// The key's smoothed calls per bucket, if the key is known.
+    pub fn flat_of(&self, key: u64) -> Option<f64> {
+        let &idx = self.index.get(&key)?;
+        Some(f64::from(self.slots[idx as usize].flat))
+    }
+
+    /// Folds, oldest first, every bucket the ring of `idx` no longer holds
+    /// once `bucket` is open, the empty ones between included (capped).
+    /// Returns false when `bucket` is too late for the ring.
+    fn roll(
+        &mut self,
+        idx: u32,
+        bucket: u32,
+        closed: &mut Vec<ClosedBucket>,
+        signals: &mut Vec<Signal>,
+    ) -> bool {
+        let s = self.slots[idx as usize];
+        if bucket > s.newest {
+            let keep_from = bucket.saturating_sub(RING - 1);
+            let from = s.newest.saturating_sub(RING - 1);
+            let to = keep_from.min(from.saturating_add(MAX_FOLD_STEPS));
+            for b in from..to {
+                self.fold(idx, b, closed, signals);
+            }
+            self.slots[idx as usize].newest = bucket;
+            true
+        } else {
+            bucket + RING > s.newest
+        }
     }
 
     /// Counts a past bucket into the model without reporting anything:

@@ -170,6 +170,10 @@ pub struct BusyKey {
     pub expected: f64,
 }
 
+/// How many tenants' silence is watched at most; tenants past it show a
+/// drop only at their next call (`agentaudit_silence_watch_refused_total`).
+pub const MAX_SILENCE_WATCH: usize = 10_000;
+
 /// How many busiest keys are exported.
 pub const BUSIEST: usize = 10;
 
@@ -222,13 +226,20 @@ pub struct Detector {
     /// (tenant, agent, tool) pairs seen, and when each (tenant, agent) was
     /// first seen: what counts as a call new for an agent.
     agent_tools_seen: HashedKeys<()>,
-    agents_first_seen: HashedKeys<i64>,
+    /// When each tenant and each (tenant, agent) was first seen.
+    first_seen: HashedKeys<i64>,
     credential_agent: HashedKeys<u64>,
     active: foldhash::HashMap<(RuleId, u64), ActiveAlert>,
     first_event_ms: Option<i64>,
     max_event_ms: i64,
     /// The watermark bucket `advance` last resolved up to.
     advanced_to: i64,
+    /// Tenants busy enough for a drop to be tested (tenant key → name, last
+    /// bucket with a call). A tenant that falls silent sends nothing that
+    /// would fold its empty buckets, so `advance` folds them.
+    silence_watch: HashedKeys<(String, i64)>,
+    /// Tenants left unwatched because `silence_watch` was full.
+    pub silence_watch_refused: u64,
     /// Bounded-map evictions, for the metric.
     pub evictions: u64,
 }
@@ -262,12 +273,14 @@ impl Detector {
             tenant_minutes: HashedKeys::default(),
             tenant_tools_seen: HashedKeys::default(),
             agent_tools_seen: HashedKeys::default(),
-            agents_first_seen: HashedKeys::default(),
+            first_seen: HashedKeys::default(),
             credential_agent: HashedKeys::default(),
             active: foldhash::HashMap::default(),
             first_event_ms: None,
             max_event_ms: i64::MIN,
             advanced_to: i64::MIN,
+            silence_watch: HashedKeys::default(),
+            silence_watch_refused: 0,
             evictions: 0,
             cfg: cfg.clone(),
         }
@@ -300,6 +313,11 @@ impl Detector {
 
     pub fn active_alerts(&self) -> usize {
         self.active.len()
+    }
+
+    /// Tenants whose silence is watched.
+    pub fn silence_watched(&self) -> usize {
+        self.silence_watch.len()
     }
 
     fn hash(&self, parts: &[&str], salt: u8) -> u64 {
@@ -394,8 +412,10 @@ impl Detector {
             let shape = self.shape_for(kind, shared);
             self.baselines
                 .observe(key, b32, 1, shape, &mut self.closed, &mut self.signals);
-            if kind == KeyKind::TenantTool {
-                shared = self.baselines.profile_of(key);
+            match kind {
+                KeyKind::TenantTool => shared = self.baselines.profile_of(key),
+                KeyKind::Tenant => self.watch_silence(key, &e.tenant, bucket),
+                KeyKind::AgentTool => {}
             }
             self.note_busy(before, kind, &e.tenant, &e.agent_id, &e.tool);
             let (t, a, x) = match kind {
@@ -404,8 +424,9 @@ impl Detector {
                 KeyKind::Tenant => (e.tenant.as_str(), "", ""),
             };
             let signals = std::mem::take(&mut self.signals);
+            let evidence = (Some(e.event_id.as_str()), e.ts_ms);
             for s in &signals {
-                self.fire_signal(kind, s, r, (t, a, x), out);
+                self.fire_signal(kind, s, evidence, (t, a, x), out);
             }
             self.signals = signals;
             self.signals.clear();
@@ -480,7 +501,7 @@ impl Detector {
         &mut self,
         kind: KeyKind,
         s: &Signal,
-        r: &Record,
+        evidence: (Option<&str>, i64),
         names: (&str, &str, &str),
         out: &mut Vec<AlertChange>,
     ) {
@@ -517,9 +538,9 @@ impl Detector {
                 ),
             ),
         };
-        self.fire(
+        self.raise(
             rule,
-            r,
+            evidence,
             names,
             i64::from(s.bucket),
             s.observed.into(),
@@ -589,14 +610,36 @@ impl Detector {
         detail: String,
         out: &mut Vec<AlertChange>,
     ) {
+        let evidence = (Some(r.event.event_id.as_str()), r.event.ts_ms);
+        #[rustfmt::skip]
+        self.raise(rule, evidence, (tenant, agent, tool), bucket, observed, expected, score, detail, out);
+    }
+
+    /// Fires (or extends) an alert. `evidence` is a sample event, if a call
+    /// showed it (silence has none), and the event time it was seen at.
+    #[allow(clippy::too_many_arguments)]
+    fn raise(
+        &mut self,
+        rule: RuleId,
+        (sample, at_ms): (Option<&str>, i64),
+        (tenant, agent, tool): (&str, &str, &str),
+        bucket: i64,
+        observed: f64,
+        expected: f64,
+        score: f64,
+        detail: String,
+        out: &mut Vec<AlertChange>,
+    ) {
         if !self.enabled[rule as usize] {
             return;
         }
         let id = (rule, self.hash(&[tenant, agent, tool], 7));
         if let Some(a) = self.active.get_mut(&id) {
             a.last_bucket = a.last_bucket.max(bucket);
-            if a.alert.sample_event_ids.len() < 5 {
-                a.alert.sample_event_ids.push(r.event.event_id.clone());
+            if let Some(sample) = sample
+                && a.alert.sample_event_ids.len() < 5
+            {
+                a.alert.sample_event_ids.push(sample.to_owned());
             }
             return;
         }
@@ -624,9 +667,9 @@ impl Detector {
             observed,
             expected,
             score,
-            sample_event_ids: vec![r.event.event_id.clone()],
+            sample_event_ids: sample.map(str::to_owned).into_iter().collect(),
             detail,
-            detected_at_ms: r.event.ts_ms,
+            detected_at_ms: at_ms,
         };
         out.push(AlertChange::Fired(alert.clone()));
         self.active.insert(
@@ -664,6 +707,7 @@ impl Detector {
             return;
         }
         self.advanced_to = watermark;
+        self.sweep_silence(watermark, out);
         let hold = i64::from(self.cfg.hold_buckets);
         let due: Vec<_> = self
             .active
@@ -686,6 +730,62 @@ impl Detector {
             ))
         });
         out.extend(resolved.into_iter().map(AlertChange::Resolved));
+    }
+}
+
+impl Detector {
+    /// Starts or refreshes the silence watch of a tenant once it averages
+    /// enough calls for a drop to be tested (`min_drop_expected`); names
+    /// that never get that busy never take a place.
+    fn watch_silence(&mut self, key: u64, tenant: &str, bucket: i64) {
+        if let Some(w) = self.silence_watch.get_mut(&key) {
+            w.1 = w.1.max(bucket);
+            return;
+        }
+        if self
+            .baselines
+            .flat_of(key)
+            .is_none_or(|f| f < self.cfg.min_drop_expected)
+        {
+            return;
+        }
+        if self.silence_watch.len() >= MAX_SILENCE_WATCH {
+            self.silence_watch_refused += 1;
+            return;
+        }
+        self.silence_watch.insert(key, (tenant.to_owned(), bucket));
+    }
+
+    /// Folds the empty buckets of every watched tenant that made no call
+    /// in the bucket before `watermark`, so that a tenant gone silent shows
+    /// as a `traffic_drop` without waiting for its next call.
+    fn sweep_silence(&mut self, watermark: i64, out: &mut Vec<AlertChange>) {
+        let Ok(now) = u32::try_from(watermark) else {
+            return;
+        };
+        let silent: Vec<(u64, String)> = self
+            .silence_watch
+            .iter()
+            .filter(|(_, (_, last))| *last + 1 < watermark)
+            .map(|(k, (t, _))| (*k, t.clone()))
+            .collect();
+        let at_ms = watermark.saturating_mul(self.bucket_ms);
+        for (key, tenant) in silent {
+            let mut signals = std::mem::take(&mut self.signals);
+            if !self
+                .baselines
+                .roll_silent(key, now, &mut self.closed, &mut signals)
+            {
+                // Evicted from the baselines: nothing left to compare with.
+                self.silence_watch.remove(&key);
+            }
+            for s in signals.iter().filter(|s| s.kind == SignalKind::Drop) {
+                self.fire_signal(KeyKind::Tenant, s, (None, at_ms), (&tenant, "", ""), out);
+            }
+            signals.clear();
+            self.signals = signals;
+        }
+        self.record_closed();
     }
 }
 

@@ -38,8 +38,10 @@ impl Detector {
         let pair = self.hash(&[&e.tenant, &e.tool], 9);
         self.evictions += make_room(&mut self.tenant_tools_seen, pair, self.cfg.max_keys);
         let first_sighting = self.tenant_tools_seen.insert(pair, ()).is_none();
-        let warm_from = self.first_event_ms.unwrap_or(e.ts_ms)
-            + i64::from(self.cfg.new_tool_warmup_buckets) * self.bucket_ms;
+        // Warm-up runs per tenant: every tool of a tenant that onboards
+        // today is new, and none of them is news.
+        let tenant_since = self.first_seen(self.hash(&[&e.tenant], 16), e.ts_ms);
+        let warm_from = tenant_since + i64::from(self.cfg.new_tool_warmup_buckets) * self.bucket_ms;
         if first_sighting && e.ts_ms >= warm_from {
             let detail = format!("first call of `{}` by tenant `{}`", e.tool, e.tenant);
             self.violation(
@@ -317,14 +319,22 @@ impl Detector {
         ts_ms: i64,
     ) -> bool {
         let pair = self.hash(&[tenant, agent, tool], 14);
-        let akey = self.hash(&[tenant, agent], 15);
         self.evictions += make_room(&mut self.agent_tools_seen, pair, self.cfg.max_keys);
-        self.evictions += make_room(&mut self.agents_first_seen, akey, self.cfg.max_keys);
-        let first = *self.agents_first_seen.entry(akey).or_insert(ts_ms);
+        self.first_seen(self.hash(&[tenant], 16), ts_ms);
+        let first = self.first_seen(self.hash(&[tenant, agent], 15), ts_ms);
         let known_since =
             ts_ms - first >= i64::from(self.cfg.new_tool_warmup_buckets) * self.bucket_ms;
         let new = self.agent_tools_seen.insert(pair, ()).is_none();
         new && known_since
+    }
+
+    /// When an agent or a tenant (by key) was first seen, remembering `ts_ms`
+    /// if it is earlier (warm-up reads history newest first).
+    fn first_seen(&mut self, key: u64, ts_ms: i64) -> i64 {
+        self.evictions += make_room(&mut self.first_seen, key, self.cfg.max_keys);
+        let first = self.first_seen.entry(key).or_insert(ts_ms);
+        *first = (*first).min(ts_ms);
+        *first
     }
 
     fn evict_workflows(&mut self) {

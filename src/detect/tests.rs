@@ -225,6 +225,20 @@ fn new_tool_for_tenant_waits_for_warm_up() {
     let late = call(r#""tool":"http_post","ts":1795853100000"#);
     d.observe(&late, None, &mut out);
     assert!(matches!(&out[..], [AlertChange::Fired(a)] if a.rule == RuleId::NewToolForTenant));
+    // A tenant that onboards later has a warm-up of its own: all its tools
+    // are new, and none of them is news until it is known.
+    out.clear();
+    for (tool, ts) in [
+        ("search_kb", 1795853100000_i64),
+        ("get_customer", 1795853160000),
+    ] {
+        let r = call(&format!(r#""tool":"{tool}","tenant":"newco","ts":{ts}"#));
+        d.observe(&r, None, &mut out);
+    }
+    assert!(out.is_empty(), "a new tenant's first tools: {out:?}");
+    let r = call(r#""tool":"http_post","tenant":"newco","ts":1795853400000"#);
+    d.observe(&r, None, &mut out);
+    assert!(matches!(&out[..], [AlertChange::Fired(a)] if a.tenant == "newco"));
 }
 
 #[test]
@@ -557,4 +571,44 @@ fn agent_keys_are_scoped_to_their_tenant() {
             .iter()
             .any(|a| a.agent_id == "support-bot" && a.tool == "search_kb")
     );
+}
+
+#[test]
+fn a_tenant_silent_for_good_is_a_traffic_drop_while_others_call() {
+    let cfg = DetectConfig {
+        warmup_buckets: 10,
+        ..DetectConfig::default()
+    };
+    let mut d = Detector::new(&cfg, false);
+    let mut out = Vec::new();
+    let start = T0 - 3 * 86_400_000;
+    let mut fired_at = None;
+    // Two days of two steady tenants; then globex stops for good while
+    // initech goes on calling, which is all that moves event time.
+    for minute in 0..2 * 1440 + 60 {
+        for i in 0..20 {
+            let ts = start + minute * 60_000 + i * 3000;
+            let mut tenants = vec!["initech"];
+            if minute < 2 * 1440 {
+                tenants.push("globex");
+            }
+            for tenant in tenants {
+                let r = call(&format!(
+                    r#""event_id":"{tenant}{minute}-{i}","ts":{ts},"tenant":"{tenant}""#
+                ));
+                d.observe(&r, None, &mut out);
+            }
+        }
+        for c in out.drain(..) {
+            if let AlertChange::Fired(a) = c {
+                assert_eq!(a.tenant, "globex", "{a:?}");
+                assert_eq!(a.rule, RuleId::TrafficDrop, "{a:?}");
+                assert!(a.sample_event_ids.is_empty(), "silence has no sample");
+                fired_at.get_or_insert(minute - 2 * 1440);
+            }
+        }
+    }
+    assert_eq!(d.silence_watched(), 2);
+    let at = fired_at.expect("globex never called again, yet must alert");
+    assert!(at <= 10, "after {at} minutes");
 }
