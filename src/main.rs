@@ -102,11 +102,32 @@ enum Command {
         secret_ratio: f64,
         #[arg(long, default_value_t = 0.0)]
         malformed_ratio: f64,
-        /// Mix in a scenario (repeatable): injection_spike, exfiltration,
-        /// runaway_loop, unapproved_tier_a, unregistered_agent,
-        /// shell_in_production, secret_in_input, credential_reuse, unpinned_mcp.
+        /// Plant a scenario (repeatable). Mixed into a share of the traffic:
+        /// injection_spike, exfiltration, runaway_loop, unapproved_tier_a,
+        /// unregistered_agent, shell_in_production, secret_in_input,
+        /// credential_reuse, unpinned_mcp. Timed, with --hard-cases:
+        /// sustained_shift, injection_sequence, low_volume_failures,
+        /// slow_climb, tenant_silence.
         #[arg(long = "scenario", value_parser = Scenario::parse)]
         scenarios: Vec<Scenario>,
+        /// Scenarios start at this event time (RFC 3339) instead of at an
+        /// event number; with --hard-cases the default is 9 days 10 hours
+        /// after --start.
+        #[arg(long, conflicts_with = "scenario_start")]
+        scenario_at: Option<String>,
+        /// Add the hard cases: weekends at 40 %, an hourly batch job, a tenant
+        /// onboarding a day before the scenarios, rare tools, low-volume
+        /// agents, marked results followed by ordinary calls, security
+        /// research quoting attack phrases.
+        #[arg(long)]
+        hard_cases: bool,
+        /// Events per second of event time at the day's peak.
+        #[arg(long, default_value_t = 100.0)]
+        peak_rate: f64,
+        /// With --jsonl: stop when event time reaches this (RFC 3339), even
+        /// before --events.
+        #[arg(long, requires = "jsonl")]
+        until: Option<String>,
         /// Scenarios start at this event number (default: 70 % of --events).
         #[arg(long)]
         scenario_start: Option<u64>,
@@ -149,6 +170,10 @@ enum Command {
         /// Ground truth from `gen --truth-out`: print recall and time to detect.
         #[arg(long)]
         truth: Option<PathBuf>,
+        /// With --truth: judge alerts from the start of this UTC day (RFC 3339)
+        /// on; earlier ones are the learning period's, counted apart.
+        #[arg(long, requires = "truth")]
+        evaluate_from: Option<String>,
     },
     /// End-to-end benchmark on the embedded broker: raw consume vs pipeline.
     Bench {
@@ -259,20 +284,49 @@ fn main() -> anyhow::Result<()> {
             policy_out,
             start,
             flat,
+            scenario_at,
+            hard_cases,
+            peak_rate,
+            until,
         } => {
+            let rfc3339 = |flag: &str, s: &str| {
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .map(|t| t.timestamp_millis())
+                    .with_context(|| format!("{flag} `{s}` is not an RFC 3339 time"))
+            };
             let start_ms = match start {
-                Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
-                    .with_context(|| format!("--start `{s}` is not an RFC 3339 time"))?
-                    .timestamp_millis(),
+                Some(s) => rfc3339("--start", &s)?,
                 None => chrono::Utc::now().timestamp_millis() - 3_600_000,
             };
+            let scenario_at_ms = scenario_at
+                .map(|s| rfc3339("--scenario-at", &s))
+                .transpose()?
+                .or(hard_cases
+                    .then_some(start_ms + agentaudit::traffic::hard_cases::SCENARIOS_AFTER_MS));
+            let until_ms = until.map(|s| rfc3339("--until", &s)).transpose()?;
+            if let Some(s) = scenarios.iter().find(|s| s.is_timed() && !hard_cases) {
+                anyhow::bail!(
+                    "scenario `{}` plays out on the hard cases: add --hard-cases",
+                    s.name()
+                );
+            }
+            anyhow::ensure!(
+                peak_rate.is_finite() && peak_rate > 0.0,
+                "--peak-rate must be a positive number of events per second"
+            );
             let opts = agentaudit::traffic::GenOptions {
                 start_ms,
                 daily_rhythm: !flat,
+                peak_rate,
+                hard_cases,
+                scenario_at_ms,
                 seed,
                 secret_ratio,
                 malformed_ratio,
-                scenario_start: scenario_start.unwrap_or(events / 10 * 7),
+                scenario_start: match (scenario_at_ms, hard_cases) {
+                    (Some(_), _) | (None, true) => u64::MAX,
+                    (None, false) => scenario_start.unwrap_or(events / 10 * 7),
+                },
                 scenario_events: scenario_events.unwrap_or((events / 20).max(1)),
                 scenarios,
             };
@@ -282,7 +336,7 @@ fn main() -> anyhow::Result<()> {
             }
             let mut g = agentaudit::traffic::Generator::new(opts);
             let n = match jsonl {
-                Some(path) => agentaudit::traffic::write_jsonl(&path, &mut g, events)?,
+                Some(path) => agentaudit::traffic::write_jsonl(&path, &mut g, events, until_ms)?,
                 None => {
                     let brokers = kafka
                         .brokers
@@ -318,8 +372,16 @@ fn main() -> anyhow::Result<()> {
             policy,
             out,
             truth,
+            evaluate_from,
         } => {
             use agentaudit::detect::backtest;
+            let evaluate_from_day = evaluate_from
+                .map(|s| {
+                    chrono::DateTime::parse_from_rfc3339(&s)
+                        .map(|d| d.timestamp_millis().div_euclid(86_400_000))
+                        .with_context(|| format!("--evaluate-from `{s}` is not an RFC 3339 time"))
+                })
+                .transpose()?;
             let mut cfg = match &config {
                 Some(p) => Config::from_file(p)?,
                 None => Config::default(),
@@ -357,31 +419,10 @@ fn main() -> anyhow::Result<()> {
             );
             if let Some(path) = truth {
                 let truth = backtest::read_truth(&path)?;
-                let (results, false_alerts) = backtest::evaluate(&outcome.alerts, &truth);
                 let bucket_ms = cfg.detect.bucket_secs as f64 * 1000.0;
-                println!("| scenario | detected | alerts | time to detect |");
-                println!("|---|---|---|---|");
-                for r in &results {
-                    let ttd = r.time_to_detect_ms.map_or("-".to_owned(), |ms| {
-                        format!(
-                            "{:.1} s ({:.2} buckets)",
-                            ms as f64 / 1000.0,
-                            ms as f64 / bucket_ms
-                        )
-                    });
-                    println!(
-                        "| {} | {} | {} | {ttd} |",
-                        r.scenario,
-                        if r.detected { "yes" } else { "NO" },
-                        r.alerts
-                    );
-                }
-                let matched = outcome.alerts.len() - false_alerts;
-                println!(
-                    "recall {}/{}; precision {matched}/{} ({false_alerts} alerts match no scenario)",
-                    results.iter().filter(|r| r.detected).count(),
-                    results.len(),
-                    outcome.alerts.len()
+                print!(
+                    "{}",
+                    backtest::evaluation_report(&outcome, &truth, bucket_ms, evaluate_from_day)
                 );
             }
         }

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub baseline_max_profiles: IntGauge,
     pub baseline_evictions: IntCounter,
     pub silence_watched: IntGauge,
+    pub burst_tables: IntGauge,
+    pub burst_tables_refused: IntCounter,
     pub silence_watch_refused: IntCounter,
     pub baseline_late: IntCounter,
     pub detector_evictions: IntCounter,
@@ -254,6 +256,16 @@ impl Metrics {
                 &r,
                 "agentaudit_baseline_max_profiles",
                 "Configured limit of weekly shapes",
+            ),
+            burst_tables: gauge(
+                &r,
+                "agentaudit_baseline_burst_tables",
+                "Weekly shapes that also keep recurring within-hour bursts (limit 4096)",
+            ),
+            burst_tables_refused: counter(
+                &r,
+                "agentaudit_baseline_burst_tables_refused_total",
+                "Burst tables not started because the limit was reached",
             ),
             silence_watched: gauge(
                 &r,

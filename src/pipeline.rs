@@ -222,6 +222,11 @@ impl DetectStage {
         metrics
             .label_overflow
             .inc_by(overflow.saturating_sub(metrics.label_overflow.get()));
+        let (tables, refused) = self.detector.baseline_burst_tables();
+        metrics.burst_tables.set(tables as i64);
+        metrics
+            .burst_tables_refused
+            .inc_by(refused.saturating_sub(metrics.burst_tables_refused.get()));
         metrics
             .silence_watched
             .set(self.detector.silence_watched() as i64);

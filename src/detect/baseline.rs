@@ -219,12 +219,13 @@ pub struct Baselines {
     late: u64,
     ln_surge: f64,
     ln_drop: f64,
+    /// Recurring within-hour bursts of the shapes that have them.
+    bursts: bursts::Bursts,
 }
 
 impl Baselines {
     pub fn new(cfg: BaselineConfig) -> Baselines {
         Baselines {
-            cfg,
             index: HashMap::default(),
             slots: Vec::new(),
             profiles: Vec::new(),
@@ -235,6 +236,8 @@ impl Baselines {
             late: 0,
             ln_surge: SURGE_RATIO.ln(),
             ln_drop: DROP_RATIO.ln(),
+            bursts: bursts::Bursts::new(cfg.bucket_secs, bursts::MAX_TABLES, cfg.min_count),
+            cfg,
         }
     }
 
@@ -253,6 +256,12 @@ impl Baselines {
     /// Shapes in use.
     pub fn profiles(&self) -> usize {
         self.profiles.len() - self.free_profiles.len()
+    }
+
+    /// Shapes with a table of recurring within-hour bursts, and how many
+    /// were refused one because `bursts::MAX_TABLES` were in use.
+    pub fn burst_tables(&self) -> (usize, u64) {
+        (self.bursts.len(), self.bursts.refused)
     }
 
     /// Calls that arrived after their bucket had left the key's ring.
@@ -401,23 +410,36 @@ impl Baselines {
         let weekend = |hour: usize| hour / 24 >= 5;
         // An hour in its first visit holds a running mean of a few buckets:
         // not yet something to expect.
+        // Nearest days first, and a day of the same kind before any other:
+        // a first Monday reads Tuesday's hour, not Sunday's.
         let first = usize::from(self.young(s, bucket));
-        for d in [0, 1, 6, 2, 5, 3, 4].into_iter().skip(first) {
+        let days = [0, 1, 6, 2, 5, 3, 4].into_iter().skip(first);
+        let mut other = None;
+        for d in days {
             let at = (h + d * 24) % WEEK_HOURS;
             let v = p[at];
-            if !v.is_nan() {
-                return Some((f64::from(v), weekend(at) == weekend(h)));
+            if v.is_nan() {
+                continue;
             }
+            if weekend(at) == weekend(h) {
+                return Some((f64::from(v), true));
+            }
+            other.get_or_insert((f64::from(v), false));
         }
-        None
+        other
     }
 
-    /// Whether the key's expectation at `bucket` can carry a CUSUM: a known
-    /// shape there, or a day of history. A first day's flat level lags
-    /// every morning ramp, and a rise against it is no evidence.
+    /// Whether the key's expectation at `bucket` can carry a CUSUM: a shape
+    /// known there from a day of the same kind, or — for a key with no
+    /// shape at all — a day of history. A first day's flat level lags every
+    /// morning ramp, and a first Saturday read off Friday is a guess: a
+    /// drift against either is no evidence.
     fn settled(&self, s: &Slot, bucket: u32) -> bool {
         let day = 86_400 / self.cfg.bucket_secs.max(1);
-        u64::from(s.history) >= day || self.shape_at(s, bucket).is_some()
+        match self.shape_and_kind(s, bucket) {
+            Some((_, same_kind)) => same_kind,
+            None => u64::from(s.history) >= day,
+        }
     }
 
     /// Whether `bucket`'s hour of week is still in its first visit for this
@@ -440,9 +462,15 @@ impl Baselines {
 
     /// Expected count at a bucket: the shape scaled by the key's level, or
     /// the flat level while no shape is known there.
+    /// A shape with recurring within-hour bursts (`bursts`) moves its
+    /// jobs' calls from the whole hour to their buckets.
     fn expect(&self, s: &Slot, bucket: u32) -> f64 {
+        let lvl = level(f64::from(s.lx), f64::from(s.lp));
         match self.shape_at(s, bucket) {
-            Some(shape) if s.ratio_ready => shape * level(f64::from(s.lx), f64::from(s.lp)),
+            Some(shape) if s.ratio_ready => match self.bursts.adjust(s.profile, bucket) {
+                Some(a) => ((shape - a.spread).max(0.0) + a.extra) * lvl,
+                None => shape * lvl,
+            },
             _ => f64::from(s.flat),
         }
     }
@@ -592,6 +620,19 @@ impl Baselines {
         let h = self.hour_of_week(bucket);
         let seen = self.slot_seen(&s, bucket);
         let young = seen < self.buckets_per_hour();
+        if s.owns_profile && s.profile != NONE {
+            // A bucket far above expectation may be a job that recurs every
+            // hour: from then on its shape keeps bucket-of-hour means.
+            if !self.bursts.tracks(s.profile)
+                && warm
+                && observed >= cfg.min_count
+                && x >= 3.0 * e.max(FLOOR)
+            {
+                self.bursts.start(s.profile);
+            }
+            self.bursts.learn(s.profile, bucket, observed);
+        }
+        let cfg = &self.cfg;
         if s.owns_profile
             && let Some(p) = self.profiles.get_mut(s.profile as usize)
         {
@@ -621,12 +662,12 @@ impl Baselines {
                 s.lx = (lx + a * (x - lx)) as f32;
                 s.lp = (lp + a * (shape - lp)) as f32;
             } else {
-                // Seed a level of 1 (the shape is taken as right on average)
-                // at the key's smoothed rate: one bucket, say an hourly
-                // batch job's, would set it askew for hours.
-                let seed = f64::from(s.flat).max(shape).max(FLOOR);
-                s.lx = seed as f32;
-                s.lp = seed as f32;
+                // Seed the level at the key's smoothed rate over the shape:
+                // a tenant that quadrupled while its shapes were learned
+                // (onboarding) starts at its new level, and one bucket (an
+                // hourly batch job's) cannot set it askew.
+                s.lx = f64::from(s.flat).max(FLOOR) as f32;
+                s.lp = shape.max(FLOOR) as f32;
                 s.ratio_ready = true;
             }
         }
@@ -676,6 +717,7 @@ impl Baselines {
             self.index.remove(&old.key);
             if old.owns_profile && old.profile != NONE {
                 self.free_profiles.push(old.profile);
+                self.bursts.forget(old.profile);
             }
             self.evictions += 1;
             victim
@@ -752,6 +794,7 @@ fn level(lx: f64, lp: f64) -> f64 {
     ((lx + EPS) / (lp + EPS)).clamp(1e-4, 1e4)
 }
 
+pub mod bursts;
 mod tails;
 pub use tails::{score_down, score_up};
 

@@ -315,6 +315,12 @@ impl Detector {
         self.active.len()
     }
 
+    /// Shapes with a table of recurring within-hour bursts, and tables
+    /// refused because the limit was reached.
+    pub fn baseline_burst_tables(&self) -> (usize, u64) {
+        self.baselines.burst_tables()
+    }
+
     /// Tenants whose silence is watched.
     pub fn silence_watched(&self) -> usize {
         self.silence_watch.len()

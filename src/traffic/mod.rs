@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 
 use crate::error::SourceError;
 
+pub mod hard_cases;
 pub mod scenario;
+use hard_cases::{SideCall, World};
 use scenario::{GroundTruth, Scenario};
 
 const TENANTS: &[&str] = &[
@@ -30,6 +32,12 @@ const TENANTS: &[&str] = &[
     "soylent",
     "tyrell",
     "aperture",
+    // The timed scenarios' tenants (see `hard_cases`).
+    "massive",
+    "oscorp",
+    "nakatomi",
+    "vandelay",
+    "prestige",
 ];
 const AGENT_KINDS: &[&str] = &[
     "support-bot",
@@ -92,6 +100,16 @@ pub struct GenOptions {
     pub scenario_events: u64,
     /// Follow a working day (`daily_rhythm`); off, events are 10 ms apart.
     pub daily_rhythm: bool,
+    /// Main-stream events per second of event time at the day's peak.
+    pub peak_rate: f64,
+    /// Add the hard cases (`hard_cases`): weekends, an hourly batch job, an
+    /// onboarding tenant, rare tools, low-volume agents, benign marked
+    /// results; and play the timed scenarios from `scenario_at_ms`.
+    pub hard_cases: bool,
+    /// When the scenarios start, in event time; overrides `scenario_start`.
+    /// With hard cases and no time given, the timed scenarios start
+    /// `hard_cases::SCENARIOS_AFTER_MS` after `start_ms`.
+    pub scenario_at_ms: Option<i64>,
 }
 
 impl Default for GenOptions {
@@ -105,6 +123,9 @@ impl Default for GenOptions {
             scenario_start: u64::MAX,
             scenario_events: 0,
             daily_rhythm: false,
+            peak_rate: 100.0,
+            hard_cases: false,
+            scenario_at_ms: None,
         }
     }
 }
@@ -119,6 +140,10 @@ pub struct Generator {
     loop_step: i64,
     /// Event time of the current message, epoch ms.
     clock_ms: f64,
+    /// The hard cases and timed scenarios, when asked for.
+    world: Option<World>,
+    /// Timed scenarios already in the ground truth.
+    truth_opened: usize,
 }
 
 /// Traffic follows a working day: calls arrive 5x faster at 14:00 UTC than
@@ -239,9 +264,18 @@ fn secret(rng: &mut SmallRng) -> (String, String) {
 
 impl Generator {
     pub fn new(opts: GenOptions) -> Generator {
+        let world = opts.hard_cases.then(|| {
+            let at = opts
+                .scenario_at_ms
+                .unwrap_or(opts.start_ms + hard_cases::SCENARIOS_AFTER_MS);
+            let timed = opts.scenarios.iter().copied().filter(|s| s.is_timed());
+            World::new(opts.start_ms, at, timed.collect())
+        });
         Generator {
             rng: SmallRng::seed_from_u64(opts.seed),
             clock_ms: opts.start_ms as f64,
+            world,
+            truth_opened: 0,
             opts,
             n: 0,
             workflows: Vec::new(),
@@ -389,13 +423,35 @@ impl Generator {
     /// The next message.
     pub fn next_message(&mut self) -> Generated {
         self.n += 1;
-        // 10 ms apart at the day's peak, 50 ms at its trough.
-        let rate = if self.opts.daily_rhythm {
+        if let Some(call) = self
+            .world
+            .as_mut()
+            .and_then(|w| w.due(self.clock_ms as i64))
+        {
+            return self.side_message(call);
+        }
+        // 1/peak_rate apart at the day's peak, 5× that at its trough.
+        let mut rate = if self.opts.daily_rhythm {
             daily_rhythm(self.clock_ms).max(0.2)
         } else {
             1.0
         };
-        self.clock_ms += 10.0 / rate;
+        if self.world.is_some() {
+            rate *= hard_cases::weekly_factor(self.clock_ms);
+        }
+        let peak_dt = 1000.0 / self.opts.peak_rate.max(0.001);
+        let dt = peak_dt / rate;
+        self.clock_ms += dt;
+        if let Some(at) = self.opts.scenario_at_ms
+            && self.opts.scenario_start == u64::MAX
+            && self.clock_ms >= at as f64
+        {
+            self.opts.scenario_start = self.n;
+        }
+        if let Some(w) = self.world.as_mut() {
+            w.step(self.clock_ms as i64, dt, peak_dt, &mut self.rng);
+            self.note_opened();
+        }
         if let Some(s) = self.scenario_due() {
             return self.scenario_message(s);
         }
@@ -419,9 +475,99 @@ impl Generator {
         }
     }
 
+    /// Timed scenarios whose window opened enter the ground truth then,
+    /// even those (a silence) that send nothing.
+    fn note_opened(&mut self) {
+        let Some(w) = self.world.as_ref() else { return };
+        for &(s, start) in &w.opened[self.truth_opened..] {
+            let (tenant, kind, tool) = s.actors();
+            let (_, len) = hard_cases::timing(s);
+            self.truth.entry(s).or_insert_with(|| GroundTruth {
+                scenario: s.name(),
+                rules: s.rules().to_vec(),
+                tenant: tenant.to_owned(),
+                agent_id: format!("{tenant}-{kind}"),
+                tool: tool.to_owned(),
+                start_ms: start,
+                end_ms: start + len,
+                events: 0,
+            });
+        }
+        self.truth_opened = w.opened.len();
+    }
+
+    /// A side stream's call dressed as a full event.
+    fn side_message(&mut self, c: SideCall) -> Generated {
+        let (mut event, _) = self.valid_event();
+        event["ts"] = json!(c.ts_ms);
+        event["tenant"] = json!(c.tenant);
+        event["agent_id"] = json!(c.agent);
+        event["credential_id"] = json!(format!("cred-{}", c.agent));
+        event["environment"] = json!("production");
+        event["tool"] = json!(c.tool);
+        event["input"] = self.input_for(c.tool);
+        event["status"] = json!(if c.failed { "error" } else { "ok" });
+        event["error_type"] = if c.failed {
+            json!("UpstreamTimeout")
+        } else {
+            Value::Null
+        };
+        event["approval"] = Value::Null;
+        match &c.workflow {
+            Some((wf, step)) => {
+                event["workflow_id"] = json!(wf);
+                event["step"] = json!(step);
+            }
+            None => {
+                event["workflow_id"] = Value::Null;
+                event["step"] = Value::Null;
+            }
+        }
+        if let Some(out) = &c.output {
+            event["output"] = json!(out);
+        }
+        if let Some(s) = c.scenario
+            && let Some(t) = self.truth.get_mut(&s)
+        {
+            t.events += 1;
+            t.end_ms = t.end_ms.max(c.ts_ms);
+        }
+        let event_id = event["event_id"].as_str().map(str::to_owned);
+        if let Some(obj) = event.as_object_mut() {
+            obj.retain(|_, v| !v.is_null());
+        }
+        Generated {
+            key: c.tenant,
+            payload: event.to_string().into_bytes(),
+            kind: Kind::Valid,
+            event_id,
+            secrets: Vec::new(),
+        }
+    }
+
+    /// A tenant for the main stream: evenly, or with the hard cases by each
+    /// tenant's weight now (an onboarding ramp, a silence).
+    fn pick_tenant(&mut self) -> &'static str {
+        let Some(w) = self.world.as_ref() else {
+            return TENANTS[self.rng.random_range(0..TENANTS.len())];
+        };
+        let ts = self.clock_ms as i64;
+        let newco = w.tenant_weight(hard_cases::ONBOARDING_TENANT, ts);
+        loop {
+            let x = self.rng.random::<f64>() * (TENANTS.len() as f64 + newco);
+            let tenant = TENANTS
+                .get(x as usize)
+                .copied()
+                .unwrap_or(hard_cases::ONBOARDING_TENANT);
+            if tenant == hard_cases::ONBOARDING_TENANT || w.tenant_weight(tenant, ts) > 0.0 {
+                return tenant;
+            }
+        }
+    }
+
     fn valid_event(&mut self) -> (Value, Vec<String>) {
         let ts = self.clock_ms as i64;
-        let tenant = TENANTS[self.rng.random_range(0..TENANTS.len())];
+        let tenant = self.pick_tenant();
         let (tool, tier_a) = self.pick_tool();
         // Only ops agents run shell commands: the benign inventory allows
         // that in production for them alone.
@@ -638,21 +784,24 @@ pub fn produce(
     Ok(sent)
 }
 
-/// Writes `count` messages of `generator` as JSON lines (malformed ones that
-/// are not single-line text are written as they are, so a reader sees them
-/// too).
+/// Writes `count` messages of `generator` as JSON lines, or fewer if the
+/// event time reaches `until_ms` first (malformed ones that are not
+/// single-line text are written as they are, so a reader sees them too).
 pub fn write_jsonl(
     path: &std::path::Path,
     generator: &mut Generator,
     count: u64,
+    until_ms: Option<i64>,
 ) -> std::io::Result<u64> {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for _ in 0..count {
+    let mut written = 0;
+    while written < count && until_ms.is_none_or(|u| (generator.clock_ms as i64) < u) {
         let m = generator.next_message();
         out.write_all(&m.payload)?;
         out.write_all(b"\n")?;
+        written += 1;
     }
     out.flush()?;
-    Ok(count)
+    Ok(written)
 }

@@ -66,6 +66,9 @@ pub struct Outcome {
     pub alerts: Vec<Alert>,
     /// Sorted runs spilled to disk (0: the input fit in memory).
     pub spilled_runs: usize,
+    /// Events replayed per UTC day (days since the epoch): what an
+    /// evaluation over part of the range counts its benign events from.
+    pub events_by_day: std::collections::BTreeMap<i64, usize>,
 }
 
 /// Bytes of input lines held in memory per sorted run.
@@ -95,6 +98,7 @@ pub fn run(cfg: &Config, input: &Input, out: &Path) -> Result<Outcome, BacktestE
     let mut changes = Vec::new();
     let mut alerts = Vec::new();
     let (mut events, mut skipped, mut spilled_runs) = (0usize, 0usize, 0usize);
+    let mut events_by_day = std::collections::BTreeMap::new();
     // History is judged by its own clock: no event is "in the future".
     let now = i64::MAX / 2;
     let mut replay = |line: &str, detector: &mut Detector| -> Result<(), BacktestError> {
@@ -104,6 +108,9 @@ pub fn run(cfg: &Config, input: &Input, out: &Path) -> Result<Outcome, BacktestE
         let r = redactor.redact_event(e, coords.clone(), 0);
         detector.observe(&r, policy.as_ref(), &mut changes);
         events += 1;
+        *events_by_day
+            .entry(r.event.ts_ms.div_euclid(86_400_000))
+            .or_insert(0) += 1;
         keep_fired(&mut changes, &mut alerts);
         if detector.scores.len() >= SCORE_BATCH {
             scores.write(&std::mem::take(&mut detector.scores))?;
@@ -167,6 +174,7 @@ pub fn run(cfg: &Config, input: &Input, out: &Path) -> Result<Outcome, BacktestE
         scores,
         alerts,
         spilled_runs,
+        events_by_day,
     })
 }
 
@@ -403,14 +411,17 @@ pub struct ScenarioResult {
     pub time_to_detect_ms: Option<i64>,
 }
 
-/// Matches alerts to ground truth. An alert matches a scenario when its rule
-/// is one the scenario may fire and it names the scenario's tenant or agent.
+/// Whether an alert is one of a planted scenario's: its rule is one the
+/// scenario may fire, it names the scenario's tenant or agent, and it
+/// came after the scenario began.
+fn matches(a: &Alert, t: &GroundTruth) -> bool {
+    t.rules.contains(&a.rule.name())
+        && (a.tenant == t.tenant || a.agent_id == t.agent_id)
+        && a.detected_at_ms >= t.start_ms
+}
+
+/// Matches alerts to ground truth (see `matches`).
 pub fn evaluate(alerts: &[Alert], truth: &[GroundTruth]) -> (Vec<ScenarioResult>, usize) {
-    let matches = |a: &Alert, t: &GroundTruth| {
-        t.rules.contains(&a.rule.name())
-            && (a.tenant == t.tenant || a.agent_id == t.agent_id)
-            && a.detected_at_ms >= t.start_ms
-    };
     let results = truth
         .iter()
         .map(|t| {
@@ -433,6 +444,77 @@ pub fn evaluate(alerts: &[Alert], truth: &[GroundTruth]) -> (Vec<ScenarioResult>
         .filter(|a| !truth.iter().any(|t| matches(a, t)))
         .count();
     (results, false_alerts)
+}
+
+/// The evaluation table: per scenario whether and how fast it was found,
+/// then the alerts that match no scenario per million benign events. With
+/// `from_day` (UTC days since the epoch), alerts before that day belong to
+/// the learning period and are counted apart.
+pub fn evaluation_report(
+    outcome: &Outcome,
+    truth: &[GroundTruth],
+    bucket_ms: f64,
+    from_day: Option<i64>,
+) -> String {
+    use std::fmt::Write as _;
+    let from_ms = from_day.map_or(i64::MIN, |d| d.saturating_mul(86_400_000));
+    let (judged, learning): (Vec<Alert>, Vec<Alert>) = outcome
+        .alerts
+        .iter()
+        .cloned()
+        .partition(|a| a.detected_at_ms >= from_ms);
+    let (results, false_alerts) = evaluate(&judged, truth);
+    let mut out = String::new();
+    let _ = writeln!(out, "| scenario | detected | alerts | time to detect |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for r in &results {
+        let ttd = r.time_to_detect_ms.map_or("-".to_owned(), |ms| {
+            format!(
+                "{:.1} s ({:.2} buckets)",
+                ms as f64 / 1000.0,
+                ms as f64 / bucket_ms
+            )
+        });
+        let found = if r.detected { "yes" } else { "NO" };
+        let _ = writeln!(out, "| {} | {found} | {} | {ttd} |", r.scenario, r.alerts);
+    }
+    let judged_events: usize = outcome
+        .events_by_day
+        .range(from_day.unwrap_or(i64::MIN)..)
+        .map(|(_, n)| n)
+        .sum();
+    let planted: u64 = truth.iter().map(|t| t.events).sum();
+    let benign = judged_events.saturating_sub(usize::try_from(planted).unwrap_or(usize::MAX));
+    let _ = writeln!(
+        out,
+        "recall {}/{}; {false_alerts} of {} alerts match no scenario: {:.2} per million of {benign} benign events",
+        results.iter().filter(|r| r.detected).count(),
+        results.len(),
+        judged.len(),
+        false_alerts as f64 * 1e6 / benign.max(1) as f64,
+    );
+    let mut by_rule = std::collections::BTreeMap::<&str, usize>::new();
+    for a in judged
+        .iter()
+        .filter(|a| !truth.iter().any(|t| matches(a, t)))
+    {
+        *by_rule.entry(a.rule.name()).or_default() += 1;
+    }
+    if !by_rule.is_empty() {
+        let _ = writeln!(out, "unmatched alerts by rule: {by_rule:?}");
+    }
+    if from_day.is_some() {
+        let mut by_rule = std::collections::BTreeMap::<&str, usize>::new();
+        for a in &learning {
+            *by_rule.entry(a.rule.name()).or_default() += 1;
+        }
+        let _ = writeln!(
+            out,
+            "learning period (before the evaluation day): {} alerts {by_rule:?}",
+            learning.len()
+        );
+    }
+    out
 }
 
 pub fn read_truth(path: &Path) -> Result<Vec<GroundTruth>, BacktestError> {
