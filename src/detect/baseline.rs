@@ -394,12 +394,6 @@ impl Baselines {
         ((hours + 72) % WEEK_HOURS as u64) as usize
     }
 
-    /// The shape at a bucket: its hour of week, else the same hour on the
-    /// nearest day already seen (a daily rhythm before a week is known).
-    fn shape_at(&self, s: &Slot, bucket: u32) -> Option<f64> {
-        self.shape_and_kind(s, bucket).map(|(v, _)| v)
-    }
-
     /// The shape at a bucket, and whether it comes from a day of the same
     /// kind (its own hour of week, or another weekday for a weekday, the
     /// other weekend day for a weekend day). Only those teach the level: a
@@ -437,7 +431,7 @@ impl Baselines {
     fn settled(&self, s: &Slot, bucket: u32) -> bool {
         let day = 86_400 / self.cfg.bucket_secs.max(1);
         match self.shape_and_kind(s, bucket) {
-            Some((_, same_kind)) => same_kind,
+            Some((_, same_kind)) => same_kind && !self.young(s, bucket),
             None => u64::from(s.history) >= day,
         }
     }
@@ -466,13 +460,31 @@ impl Baselines {
     /// jobs' calls from the whole hour to their buckets.
     fn expect(&self, s: &Slot, bucket: u32) -> f64 {
         let lvl = level(f64::from(s.lx), f64::from(s.lp));
-        match self.shape_at(s, bucket) {
-            Some(shape) if s.ratio_ready => match self.bursts.adjust(s.profile, bucket) {
-                Some(a) => ((shape - a.spread).max(0.0) + a.extra) * lvl,
-                None => shape * lvl,
-            },
+        match self.bucket_shape(s, bucket) {
+            // Another day's hour is a guess: never expect less than the
+            // key's recent rate by it (a tenant's first Monday read off the
+            // Tuesday it onboarded at a quarter of its traffic).
+            Some(shape) if s.ratio_ready && self.young(s, bucket) => {
+                (shape * lvl).max(f64::from(s.flat))
+            }
+            Some(shape) if s.ratio_ready => shape * lvl,
             _ => f64::from(s.flat),
         }
+    }
+
+    /// The shape at `bucket` with its hour's recurring bursts moved to their
+    /// buckets, and whether it comes from a day of the same kind.
+    fn bucket_shape_and_kind(&self, s: &Slot, bucket: u32) -> Option<(f64, bool)> {
+        let (shape, same_kind) = self.shape_and_kind(s, bucket)?;
+        let shape = match self.bursts.adjust(s.profile, bucket) {
+            Some(a) => (shape - a.spread).max(0.0) + a.extra,
+            None => shape,
+        };
+        Some((shape, same_kind))
+    }
+
+    fn bucket_shape(&self, s: &Slot, bucket: u32) -> Option<f64> {
+        self.bucket_shape_and_kind(s, bucket).map(|(v, _)| v)
     }
 
     fn var(s: &Slot, e: f64) -> f64 {
@@ -657,7 +669,10 @@ impl Baselines {
         }
         // The level compares calls with the shape the key expects by: never
         // a first visit's running mean, which holds this very bucket.
-        if let Some((shape, true)) = self.shape_and_kind(&s, bucket) {
+        // Bucket by bucket: a job's calls against the job's bucket, or the
+        // level of a key whose calls all come in one bucket an hour would
+        // read the hour's mean against them.
+        if let Some((shape, true)) = self.bucket_shape_and_kind(&s, bucket) {
             if s.ratio_ready {
                 s.lx = (lx + a * (x - lx)) as f32;
                 s.lp = (lp + a * (shape - lp)) as f32;

@@ -503,12 +503,12 @@ fn a_tenant_going_quiet_is_a_traffic_drop_unless_switched_off() {
         };
         let mut d = Detector::new(&cfg, false);
         let mut out = Vec::new();
-        // Two days, so that the hour's shape is known.
-        for minute in 0..2 * 1440 {
-            for i in 0..20 {
+        // Eight days, so that the hour's own shape is known.
+        for minute in 0..8 * 1440 {
+            for i in 0..10 {
                 let r = call(&format!(
                     r#""event_id":"q{minute}-{i}","ts":{}"#,
-                    T0 - 3 * 86_400_000 + minute * 60_000 + i * 1000
+                    T0 - 9 * 86_400_000 + minute * 60_000 + i * 5000
                 ));
                 d.observe(&r, None, &mut out);
             }
@@ -517,7 +517,7 @@ fn a_tenant_going_quiet_is_a_traffic_drop_unless_switched_off() {
         // Silent for 20 minutes, then one call.
         let r = call(&format!(
             r#""event_id":"back","ts":{}"#,
-            T0 - 3 * 86_400_000 + (2 * 1440 + 20) * 60_000
+            T0 - 9 * 86_400_000 + (8 * 1440 + 20) * 60_000
         ));
         d.observe(&r, None, &mut out);
         out.iter()
@@ -581,15 +581,15 @@ fn a_tenant_silent_for_good_is_a_traffic_drop_while_others_call() {
     };
     let mut d = Detector::new(&cfg, false);
     let mut out = Vec::new();
-    let start = T0 - 3 * 86_400_000;
+    let start = T0 - 9 * 86_400_000;
     let mut fired_at = None;
-    // Two days of two steady tenants; then globex stops for good while
+    // Eight days of two steady tenants; then globex stops for good while
     // initech goes on calling, which is all that moves event time.
-    for minute in 0..2 * 1440 + 60 {
-        for i in 0..20 {
-            let ts = start + minute * 60_000 + i * 3000;
+    for minute in 0..8 * 1440 + 60 {
+        for i in 0..10 {
+            let ts = start + minute * 60_000 + i * 6000;
             let mut tenants = vec!["initech"];
-            if minute < 2 * 1440 {
+            if minute < 8 * 1440 {
                 tenants.push("globex");
             }
             for tenant in tenants {
@@ -604,7 +604,7 @@ fn a_tenant_silent_for_good_is_a_traffic_drop_while_others_call() {
                 assert_eq!(a.tenant, "globex", "{a:?}");
                 assert_eq!(a.rule, RuleId::TrafficDrop, "{a:?}");
                 assert!(a.sample_event_ids.is_empty(), "silence has no sample");
-                fired_at.get_or_insert(minute - 2 * 1440);
+                fired_at.get_or_insert(minute - 8 * 1440);
             }
         }
     }

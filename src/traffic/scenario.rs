@@ -124,12 +124,14 @@ impl Scenario {
                 "tool_frequency_shift",
                 "tool_frequency_spike",
             ],
-            Scenario::UnapprovedTierA => &["tier_a_without_approval"],
-            Scenario::UnregisteredAgent => &["unregistered_agent"],
-            Scenario::ShellInProduction => &["dangerous_tool_in_production"],
-            Scenario::SecretInInput => &["secret_in_tool_input"],
-            Scenario::CredentialReuse => &["credential_misuse"],
-            Scenario::UnpinnedMcp => &["mcp_server_unpinned"],
+            // The rest plant their calls on top of the agent's own: a rise
+            // of that tool its baselines may rightly see.
+            Scenario::UnapprovedTierA => &["tier_a_without_approval", SHIFT, SPIKE],
+            Scenario::UnregisteredAgent => &["unregistered_agent", SHIFT, SPIKE],
+            Scenario::ShellInProduction => &["dangerous_tool_in_production", SHIFT, SPIKE],
+            Scenario::SecretInInput => &["secret_in_tool_input", SHIFT, SPIKE],
+            Scenario::CredentialReuse => &["credential_misuse", SHIFT, SPIKE],
+            Scenario::UnpinnedMcp => &["mcp_server_unpinned", SHIFT, SPIKE],
             // The tool's calls, and so its tenant's and agents', rise.
             Scenario::SustainedShift | Scenario::SlowClimb => {
                 &["tool_frequency_shift", "tool_frequency_spike"]
@@ -162,6 +164,9 @@ impl Scenario {
         }
     }
 }
+
+const SHIFT: &str = "tool_frequency_shift";
+const SPIKE: &str = "tool_frequency_spike";
 
 /// One line of the ground-truth file.
 #[derive(Debug, Clone, Serialize, PartialEq)]

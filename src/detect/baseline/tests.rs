@@ -12,6 +12,9 @@ fn cfg() -> BaselineConfig {
 
 /// 60-second buckets starting on a Monday 00:00 UTC (1970-01-05).
 const MONDAY: u32 = 4 * 1440;
+/// A week and an hour of 60-second buckets: CUSUMs run against a key's own
+/// hour of the week, known once a week has passed.
+const SETTLED: u32 = 7 * 1440 + 60;
 
 struct Run {
     b: Baselines,
@@ -200,9 +203,9 @@ fn a_burst_at_a_quiet_hour_alerts_sooner_than_at_the_peak() {
 #[test]
 fn three_times_for_fifteen_minutes_surges_though_no_bucket_spikes() {
     let mut r = Run::new(cfg());
-    r.feed(1, 0, 2000, 4);
+    r.feed(1, 0, SETTLED, 4);
     let mut first = None;
-    for (i, bucket) in (2000..2015).enumerate() {
+    for (i, bucket) in (SETTLED..SETTLED + 15).enumerate() {
         let signals = r.calls(1, bucket, 12, Shape::Own);
         assert!(
             signals.iter().all(|s| s.kind != SignalKind::Spike),
@@ -219,11 +222,11 @@ fn three_times_for_fifteen_minutes_surges_though_no_bucket_spikes() {
 #[test]
 fn a_slow_climb_surges() {
     let mut r = Run::new(cfg());
-    r.feed(1, 0, 2000, 10);
+    r.feed(1, 0, SETTLED, 10);
     // +5 % a bucket: twice the rate after 15 buckets, eight times after 45.
     let surged = (0..60u32).any(|i| {
         let n = (10.0 * 1.05f64.powi(i as i32)) as u32;
-        r.calls(1, 2000 + i, n, Shape::Own)
+        r.calls(1, SETTLED + i, n, Shape::Own)
             .iter()
             .any(|s| s.kind == SignalKind::Surge)
     });
@@ -233,17 +236,17 @@ fn a_slow_climb_surges() {
 #[test]
 fn a_key_going_silent_is_a_drop_when_it_returns_and_a_halving_is_too() {
     let mut r = Run::new(cfg());
-    r.feed(1, 0, 2000, 20);
+    r.feed(1, 0, SETTLED, 20);
     // Nothing for 30 buckets, then one call.
-    let signals = r.calls(1, 2030, 1, Shape::Own);
+    let signals = r.calls(1, SETTLED + 30, 1, Shape::Own);
     assert!(
         signals.iter().any(|s| s.kind == SignalKind::Drop),
         "{signals:?}"
     );
     let mut r = Run::new(cfg());
-    r.feed(1, 0, 2000, 40);
+    r.feed(1, 0, SETTLED, 40);
     let drops = r
-        .feed(1, 2000, 2030, 12)
+        .feed(1, SETTLED, SETTLED + 30, 12)
         .into_iter()
         .filter(|s| s.kind == SignalKind::Drop)
         .count();
