@@ -198,7 +198,10 @@ pub struct DetectConfig {
     /// An alert stays active this many buckets after its condition was last
     /// seen, then resolves.
     pub hold_buckets: u32,
-    /// `new_tool_for_tenant` stays quiet for this many buckets after start.
+    /// `new_tool_for_tenant` stays quiet for this many buckets after a
+    /// tenant is first seen (a day: a new tenant's rarer tools show up over
+    /// its first hours), and a tool counts as new for an agent only once
+    /// the agent is this old.
     pub new_tool_warmup_buckets: u32,
     /// `exfiltration_sequence`: an egress within this many calls of a
     /// sensitive read in the same workflow.
@@ -265,7 +268,7 @@ impl Default for DetectConfig {
             max_keys: 1_000_000,
             max_profiles: 65_536,
             hold_buckets: 5,
-            new_tool_warmup_buckets: 60,
+            new_tool_warmup_buckets: 1440,
             exfiltration_window_steps: 5,
             injection_window_steps: 5,
             max_workflows: 100_000,
