@@ -80,7 +80,7 @@ impl SourceError {
 pub enum QueryError {
     #[error("{0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
-    #[error("read-only: {0} statements are refused; agentaudit query only reads the dataset")]
+    #[error("read-only: {0}; agentaudit query only reads the dataset")]
     NotReadOnly(String),
     #[error("cannot read query file {path}: {source}")]
     File {

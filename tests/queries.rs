@@ -271,23 +271,43 @@ fn writes_are_refused_and_missing_params_named() {
         .enable_all()
         .build()
         .unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let target = |name: &str| outside.path().join(name).display().to_string();
+    let files_before = parquet_files(dir.path());
     rt.block_on(async {
         let ctx = agentaudit::query::session(dir.path()).await.unwrap();
         let none = Default::default();
-        for statement in [
-            "CREATE TABLE x AS SELECT 1",
-            "CREATE EXTERNAL TABLE y STORED AS PARQUET LOCATION '/tmp/y'",
-            "INSERT INTO invocations SELECT * FROM invocations",
-            "COPY (SELECT 1) TO '/tmp/agentaudit-copy.csv'",
-            "DROP TABLE invocations",
-            "SET datafusion.execution.batch_size = 1",
-        ] {
-            let err = agentaudit::query::run(&ctx, statement, &none)
-                .await
-                .unwrap_err();
-            assert!(err.to_string().contains("read-only"), "{statement}: {err}");
+        let copy = target("copy.csv");
+        let location = target("y");
+        let writes = [
+            "CREATE TABLE x AS SELECT 1".to_owned(),
+            format!("CREATE EXTERNAL TABLE y (c INT) STORED AS PARQUET LOCATION '{location}'"),
+            "INSERT INTO invocations SELECT * FROM invocations".to_owned(),
+            format!("COPY (SELECT 'x' AS c) TO '{copy}' STORED AS CSV"),
+            "DROP TABLE invocations".to_owned(),
+            "SET datafusion.execution.batch_size = 1".to_owned(),
+        ];
+        // A write is refused wherever it sits in the plan: EXPLAIN ANALYZE
+        // runs its input, so checking the top node alone let it write.
+        for write in &writes {
+            for statement in [
+                write.clone(),
+                format!("EXPLAIN {write}"),
+                format!("EXPLAIN ANALYZE {write}"),
+                format!("EXPLAIN VERBOSE {write}"),
+            ] {
+                let err = agentaudit::query::run(&ctx, &statement, &none).await;
+                let err = match err {
+                    Err(e) => e.to_string(),
+                    Ok(_) => panic!("{statement}: ran"),
+                };
+                assert!(err.contains("read-only"), "{statement}: {err}");
+            }
         }
-        assert!(!std::path::Path::new("/tmp/agentaudit-copy.csv").exists());
+        assert!(
+            std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+            "nothing written outside the dataset"
+        );
         let err = agentaudit::query::run(
             &ctx,
             "SELECT * FROM invocations WHERE tenant = $tenant",
@@ -297,6 +317,42 @@ fn writes_are_refused_and_missing_params_named() {
         .unwrap_err();
         assert!(err.to_string().contains("`tenant`"), "{err}");
     });
+    assert_eq!(
+        parquet_files(dir.path()),
+        files_before,
+        "no file added to the dataset"
+    );
+    // Querying a data directory that does not exist creates nothing.
+    let absent = outside.path().join("no-such-dataset");
+    rt.block_on(async {
+        let ctx = agentaudit::query::session(&absent).await.unwrap();
+        let rows = agentaudit::query::run(
+            &ctx,
+            "SELECT count(*) FROM invocations",
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    });
+    assert!(!absent.exists(), "query created {}", absent.display());
+}
+
+fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 #[test]

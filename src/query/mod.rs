@@ -8,9 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
+use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
@@ -26,7 +28,8 @@ pub enum Format {
 }
 
 /// A session with every table of the dataset under `data_dir` registered.
-/// Tables whose directory does not exist yet are registered empty.
+/// Tables whose directory does not exist yet are registered empty: a query
+/// reads and never creates anything, not even a directory.
 pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
     let config = SessionConfig::new()
         .with_information_schema(true)
@@ -38,8 +41,15 @@ pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
         (sink::ALERTS, schema::ALERTS.clone()),
     ] {
         let dir = data_dir.join(name);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| QueryError::DataFusion(datafusion::error::DataFusionError::IoError(e)))?;
+        if !dir.is_dir() {
+            let mut fields: Vec<_> = table_schema.fields().iter().cloned().collect();
+            for part in ["dt", "hour"] {
+                fields.push(Arc::new(Field::new(part, DataType::Utf8, false)));
+            }
+            let empty = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]])?;
+            ctx.register_table(name, Arc::new(empty))?;
+            continue;
+        }
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
             .with_file_extension(".parquet")
             .with_table_partition_cols(vec![
@@ -63,15 +73,17 @@ pub fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>, QueryErr
         .collect()
 }
 
+/// Refuses a plan with a write anywhere in it — DDL, DML, COPY or a
+/// session statement, under EXPLAIN or EXPLAIN ANALYZE (which runs its
+/// input) or in a subquery — by DataFusion's own statement options, which
+/// visit every node.
 fn refuse_writes(plan: &LogicalPlan) -> Result<(), QueryError> {
-    let kind = match plan {
-        LogicalPlan::Ddl(_) => "DDL",
-        LogicalPlan::Dml(_) => "DML",
-        LogicalPlan::Copy(_) => "COPY",
-        LogicalPlan::Statement(_) => "session",
-        _ => return Ok(()),
-    };
-    Err(QueryError::NotReadOnly(kind.to_owned()))
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(plan)
+        .map_err(|e| QueryError::NotReadOnly(e.strip_backtrace()))
 }
 
 /// Plans and runs one read-only statement. Parameters are bound as strings
