@@ -237,7 +237,13 @@ pub struct Detector {
     /// Tenants busy enough for a drop to be tested (tenant key → name, last
     /// bucket with a call). A tenant that falls silent sends nothing that
     /// would fold its empty buckets, so `advance` folds them.
-    silence_watch: HashedKeys<(String, i64)>,
+    silence_watch: HashedKeys<SilenceWatch>,
+    /// Newest event time per source (topic, partition). A tenant's silence
+    /// is judged by the clock of the partition its calls arrive on: the
+    /// partitions of one consumer drift apart by minutes of event time in a
+    /// catch-up, and a global clock would fold a merely lagging tenant's
+    /// buckets before its calls arrive (and then count them late).
+    source_clocks: HashedKeys<i64>,
     /// Tenants left unwatched because `silence_watch` was full.
     pub silence_watch_refused: u64,
     /// Bounded-map evictions, for the metric.
@@ -280,6 +286,7 @@ impl Detector {
             max_event_ms: i64::MIN,
             advanced_to: i64::MIN,
             silence_watch: HashedKeys::default(),
+            source_clocks: HashedKeys::default(),
             silence_watch_refused: 0,
             evictions: 0,
             cfg: cfg.clone(),
@@ -406,6 +413,12 @@ impl Detector {
         self.max_event_ms = self.max_event_ms.max(e.ts_ms);
         let bucket = self.bucket_of(e.ts_ms);
         let b32 = u32::try_from(bucket.max(0)).unwrap_or(u32::MAX);
+        let source = self
+            .hasher
+            .hash_one((17u8, &*r.coords.topic, r.coords.partition));
+        self.evictions += make_room(&mut self.source_clocks, source, MAX_SILENCE_WATCH);
+        let clock = self.source_clocks.entry(source).or_insert(e.ts_ms);
+        *clock = (*clock).max(e.ts_ms);
         // Statistical rules.
         let mut shared = None;
         for (kind, key) in self.keys(&e.tenant, &e.agent_id, &e.tool) {
@@ -420,7 +433,7 @@ impl Detector {
                 .observe(key, b32, 1, shape, &mut self.closed, &mut self.signals);
             match kind {
                 KeyKind::TenantTool => shared = self.baselines.profile_of(key),
-                KeyKind::Tenant => self.watch_silence(key, &e.tenant, bucket),
+                KeyKind::Tenant => self.watch_silence(key, &e.tenant, bucket, source),
                 KeyKind::AgentTool => {}
             }
             self.note_busy(before, kind, &e.tenant, &e.agent_id, &e.tool);
@@ -713,7 +726,7 @@ impl Detector {
             return;
         }
         self.advanced_to = watermark;
-        self.sweep_silence(watermark, out);
+        self.sweep_silence(out);
         let hold = i64::from(self.cfg.hold_buckets);
         let due: Vec<_> = self
             .active
@@ -743,9 +756,10 @@ impl Detector {
     /// Starts or refreshes the silence watch of a tenant once it averages
     /// enough calls for a drop to be tested (`min_drop_expected`); names
     /// that never get that busy never take a place.
-    fn watch_silence(&mut self, key: u64, tenant: &str, bucket: i64) {
+    fn watch_silence(&mut self, key: u64, tenant: &str, bucket: i64, source: u64) {
         if let Some(w) = self.silence_watch.get_mut(&key) {
-            w.1 = w.1.max(bucket);
+            w.last_bucket = w.last_bucket.max(bucket);
+            w.source = source;
             return;
         }
         if self
@@ -759,24 +773,34 @@ impl Detector {
             self.silence_watch_refused += 1;
             return;
         }
-        self.silence_watch.insert(key, (tenant.to_owned(), bucket));
+        self.silence_watch.insert(
+            key,
+            SilenceWatch {
+                tenant: tenant.to_owned(),
+                last_bucket: bucket,
+                source,
+            },
+        );
     }
 
     /// Folds the empty buckets of every watched tenant that made no call
-    /// in the bucket before `watermark`, so that a tenant gone silent shows
-    /// as a `traffic_drop` without waiting for its next call.
-    fn sweep_silence(&mut self, watermark: i64, out: &mut Vec<AlertChange>) {
-        let Ok(now) = u32::try_from(watermark) else {
-            return;
-        };
-        let silent: Vec<(u64, String)> = self
+    /// in the bucket before its partition's watermark, so that a tenant gone
+    /// silent shows as a `traffic_drop` without waiting for its next call.
+    fn sweep_silence(&mut self, out: &mut Vec<AlertChange>) {
+        let silent: Vec<(u64, String, i64)> = self
             .silence_watch
             .iter()
-            .filter(|(_, (_, last))| *last + 1 < watermark)
-            .map(|(k, (t, _))| (*k, t.clone()))
+            .filter_map(|(k, w)| {
+                let clock = *self.source_clocks.get(&w.source)?;
+                let watermark = self.bucket_of(clock - self.lateness_ms);
+                (w.last_bucket + 1 < watermark).then(|| (*k, w.tenant.clone(), watermark))
+            })
             .collect();
-        let at_ms = watermark.saturating_mul(self.bucket_ms);
-        for (key, tenant) in silent {
+        for (key, tenant, watermark) in silent {
+            let Ok(now) = u32::try_from(watermark) else {
+                continue;
+            };
+            let at_ms = watermark.saturating_mul(self.bucket_ms);
             let mut signals = std::mem::take(&mut self.signals);
             if !self
                 .baselines
@@ -793,6 +817,15 @@ impl Detector {
         }
         self.record_closed();
     }
+}
+
+/// A tenant whose silence is watched: its name, the last bucket it called
+/// in, and the source (topic, partition) its calls arrive on.
+#[derive(Debug, Clone)]
+struct SilenceWatch {
+    tenant: String,
+    last_bucket: i64,
+    source: u64,
 }
 
 /// Bounds a per-key state map: when `key` is new and the map is full, the
