@@ -45,6 +45,12 @@ pub const BUILT_INS: &[BuiltIn] = &[
         validate: None,
     },
     BuiltIn {
+        name: "gitlab_token",
+        pattern: r"(?-u:\b)gl(?:pat|dt|rt|ptt|cbt|oas|soat|ffct)-[A-Za-z0-9_-]{20,255}",
+        hint: r"gl(?:pat|dt|rt|ptt|cbt|oas|soat|ffct)-",
+        validate: None,
+    },
+    BuiltIn {
         name: "slack_token",
         pattern: r"(?-u:\b)(?:xox[abposre]-[A-Za-z0-9-]{10,250}|hooks\.slack\.com/services/[A-Za-z0-9/_-]{20,200})",
         hint: r"xox[abposre]-|hooks\.slack\.com/services/",

@@ -186,6 +186,25 @@ impl Redactor {
         }
     }
 
+    /// Scans many short fields in one pass over their concatenation, and
+    /// each field only when that pass matched: a match inside a field is a
+    /// match inside the whole, so nothing is missed, and the common event
+    /// whose identifiers hold nothing costs one pass.
+    fn scan_fields(&self, fields: &mut [&mut String], hits: &mut Hits) {
+        let total: usize = fields.iter().map(|f| f.len() + 1).sum();
+        let mut joined = String::with_capacity(total);
+        for f in fields.iter() {
+            joined.push_str(f);
+            joined.push('\n');
+        }
+        if !self.set.is_match(&joined) {
+            return;
+        }
+        for f in fields.iter_mut() {
+            self.scan_in_place(f, hits);
+        }
+    }
+
     fn is_secret_key(&self, key: &str) -> bool {
         // Every object key of every input is checked, so the common short
         // ASCII key is normalised on the stack rather than into a new String.
@@ -283,6 +302,21 @@ impl Redactor {
                 }
             }
             Value::Object(map) => {
+                // Keys are producer-chosen text too: a token sent as a key
+                // is renamed to its redaction.
+                let renamed: Vec<(String, String)> = map
+                    .keys()
+                    .filter_map(|k| self.scan(k, hits).map(|r| (k.clone(), r)))
+                    .collect();
+                for (old, new) in renamed {
+                    if let Some(v) = map.remove(&old) {
+                        let mut key = new;
+                        while map.contains_key(&key) {
+                            key.push('_');
+                        }
+                        map.insert(key, v);
+                    }
+                }
                 let mut dropped = Vec::new();
                 for (key, slot) in map.iter_mut() {
                     if self.is_secret_key(key) {
@@ -319,6 +353,35 @@ impl Redactor {
         ingested_at_ms: i64,
     ) -> Record {
         let mut hits = Hits::default();
+        // Identifiers are producer-chosen text like any other: a token sent
+        // as `tool` or an address as `approval.approver` is redacted too.
+        {
+            let e = &mut event;
+            let mut ids: Vec<&mut String> = vec![
+                &mut e.event_id,
+                &mut e.tenant,
+                &mut e.agent_id,
+                &mut e.environment,
+                &mut e.tool,
+            ];
+            ids.extend(
+                [
+                    &mut e.workflow_id,
+                    &mut e.tool_call_id,
+                    &mut e.tool_type,
+                    &mut e.agent_version,
+                    &mut e.mcp_server,
+                    &mut e.mcp_server_version,
+                    &mut e.credential_id,
+                ]
+                .into_iter()
+                .flatten(),
+            );
+            if let Some(a) = e.approval.as_mut() {
+                ids.extend([&mut a.id, &mut a.approver].into_iter().flatten());
+            }
+            self.scan_fields(&mut ids, &mut hits);
+        }
         event.actor = event
             .actor
             .take()

@@ -38,6 +38,12 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "ghp_short123",
     ),
     (
+        "gitlab_token",
+        "token glpat-Az8_kq2Xv9LmNp3QrS7t ok",
+        "glpat-Az8_kq2Xv9LmNp3QrS7t",
+        "glpat-short",
+    ),
+    (
         "slack_token",
         "xoxb-263594206564-FGqddMF8t08v8N7Oq4i57vs1",
         "xoxb-263594206564-FGqddMF8t08v8N7Oq4i57vs1",
@@ -346,4 +352,48 @@ fn dead_letters_are_redacted_before_truncation() {
         .unwrap()
         .redact_dead_letter(Some(json), failure, coords(), 0);
     assert!(!dl.raw.contains("opensesame"), "{}", dl.raw);
+}
+
+/// The eight secrets a hostile producer stored in clear by putting them
+/// where nothing was scanned (issue 11): identifiers and keys.
+#[test]
+fn secrets_in_identifiers_and_keys_are_redacted() {
+    let github = "ghp_16C7e42F292c6912E7710c838347Ae178B4a";
+    let aws = "AKIAIOSFODNN7EXAMPLE";
+    let openai = "sk-proj-abcdefghijklmnopqrstuvwx0123456789ABCD";
+    let slack = "xoxb-263594206564-FGqddMF8t08v8N7Oq4i57vs1";
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+    let email = "approver.person@example.com";
+    let gitlab = "glpat-xxxxxxxxxxxxxxxxxxxx";
+    let google = "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe";
+    let mut e = event(serde_json::json!({ gitlab: "value", "ok": 1 }));
+    e.tool = github.into();
+    e.credential_id = Some(aws.into());
+    e.workflow_id = Some(openai.into());
+    e.mcp_server = Some(slack.into());
+    e.agent_version = Some(jwt.into());
+    e.approval = Some(crate::event::Approval {
+        id: Some("apr-1".into()),
+        approver: Some(email.into()),
+        decision: crate::event::ApprovalDecision::Approved,
+    });
+    e.attributes.push((google.into(), "x".into()));
+    let rec = redactor().redact_event(e, coords(), 0);
+    let stored = format!("{rec:?}");
+    for secret in [github, aws, openai, slack, jwt, email, gitlab, google] {
+        assert!(!stored.contains(secret), "{secret} stored in {stored}");
+    }
+    assert!(
+        rec.event.tool.starts_with("[REDACTED:"),
+        "{}",
+        rec.event.tool
+    );
+    assert_eq!(rec.event.tenant, "acme", "clean identifiers are kept");
+    for d in ["github_token", "aws_access_key", "slack_token", "email"] {
+        assert!(
+            rec.redactions.iter().any(|r| r == d),
+            "{d}: {:?}",
+            rec.redactions
+        );
+    }
 }
