@@ -56,6 +56,7 @@ pub struct Metrics {
     pub alertmanager_sent: IntCounter,
     pub alertmanager_failures: IntCounter,
     pub alertmanager_dropped: IntCounter,
+    pub alertmanager_rejected: IntCounter,
     pub baseline_observed: IntGaugeVec,
     pub baseline_expected: GaugeVec,
 }
@@ -337,7 +338,12 @@ impl Metrics {
             alertmanager_dropped: counter(
                 &r,
                 "agentaudit_alertmanager_dropped_total",
-                "Alert changes dropped because the push queue was full",
+                "Alert changes dropped because the push queue or the pending set was full (oldest first)",
+            ),
+            alertmanager_rejected: counter(
+                &r,
+                "agentaudit_alertmanager_rejected_total",
+                "Alerts Alertmanager refused one by one (4xx), logged and not retried",
             ),
             baseline_observed: gauge_vec(
                 &r,

@@ -180,7 +180,7 @@ impl Detector {
             }
             if let Some(agent) = policy.and_then(|p| p.agents.get(&e.agent_id)) {
                 if let Some(max) = agent.max_steps_per_workflow {
-                    let steps = i64::from(calls).max(max_step + 1);
+                    let steps = i64::from(calls).max(max_step.saturating_add(1));
                     if steps > i64::from(max) {
                         let detail = format!(
                             "workflow `{wf}` reached {steps} steps against a budget of {max}"

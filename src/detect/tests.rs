@@ -612,3 +612,11 @@ fn a_tenant_silent_for_good_is_a_traffic_drop_while_others_call() {
     let at = fired_at.expect("globex never called again, yet must alert");
     assert!(at <= 10, "after {at} minutes");
 }
+
+#[test]
+fn a_step_of_i64_max_is_a_budget_overrun_not_a_panic() {
+    let p = Policy::parse(POLICY).expect("policy");
+    let mut d = detector();
+    let r = call(r#""workflow_id":"wf-huge","step":9223372036854775807"#);
+    assert!(fired(&mut d, &p, &r).contains(&"workflow_step_budget_exceeded"));
+}

@@ -3,8 +3,15 @@
 //! retries and backoff, re-sends of active alerts (Alertmanager forgets an
 //! alert not re-sent within its resolve_timeout) and the resolve (`endsAt`)
 //! when a condition clears.
+//!
+//! What waits to be sent is bounded too: one entry per alert identity (a
+//! re-send or a newer state replaces the older one), at most the queue's
+//! size, the oldest dropped and counted. Every alert is made valid before it
+//! is sent (its `startsAt` is never in the future, its `endsAt` never before
+//! it), and a batch Alertmanager refuses is split, so one bad alert never
+//! blocks the others.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
@@ -44,6 +51,7 @@ impl AlertmanagerPush {
                 .build()
                 .into(),
             active: BTreeMap::new(),
+            max_pending: queue.max(1),
             metrics: metrics.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -82,12 +90,62 @@ struct Worker {
     agent: ureq::Agent,
     /// Alerts currently firing, by identity, as last sent.
     active: BTreeMap<String, Value>,
+    max_pending: usize,
     metrics: Arc<Metrics>,
+}
+
+/// Alerts waiting to be sent: the newest state per identity, oldest first.
+#[derive(Default)]
+struct Pending {
+    by_identity: HashMap<String, (u64, Value)>,
+    seq: u64,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.by_identity.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.by_identity.len()
+    }
+
+    /// Queues `body` under `identity`, replacing an older state; past `max`
+    /// the oldest entry is dropped. Returns how many were dropped.
+    fn put(&mut self, identity: String, body: Value, max: usize) -> u64 {
+        self.seq += 1;
+        self.by_identity.insert(identity, (self.seq, body));
+        let mut dropped = 0;
+        while self.by_identity.len() > max {
+            let Some(oldest) = self
+                .by_identity
+                .iter()
+                .min_by_key(|(_, (seq, _))| *seq)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.by_identity.remove(&oldest);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// The bodies, oldest first.
+    fn bodies(&self) -> Vec<Value> {
+        let mut v: Vec<&(u64, Value)> = self.by_identity.values().collect();
+        v.sort_by_key(|(seq, _)| *seq);
+        v.into_iter().map(|(_, b)| b.clone()).collect()
+    }
+
+    fn clear(&mut self) {
+        self.by_identity.clear();
+    }
 }
 
 impl Worker {
     fn run(mut self, rx: Receiver<AlertChange>) {
-        let mut pending: Vec<Value> = Vec::new();
+        let mut pending = Pending::default();
         let mut backoff = Duration::from_millis(250);
         let mut next_attempt = Instant::now();
         let mut last_resend = Instant::now();
@@ -109,15 +167,29 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => closing = true,
             }
             if last_resend.elapsed() >= RESEND_EVERY {
-                pending.extend(self.active.values().cloned());
+                let active: Vec<(String, Value)> = self
+                    .active
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                for (identity, body) in active {
+                    self.queue(&mut pending, identity, body);
+                }
                 last_resend = Instant::now();
             }
             if !pending.is_empty() && (closing || Instant::now() >= next_attempt) {
-                match self.post(&pending) {
+                let bodies: Vec<Value> = pending.bodies().into_iter().map(valid).collect();
+                match self.post(&bodies) {
                     Ok(()) => {
                         self.metrics.alertmanager_sent.inc_by(pending.len() as u64);
                         pending.clear();
                         backoff = Duration::from_millis(250);
+                    }
+                    Err(ureq::Error::StatusCode(code)) if (400..500).contains(&code) => {
+                        // Refused as a batch: send one by one, so that an
+                        // alert Alertmanager will not take blocks no other.
+                        self.one_by_one(&bodies);
+                        pending.clear();
                     }
                     Err(e) => {
                         self.metrics.alertmanager_failures.inc();
@@ -133,7 +205,25 @@ impl Worker {
         }
     }
 
-    fn take(&mut self, change: AlertChange, pending: &mut Vec<Value>) {
+    fn queue(&self, pending: &mut Pending, identity: String, body: Value) {
+        let dropped = pending.put(identity, body, self.max_pending);
+        self.metrics.alertmanager_dropped.inc_by(dropped);
+    }
+
+    /// Posts each alert alone; those refused are logged and counted.
+    fn one_by_one(&self, bodies: &[Value]) {
+        for body in bodies {
+            match self.post(std::slice::from_ref(body)) {
+                Ok(()) => self.metrics.alertmanager_sent.inc(),
+                Err(e) => {
+                    self.metrics.alertmanager_rejected.inc();
+                    tracing::warn!(error = %e, labels = %body["labels"], "Alertmanager refused an alert");
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, change: AlertChange, pending: &mut Pending) {
         self.metrics.alertmanager_queue_depth.dec();
         let (alert, ends) = match change {
             AlertChange::Fired(a) => (a, None),
@@ -143,13 +233,13 @@ impl Worker {
         let identity = alert.id_without_window();
         match ends {
             None => {
-                self.active.insert(identity, body.clone());
+                self.active.insert(identity.clone(), body.clone());
             }
             Some(_) => {
                 self.active.remove(&identity);
             }
         }
-        pending.push(body);
+        self.queue(pending, identity, body);
     }
 
     fn body(&self, a: &Alert, ends: Option<DateTime<Utc>>) -> Value {
@@ -194,5 +284,54 @@ impl Worker {
             .header("content-type", "application/json")
             .send(body.as_str())
             .map(|_| ())
+    }
+}
+
+/// The alert as Alertmanager accepts it, whatever time its event claimed: a
+/// `startsAt` in the future (a producer's clock, or a forged timestamp) is
+/// now, and an `endsAt` is never before the `startsAt`.
+fn valid(mut alert: Value) -> Value {
+    let now = Utc::now();
+    let parse = |v: &Value| {
+        v.as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.with_timezone(&Utc))
+    };
+    let starts = parse(&alert["startsAt"]).map_or(now, |s| s.min(now));
+    alert["startsAt"] = Value::String(starts.to_rfc3339_opts(SecondsFormat::Millis, true));
+    if let Some(ends) = parse(&alert["endsAt"]) {
+        let ends = ends.max(starts);
+        alert["endsAt"] = Value::String(ends.to_rfc3339_opts(SecondsFormat::Millis, true));
+    }
+    alert
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_keeps_the_newest_state_per_alert_and_drops_the_oldest() {
+        let mut p = Pending::default();
+        assert_eq!(p.put("a".into(), json!(1), 2), 0);
+        assert_eq!(p.put("b".into(), json!(2), 2), 0);
+        // A re-send of `a` replaces it, and makes it the newest.
+        assert_eq!(p.put("a".into(), json!(3), 2), 0);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p.put("c".into(), json!(4), 2), 1, "b, the oldest, goes");
+        assert_eq!(p.bodies(), vec![json!(3), json!(4)]);
+    }
+
+    #[test]
+    fn a_future_start_is_now_and_an_end_never_precedes_it() {
+        let future =
+            json!({"startsAt": "2999-01-01T00:00:00.000Z", "endsAt": "2000-01-01T00:00:00.000Z"});
+        let v = valid(future);
+        let starts = DateTime::parse_from_rfc3339(v["startsAt"].as_str().unwrap()).unwrap();
+        let ends = DateTime::parse_from_rfc3339(v["endsAt"].as_str().unwrap()).unwrap();
+        assert!(starts.with_timezone(&Utc) <= Utc::now());
+        assert!(ends >= starts);
+        let past = json!({"startsAt": "2020-01-01T00:00:00.000Z"});
+        assert_eq!(valid(past.clone()), past, "a valid alert is left alone");
     }
 }
