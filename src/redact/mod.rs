@@ -9,6 +9,8 @@
 pub mod detectors;
 
 use hmac::{Hmac, Mac};
+use std::sync::LazyLock;
+
 use regex::{Regex, RegexSet};
 use serde_json::Value;
 use sha2::Sha256;
@@ -205,6 +207,31 @@ impl Redactor {
         }
     }
 
+    /// Replaces the value of every `"key": "value"` pair (the value possibly
+    /// cut off) whose key says secret, in text that is not valid JSON.
+    fn redact_secret_pairs(&self, text: &str, hits: &mut Hits) -> String {
+        static PAIR: LazyLock<Regex> = LazyLock::new(|| {
+            Regex::new(r#""([^"\\]{1,64})"\s*:\s*"((?:[^"\\]|\\.)*)"?"#)
+                .unwrap_or_else(|e| unreachable!("a fixed pattern: {e}"))
+        });
+        let mut out = String::with_capacity(text.len());
+        let mut cursor = 0;
+        for caps in PAIR.captures_iter(text) {
+            let (Some(key), Some(value)) = (caps.get(1), caps.get(2)) else {
+                continue;
+            };
+            if value.is_empty() || !self.is_secret_key(key.as_str()) {
+                continue;
+            }
+            out.push_str(&text[cursor..value.start()]);
+            out.push_str(&format!("[REDACTED:{SECRET_KEY_RULE}]"));
+            cursor = value.end();
+            hits.set(Hits::KEY_RULE as usize);
+        }
+        out.push_str(&text[cursor..]);
+        out
+    }
+
     fn is_secret_key(&self, key: &str) -> bool {
         // Every object key of every input is checked, so the common short
         // ASCII key is normalised on the stack rather than into a new String.
@@ -328,7 +355,10 @@ impl Redactor {
                     }
                     let parent_len = path.len();
                     if !self.rules.is_empty() {
-                        path.push('.');
+                        // A dead letter's JSON starts at the event root.
+                        if !path.is_empty() {
+                            path.push('.');
+                        }
                         path.push_str(key);
                     }
                     if !self.redact_value(slot, path, hits) {
@@ -467,9 +497,14 @@ impl Redactor {
                 self.redact_value(&mut v, &mut path, &mut hits);
                 v.to_string()
             }
-            _ => self
-                .scan(&text, &mut hits)
-                .unwrap_or_else(|| text.into_owned()),
+            // Not JSON (often JSON cut short): the detectors, and the
+            // key-name rule over every `"key": "value"` pair it still holds.
+            // Pairs first: a detector stops at an escaped quote inside a
+            // value, which would leave the value's tail behind.
+            _ => {
+                let paired = self.redact_secret_pairs(&text, &mut hits);
+                self.scan(&paired, &mut hits).unwrap_or(paired)
+            }
         };
         let raw: String = redacted.chars().take(self.dead_letter_raw_chars).collect();
         DeadLetter {

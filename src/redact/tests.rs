@@ -354,6 +354,45 @@ fn dead_letters_are_redacted_before_truncation() {
     assert!(!dl.raw.contains("opensesame"), "{}", dl.raw);
 }
 
+/// Dead letters get the same redaction as good events (issue 11): the
+/// key-name rule on JSON cut short, and field rules at their event paths.
+#[test]
+fn dead_letters_get_key_rules_when_cut_short_and_field_rules_by_path() {
+    let failure = DecodeFailure {
+        reason: DeadLetterReason::InvalidJson,
+        detail: "x".into(),
+    };
+    let r = redactor();
+    let cut = br#"{"tenant":"acme","input":{"password":"hunter2-plain","api_key":"abc\"def","note":"ok"},"to"#;
+    let dl = r.redact_dead_letter(Some(cut), failure.clone(), coords(), 0);
+    for secret in ["hunter2-plain", "abc", "def"] {
+        assert!(
+            !dl.raw.contains(secret),
+            "{secret} in {} {:?}",
+            dl.raw,
+            dl.redactions
+        );
+    }
+    assert!(dl.raw.contains(r#""note":"ok""#), "{}", dl.raw);
+    assert!(dl.redactions.iter().any(|d| d == SECRET_KEY_RULE));
+    // Cut inside the secret's value.
+    let cut = br#"{"input":{"password":"hunter2-pla"#;
+    let dl = r.redact_dead_letter(Some(cut), failure.clone(), coords(), 0);
+    assert!(!dl.raw.contains("hunter2"), "{}", dl.raw);
+
+    let cfg = RedactConfig {
+        fields: vec![FieldRuleConfig {
+            path: "input.customer_name".into(),
+            action: FieldAction::Drop,
+        }],
+        ..RedactConfig::default()
+    };
+    let r = Redactor::new(&cfg).unwrap();
+    let mistyped = br#"{"tenant": 5, "input": {"customer_name": "Jane Roe"}}"#;
+    let dl = r.redact_dead_letter(Some(mistyped), failure, coords(), 0);
+    assert!(!dl.raw.contains("Jane Roe"), "{}", dl.raw);
+}
+
 /// The eight secrets a hostile producer stored in clear by putting them
 /// where nothing was scanned (issue 11): identifiers and keys.
 #[test]
