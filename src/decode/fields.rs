@@ -95,8 +95,10 @@ impl Field {
         }
     }
 
-    /// Identifiers become keys, file sort order and (later) metric labels:
-    /// control characters in them are refused rather than stored.
+    /// Identifiers become keys, file sort order, metric labels and what a
+    /// responder reads in a terminal: control characters (ESC included)
+    /// and invisible or direction-changing ones in them are refused rather
+    /// than stored.
     pub(super) fn is_identifier(self) -> bool {
         matches!(
             self,
@@ -108,6 +110,20 @@ impl Field {
                 | Field::WorkflowId
                 | Field::CredentialId
                 | Field::McpServer
+                | Field::ToolCallId
+                | Field::ToolType
+                | Field::AgentVersion
+                | Field::McpServerVersion
         )
     }
+}
+
+/// Characters that make text read other than it is: controls (ESC starts
+/// terminal escapes), bidirectional overrides and isolates (a name that
+/// displays reversed), and zero-width ones (two names that look equal).
+pub fn is_deceptive(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }

@@ -5,7 +5,7 @@
 //! worse for an audit trail than a dead letter an operator can look at. It
 //! never panics on input and never echoes payload text in a failure detail.
 
-mod fields;
+pub mod fields;
 pub mod markers;
 
 use std::borrow::Cow;
@@ -510,9 +510,12 @@ fn checked_str(f: Field, v: Scalar<'_>, max_chars: usize) -> Result<String, Deco
     // a vectorised byte test spares decoding characters in the common case.
     if f.is_identifier()
         && s.bytes().any(|b| !(0x20..0x7f).contains(&b))
-        && s.chars().any(char::is_control)
+        && s.chars().any(fields::is_deceptive)
     {
-        return Err(invalid(f, "must not contain control characters"));
+        return Err(invalid(
+            f,
+            "must not contain control, bidirectional or zero-width characters",
+        ));
     }
     Ok(s.into_owned())
 }

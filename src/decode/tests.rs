@@ -199,6 +199,28 @@ fn identifiers_refuse_every_control_character_and_keep_other_text() {
         let f = dec(&v).expect_err("control character in an identifier");
         assert_eq!(f.reason, DeadLetterReason::InvalidField, "{bad:?}");
     }
+    // ESC, bidirectional overrides and zero-width characters too, in every
+    // identifier (issue 11: they passed into tool_call_id and friends, and
+    // a reversed tenant name read as another in a terminal).
+    for field in [
+        "tenant",
+        "tool",
+        "tool_call_id",
+        "agent_version",
+        "mcp_server_version",
+    ] {
+        for bad in [
+            "a\u{1b}[31mb",
+            "admin\u{202e}txt",
+            "acme\u{200b}",
+            "\u{2066}x",
+        ] {
+            let mut v = ok_json();
+            v[field] = serde_json::json!(bad);
+            let f = dec(&v).expect_err("deceptive character in an identifier");
+            assert_eq!(f.reason, DeadLetterReason::InvalidField, "{field} {bad:?}");
+        }
+    }
     // Non-ASCII that is not a control character (U+00A0 follows C1) stays.
     for good in ["caf\u{e9}", "a\u{a0}b", "\u{1F600}", "\u{7e}"] {
         let mut v = ok_json();

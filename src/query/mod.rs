@@ -151,12 +151,14 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<String, QueryEr
     use datafusion::arrow::error::ArrowError;
     let arrow = |e: ArrowError| QueryError::DataFusion(e.into());
     match format {
-        Format::Table => Ok(
-            datafusion::arrow::util::pretty::pretty_format_batches(batches)
+        // A terminal runs what it is sent: control and direction-changing
+        // characters in stored text are shown escaped, never raw.
+        Format::Table => {
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(batches)
                 .map_err(arrow)?
-                .to_string()
-                + "\n",
-        ),
+                .to_string();
+            Ok(escape_deceptive(&text) + "\n")
+        }
         Format::Csv => {
             let mut buf = Vec::new();
             {
@@ -180,5 +182,28 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<String, QueryEr
             }
             Ok(String::from_utf8_lossy(&buf).into_owned())
         }
+    }
+}
+
+/// `text` with every control (but newline), bidirectional and zero-width
+/// character written as `\u{…}`.
+pub fn escape_deceptive(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c != '\n' && crate::decode::fields::is_deceptive(c) {
+            out.push_str(&format!("\\u{{{:04x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn table_output_escapes_terminal_escapes_and_bidi_overrides() {
+        let shown = super::escape_deceptive("ok\u{1b}[31mred\u{202e}txt\nnext");
+        assert_eq!(shown, "ok\\u{001b}[31mred\\u{202e}txt\nnext");
     }
 }
