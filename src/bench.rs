@@ -233,6 +233,39 @@ pub fn baseline_memory(keys: usize) -> (f64, f64) {
     (b.approx_bytes() as f64 / n, grown as f64 / n)
 }
 
+/// The file that marks a directory as a benchmark's own, safe to clear.
+const BENCH_MARK: &str = ".agentaudit-bench";
+
+/// Empties `dir` for a run, but only a directory a benchmark made (or an
+/// empty one), and only once no process holds its lock: `--data-dir` aimed
+/// at a live dataset must not delete it.
+fn clear_bench_dir(dir: &std::path::Path) -> Result<(), String> {
+    let shown = dir.display();
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .map_err(|e| format!("{shown}: {e}"))?
+            .next()
+            .is_none();
+        if !empty && !dir.join(BENCH_MARK).exists() {
+            return Err(format!(
+                "refusing to clear {shown}: it is not a benchmark's directory (no {BENCH_MARK}); \
+                 give bench a new or empty --data-dir"
+            ));
+        }
+        let lock = dir.join("_state").join("lock");
+        if let Ok(f) = std::fs::File::open(&lock)
+            && f.try_lock().is_err()
+        {
+            return Err(format!(
+                "refusing to clear {shown}: another process holds its lock"
+            ));
+        }
+        std::fs::remove_dir_all(dir).map_err(|e| format!("clearing {shown}: {e}"))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{shown}: {e}"))?;
+    std::fs::write(dir.join(BENCH_MARK), b"").map_err(|e| format!("{shown}: {e}"))
+}
+
 /// Detection alone: `events` generated, decoded and redacted records run
 /// through a fresh detector under the benign inventory; returns ns per event.
 pub fn detect_cost(events: usize) -> f64 {
@@ -349,7 +382,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
     let floor_rss_growth_bytes = floor_rss.stop();
 
     eprintln!("pipeline…");
-    let _ = std::fs::remove_dir_all(&opts.data_dir);
+    clear_bench_dir(&opts.data_dir).map_err(PipelineError::Runtime)?;
     let mut cfg = Config::default();
     cfg.kafka.topic = topic.into();
     cfg.kafka.group = "bench-pipeline".into();
@@ -417,4 +450,32 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         floor_cpu_per_event_secs: floor_cpu_secs / opts.events.max(1) as f64,
         pipeline_cpu_per_event_secs: pipeline_cpu_secs / (opts.events - head_start).max(1) as f64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_clears_only_its_own_unlocked_directory() {
+        let root = tempfile::tempdir().expect("tempdir");
+        // A dataset that is not the benchmark's is left alone.
+        let data = root.path().join("data");
+        std::fs::create_dir_all(data.join("invocations")).unwrap();
+        assert!(clear_bench_dir(&data).is_err());
+        assert!(data.join("invocations").exists());
+        // A new directory is made and marked; a marked one is cleared.
+        let bench = root.path().join("bench");
+        clear_bench_dir(&bench).expect("new");
+        std::fs::write(bench.join("old.parquet"), b"x").unwrap();
+        clear_bench_dir(&bench).expect("marked");
+        assert!(!bench.join("old.parquet").exists());
+        // Not while another process (here: handle) holds its lock.
+        std::fs::create_dir_all(bench.join("_state")).unwrap();
+        let held = std::fs::File::create(bench.join("_state").join("lock")).unwrap();
+        held.try_lock().expect("lock");
+        std::fs::write(bench.join("rows.parquet"), b"x").unwrap();
+        assert!(clear_bench_dir(&bench).is_err());
+        assert!(bench.join("rows.parquet").exists());
+    }
 }
