@@ -18,7 +18,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::BufWriter;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -362,6 +362,18 @@ impl ParquetSink {
             offsets,
             files: renames,
         };
+        // The staged files' directory entries must be durable before a
+        // journal names them: fsyncing a file does not persist its name, and
+        // a journal whose files vanished in a power loss would have recovery
+        // skip rows whose offsets are committed.
+        let staging_dirs: BTreeSet<PathBuf> = journal
+            .files
+            .iter()
+            .filter_map(|r| self.root.join(&r.staged).parent().map(Path::to_owned))
+            .collect();
+        for dir in &staging_dirs {
+            journal::sync_dir(dir)?;
+        }
         // The commit point: from here on the flush is durable.
         journal::write(&self.root, &journal)?;
         let mut dirs = BTreeSet::new();
