@@ -663,16 +663,24 @@ impl Detector {
             return;
         }
         if self.active.len() >= self.cfg.max_active_alerts {
-            // Resolve the stalest to make room: bounded, and said so.
-            if let Some(k) = self
+            // Make room by resolving the least severe, then the stalest:
+            // bounded, and said so. An alert never displaces a more severe
+            // one: when every active alert outranks it, it is the one that
+            // goes (counted too), so a flood of info never hides a critical.
+            let severity = rule.rule().severity;
+            let victim = self
                 .active
                 .iter()
-                .min_by_key(|(_, a)| a.last_bucket)
-                .map(|(k, _)| *k)
-                && let Some(old) = self.active.remove(&k)
-            {
-                self.evictions += 1;
-                out.push(AlertChange::Resolved(old.alert));
+                .min_by_key(|(_, a)| (a.alert.severity, a.last_bucket))
+                .map(|(k, a)| (*k, a.alert.severity));
+            self.evictions += 1;
+            match victim {
+                Some((k, s)) if s <= severity => {
+                    if let Some(old) = self.active.remove(&k) {
+                        out.push(AlertChange::Resolved(old.alert));
+                    }
+                }
+                _ => return,
             }
         }
         let alert = Alert {

@@ -620,3 +620,33 @@ fn a_step_of_i64_max_is_a_budget_overrun_not_a_panic() {
     let r = call(r#""workflow_id":"wf-huge","step":9223372036854775807"#);
     assert!(fired(&mut d, &p, &r).contains(&"workflow_step_budget_exceeded"));
 }
+
+/// A flood of lesser alerts never resolves a critical one to make room
+/// (issue 11).
+#[test]
+fn a_full_active_set_never_drops_a_critical_alert_for_an_info_one() {
+    let p = Policy::parse(POLICY).expect("policy");
+    let cfg = DetectConfig {
+        max_active_alerts: 2,
+        new_tool_warmup_buckets: 2,
+        // Nothing resolves by time here: only room can.
+        hold_buckets: 1000,
+        ..DetectConfig::default()
+    };
+    let mut d = Detector::new(&cfg, false);
+    let mut out = Vec::new();
+    d.observe(&call(r#""agent_id":"ghost-bot""#), Some(&p), &mut out);
+    d.observe(&call(r#""agent_id":"shadow-bot""#), Some(&p), &mut out);
+    assert_eq!(d.active_alerts(), 2, "{out:?}");
+    // Later, the tenant calls 20 tools it never called: info alerts.
+    for i in 0..20 {
+        let r = call(&format!(r#""tool":"new_tool_{i}","ts":1795853400000"#));
+        d.observe(&r, None, &mut out);
+    }
+    let resolved_critical = out
+        .iter()
+        .any(|c| matches!(c, AlertChange::Resolved(a) if a.severity == Severity::Critical));
+    assert!(!resolved_critical, "{out:?}");
+    assert_eq!(d.active_alerts(), 2);
+    assert!(d.evictions >= 20, "the dropped alerts are counted");
+}
