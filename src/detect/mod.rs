@@ -8,6 +8,9 @@ pub mod backtest;
 pub mod baseline;
 pub mod errors;
 pub mod labels;
+mod silence;
+pub use silence::MAX_SILENCE_WATCH;
+use silence::SilenceWatch;
 pub mod policy;
 mod policy_rules;
 pub mod warm;
@@ -169,10 +172,6 @@ pub struct BusyKey {
     pub observed: u32,
     pub expected: f64,
 }
-
-/// How many tenants' silence is watched at most; tenants past it show a
-/// drop only at their next call (`agentaudit_silence_watch_refused_total`).
-pub const MAX_SILENCE_WATCH: usize = 10_000;
 
 /// How many busiest keys are exported.
 pub const BUSIEST: usize = 10;
@@ -443,7 +442,7 @@ impl Detector {
                 KeyKind::Tenant => (e.tenant.as_str(), "", ""),
             };
             let signals = std::mem::take(&mut self.signals);
-            let evidence = (Some(e.event_id.as_str()), e.ts_ms);
+            let evidence = evidence(r);
             for s in &signals {
                 self.fire_signal(kind, s, evidence, (t, a, x), out);
             }
@@ -466,7 +465,7 @@ impl Detector {
                 );
                 self.fire(
                     RuleId::ErrorRateSpike,
-                    r,
+                    evidence(r),
                     names,
                     bucket,
                     1.0,
@@ -557,7 +556,7 @@ impl Detector {
                 ),
             ),
         };
-        self.raise(
+        self.fire(
             rule,
             evidence,
             names,
@@ -616,28 +615,10 @@ impl Detector {
         out.extend(rest.into_iter().map(AlertChange::Resolved));
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn fire(
-        &mut self,
-        rule: RuleId,
-        r: &Record,
-        (tenant, agent, tool): (&str, &str, &str),
-        bucket: i64,
-        observed: f64,
-        expected: f64,
-        score: f64,
-        detail: String,
-        out: &mut Vec<AlertChange>,
-    ) {
-        let evidence = (Some(r.event.event_id.as_str()), r.event.ts_ms);
-        #[rustfmt::skip]
-        self.raise(rule, evidence, (tenant, agent, tool), bucket, observed, expected, score, detail, out);
-    }
-
     /// Fires (or extends) an alert. `evidence` is a sample event, if a call
     /// showed it (silence has none), and the event time it was seen at.
     #[allow(clippy::too_many_arguments)]
-    fn raise(
+    fn fire(
         &mut self,
         rule: RuleId,
         (sample, at_ms): (Option<&str>, i64),
@@ -718,7 +699,7 @@ impl Detector {
         detail: String,
         out: &mut Vec<AlertChange>,
     ) {
-        self.fire(rule, r, keys, bucket, 1.0, 0.0, 0.0, detail, out);
+        self.fire(rule, evidence(r), keys, bucket, 1.0, 0.0, 0.0, detail, out);
     }
 
     /// Resolves alerts whose condition has not been seen for `hold_buckets`
@@ -760,80 +741,9 @@ impl Detector {
     }
 }
 
-impl Detector {
-    /// Starts or refreshes the silence watch of a tenant once it averages
-    /// enough calls for a drop to be tested (`min_drop_expected`); names
-    /// that never get that busy never take a place.
-    fn watch_silence(&mut self, key: u64, tenant: &str, bucket: i64, source: u64) {
-        if let Some(w) = self.silence_watch.get_mut(&key) {
-            w.last_bucket = w.last_bucket.max(bucket);
-            w.source = source;
-            return;
-        }
-        if self
-            .baselines
-            .flat_of(key)
-            .is_none_or(|f| f < self.cfg.min_drop_expected)
-        {
-            return;
-        }
-        if self.silence_watch.len() >= MAX_SILENCE_WATCH {
-            self.silence_watch_refused += 1;
-            return;
-        }
-        self.silence_watch.insert(
-            key,
-            SilenceWatch {
-                tenant: tenant.to_owned(),
-                last_bucket: bucket,
-                source,
-            },
-        );
-    }
-
-    /// Folds the empty buckets of every watched tenant that made no call
-    /// in the bucket before its partition's watermark, so that a tenant gone
-    /// silent shows as a `traffic_drop` without waiting for its next call.
-    fn sweep_silence(&mut self, out: &mut Vec<AlertChange>) {
-        let silent: Vec<(u64, String, i64)> = self
-            .silence_watch
-            .iter()
-            .filter_map(|(k, w)| {
-                let clock = *self.source_clocks.get(&w.source)?;
-                let watermark = self.bucket_of(clock - self.lateness_ms);
-                (w.last_bucket + 1 < watermark).then(|| (*k, w.tenant.clone(), watermark))
-            })
-            .collect();
-        for (key, tenant, watermark) in silent {
-            let Ok(now) = u32::try_from(watermark) else {
-                continue;
-            };
-            let at_ms = watermark.saturating_mul(self.bucket_ms);
-            let mut signals = std::mem::take(&mut self.signals);
-            if !self
-                .baselines
-                .roll_silent(key, now, &mut self.closed, &mut signals)
-            {
-                // Evicted from the baselines: nothing left to compare with.
-                self.silence_watch.remove(&key);
-            }
-            for s in signals.iter().filter(|s| s.kind == SignalKind::Drop) {
-                self.fire_signal(KeyKind::Tenant, s, (None, at_ms), (&tenant, "", ""), out);
-            }
-            signals.clear();
-            self.signals = signals;
-        }
-        self.record_closed();
-    }
-}
-
-/// A tenant whose silence is watched: its name, the last bucket it called
-/// in, and the source (topic, partition) its calls arrive on.
-#[derive(Debug, Clone)]
-struct SilenceWatch {
-    tenant: String,
-    last_bucket: i64,
-    source: u64,
+/// A call as an alert's evidence: its event id and event time.
+fn evidence(r: &Record) -> (Option<&str>, i64) {
+    (Some(r.event.event_id.as_str()), r.event.ts_ms)
 }
 
 /// Bounds a per-key state map: when `key` is new and the map is full, the

@@ -68,7 +68,7 @@ impl Detector {
             let detail = format!("{calls} calls in minute {minute} against a limit of {limit}");
             self.fire(
                 RuleId::TenantRateLimitExceeded,
-                r,
+                super::evidence(r),
                 (&e.tenant, "", ""),
                 bucket,
                 calls.into(),
@@ -187,7 +187,7 @@ impl Detector {
                         );
                         self.fire(
                             RuleId::WorkflowStepBudgetExceeded,
-                            r,
+                            super::evidence(r),
                             (&e.tenant, &e.agent_id, ""),
                             bucket,
                             steps as f64,
@@ -205,7 +205,7 @@ impl Detector {
                         format!("workflow `{wf}` used {tokens} tokens against a budget of {max}");
                     self.fire(
                         RuleId::WorkflowTokenBudgetExceeded,
-                        r,
+                        super::evidence(r),
                         (&e.tenant, &e.agent_id, ""),
                         bucket,
                         tokens as f64,

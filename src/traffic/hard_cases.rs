@@ -254,9 +254,13 @@ impl World {
     }
 
     fn open_windows(&mut self, clock_ms: i64) {
-        for s in self.timed.clone() {
-            if self.inside(s, clock_ms) && !self.opened.iter().any(|o| o.0 == s) {
-                let (start, _) = self.window(s).unwrap_or_default();
+        // Called once per generated event: no allocation.
+        for i in 0..self.timed.len() {
+            let s = self.timed[i];
+            if let Some((start, end)) = self.window(s)
+                && (start..end).contains(&clock_ms)
+                && !self.opened.iter().any(|o| o.0 == s)
+            {
                 self.opened.push((s, start));
             }
         }

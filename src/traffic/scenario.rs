@@ -31,25 +31,6 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    /// Every scenario: those mixed into a share of the traffic, then the
-    /// timed ones.
-    pub const ALL: [Scenario; 14] = [
-        Scenario::InjectionSpike,
-        Scenario::Exfiltration,
-        Scenario::RunawayLoop,
-        Scenario::UnapprovedTierA,
-        Scenario::UnregisteredAgent,
-        Scenario::ShellInProduction,
-        Scenario::SecretInInput,
-        Scenario::CredentialReuse,
-        Scenario::UnpinnedMcp,
-        Scenario::SustainedShift,
-        Scenario::InjectionSequence,
-        Scenario::LowVolumeFailures,
-        Scenario::SlowClimb,
-        Scenario::TenantSilence,
-    ];
-
     /// Scenarios that bend a share of the traffic between `scenario_start`
     /// and `scenario_start + scenario_events`: visible within minutes, so
     /// a short run shows them.
@@ -64,6 +45,30 @@ impl Scenario {
         Scenario::CredentialReuse,
         Scenario::UnpinnedMcp,
     ];
+
+    /// Scenarios that play out over event time on top of the hard cases.
+    pub const TIMED: [Scenario; 5] = [
+        Scenario::SustainedShift,
+        Scenario::InjectionSequence,
+        Scenario::LowVolumeFailures,
+        Scenario::SlowClimb,
+        Scenario::TenantSilence,
+    ];
+
+    /// Every scenario: the mixed ones, then the timed ones.
+    pub const ALL: [Scenario; 14] = {
+        let mut all = [Scenario::InjectionSpike; 14];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = if i < Self::MIXED.len() {
+                Self::MIXED[i]
+            } else {
+                Self::TIMED[i - Self::MIXED.len()]
+            };
+            i += 1;
+        }
+        all
+    };
 
     pub fn name(self) -> &'static str {
         match self {
@@ -87,7 +92,7 @@ impl Scenario {
     /// Whether the scenario plays out over event time (see `hard_cases`)
     /// rather than as a share of the traffic.
     pub fn is_timed(self) -> bool {
-        !Scenario::MIXED.contains(&self)
+        Scenario::TIMED.contains(&self)
     }
 
     pub fn parse(s: &str) -> Result<Scenario, String> {

@@ -8,6 +8,7 @@
 
 mod sort;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufReader, Write as _};
@@ -68,7 +69,7 @@ pub struct Outcome {
     pub spilled_runs: usize,
     /// Events replayed per UTC day (days since the epoch): what an
     /// evaluation over part of the range counts its benign events from.
-    pub events_by_day: std::collections::BTreeMap<i64, usize>,
+    pub events_by_day: BTreeMap<i64, usize>,
 }
 
 /// Bytes of input lines held in memory per sorted run.
@@ -98,7 +99,7 @@ pub fn run(cfg: &Config, input: &Input, out: &Path) -> Result<Outcome, BacktestE
     let mut changes = Vec::new();
     let mut alerts = Vec::new();
     let (mut events, mut skipped, mut spilled_runs) = (0usize, 0usize, 0usize);
-    let mut events_by_day = std::collections::BTreeMap::new();
+    let mut events_by_day = BTreeMap::new();
     // History is judged by its own clock: no event is "in the future".
     let now = i64::MAX / 2;
     let mut replay = |line: &str, detector: &mut Detector| -> Result<(), BacktestError> {
@@ -493,21 +494,16 @@ pub fn evaluation_report(
         judged.len(),
         false_alerts as f64 * 1e6 / benign.max(1) as f64,
     );
-    let mut by_rule = std::collections::BTreeMap::<&str, usize>::new();
-    for a in judged
-        .iter()
-        .filter(|a| !truth.iter().any(|t| matches(a, t)))
-    {
-        *by_rule.entry(a.rule.name()).or_default() += 1;
-    }
+    let by_rule = count_by_rule(
+        judged
+            .iter()
+            .filter(|a| !truth.iter().any(|t| matches(a, t))),
+    );
     if !by_rule.is_empty() {
         let _ = writeln!(out, "unmatched alerts by rule: {by_rule:?}");
     }
     if from_day.is_some() {
-        let mut by_rule = std::collections::BTreeMap::<&str, usize>::new();
-        for a in &learning {
-            *by_rule.entry(a.rule.name()).or_default() += 1;
-        }
+        let by_rule = count_by_rule(learning.iter());
         let _ = writeln!(
             out,
             "learning period (before the evaluation day): {} alerts {by_rule:?}",
@@ -515,6 +511,14 @@ pub fn evaluation_report(
         );
     }
     out
+}
+
+fn count_by_rule<'a>(alerts: impl Iterator<Item = &'a Alert>) -> BTreeMap<&'static str, usize> {
+    let mut by_rule = BTreeMap::new();
+    for a in alerts {
+        *by_rule.entry(a.rule.name()).or_default() += 1;
+    }
+    by_rule
 }
 
 pub fn read_truth(path: &Path) -> Result<Vec<GroundTruth>, BacktestError> {

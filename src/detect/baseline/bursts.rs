@@ -107,6 +107,10 @@ impl Bursts {
     /// `profile`, before scaling by a key's level; `None` if the shape has
     /// no recurring burst.
     pub fn adjust(&self, profile: u32, bucket: u32) -> Option<Adjust> {
+        // Asked on every call's expectation; nearly always there is no table.
+        if self.tables.is_empty() {
+            return None;
+        }
         let t = self.tables.get(&profile)?;
         if t.bursts == 0 {
             return None;
