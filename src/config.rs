@@ -96,6 +96,12 @@ pub struct SinkConfig {
     pub memory_budget_bytes: usize,
     pub zstd_level: i32,
     pub row_group_rows: usize,
+    /// Most staged files open at once; the least recently written is closed
+    /// early beyond it. Lowered to a quarter of `ulimit -n` when that is less.
+    pub max_open_files: usize,
+    /// How long a failing sink step (journal, rename, directory fsync) is
+    /// retried, with `/readyz` at 503, before the process exits non-zero.
+    pub stall_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +156,8 @@ impl Default for SinkConfig {
             memory_budget_bytes: 512 * 1024 * 1024,
             zstd_level: 1,
             row_group_rows: 128 * 1024,
+            max_open_files: 256,
+            stall_timeout_secs: 60,
         }
     }
 }
@@ -484,6 +492,18 @@ impl Config {
             return Err(ConfigError::invalid(
                 "sink.max_file_age_secs",
                 "must be ≥ 1",
+            ));
+        }
+        if !(1..=65_536).contains(&s.max_open_files) {
+            return Err(ConfigError::invalid(
+                "sink.max_open_files",
+                "must be 1 to 65536",
+            ));
+        }
+        if !(1..=3600).contains(&s.stall_timeout_secs) {
+            return Err(ConfigError::invalid(
+                "sink.stall_timeout_secs",
+                "must be 1 to 3600",
             ));
         }
         if !(1..=22).contains(&s.zstd_level) {

@@ -22,6 +22,11 @@ pub struct Metrics {
     pub bytes_written: IntCounterVec,
     pub flush_seconds: Histogram,
     pub flush_failures: IntCounter,
+    pub sink_stalled: IntGauge,
+    pub sink_retries: IntCounter,
+    pub staged_files_open: IntGauge,
+    pub staged_files_limit: IntGauge,
+    pub staged_files_closed_early: IntCounter,
     pub buffered_bytes: IntGauge,
     pub buffered_rows: IntGauge,
     pub memory_budget_bytes: IntGauge,
@@ -168,6 +173,31 @@ impl Metrics {
                 &r,
                 "agentaudit_flush_failures_total",
                 "Flushes that failed (the process stops)",
+            ),
+            sink_stalled: gauge(
+                &r,
+                "agentaudit_sink_stalled",
+                "1 while the sink cannot make progress (retrying a step, or failed); /readyz answers 503",
+            ),
+            sink_retries: counter(
+                &r,
+                "agentaudit_sink_retries_total",
+                "Sink steps retried after an I/O error",
+            ),
+            staged_files_open: gauge(
+                &r,
+                "agentaudit_staged_files_open",
+                "Staged Parquet files open for appends",
+            ),
+            staged_files_limit: gauge(
+                &r,
+                "agentaudit_staged_files_limit",
+                "Most staged files open at once (sink.max_open_files, at most a quarter of the descriptor limit)",
+            ),
+            staged_files_closed_early: counter(
+                &r,
+                "agentaudit_staged_files_closed_early_total",
+                "Staged files closed before their commit to stay within the open-file limit",
             ),
             buffered_bytes: gauge(
                 &r,

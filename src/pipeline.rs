@@ -383,6 +383,8 @@ struct FlushThread {
     metrics: Arc<Metrics>,
     /// The largest staged file's size, for the writer's roll decision.
     staged_bytes: Arc<AtomicU64>,
+    /// Set when the sink has failed for good, for `serve` to stop on.
+    failed: Arc<AtomicBool>,
 }
 
 impl FlushThread {
@@ -393,7 +395,12 @@ impl FlushThread {
                 // The requester may have gone away; the flush stands either way.
                 let _ = reply.send(result.as_ref().map_err(ToString::to_string).copied());
             }
-            result?;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "the sink cannot make progress; stopping");
+                self.metrics.sink_stalled.set(1);
+                self.failed.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -434,12 +441,15 @@ pub struct Running {
     pub consumer: Arc<KafkaConsumer>,
     /// The policy in force, for reloads; `None` when detection is off.
     pub policy: Option<SharedPolicy>,
+    sink_failed: Arc<AtomicBool>,
 }
 
 impl Running {
-    /// True once either thread has ended (normally only after `stop`).
+    /// True once a thread has ended (normally only after `stop`) or the
+    /// sink has failed for good.
     pub fn finished(&self) -> bool {
-        self.source.as_ref().is_none_or(JoinHandle::is_finished)
+        self.sink_failed.load(Ordering::SeqCst)
+            || self.source.as_ref().is_none_or(JoinHandle::is_finished)
             || self.writer.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
@@ -485,7 +495,9 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     let consumer = source.consumer.clone();
     let (roll_bytes, roll_age_secs) = sink.roll_limits();
     let staged_bytes = Arc::new(AtomicU64::new(0));
+    let sink_failed = Arc::new(AtomicBool::new(false));
     let flush_thread = FlushThread {
+        failed: sink_failed.clone(),
         staged_bytes: staged_bytes.clone(),
         sink,
         consumer: consumer.clone(),
@@ -544,6 +556,7 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
         writer: Some(writer),
         consumer,
         policy,
+        sink_failed,
     })
 }
 
@@ -770,7 +783,8 @@ pub async fn serve(mut cfg: Config, demo: Option<Demo>) -> Result<(), PipelineEr
                     reload(&metrics);
                 }
                 health.ready.store(
-                    crate::source::Source::is_assigned(&running.consumer),
+                    crate::source::Source::is_assigned(&running.consumer)
+                        && metrics.sink_stalled.get() == 0,
                     Ordering::SeqCst,
                 );
                 if running.finished() {

@@ -176,3 +176,44 @@ fn a_stop_before_the_commit_leaves_the_dataset_and_offsets_as_they_were() {
     let rows: usize = tenants_by_row_group(&files[0]).iter().map(Vec::len).sum();
     assert_eq!(rows, 2);
 }
+
+/// A producer picks the hours; the sink must not hold a file open per hour.
+/// With room for 4 open files, 60 hours over two chunks still commit every
+/// row: the least recently written file is closed early and committed with
+/// the rest, and an hour written again gets a second file.
+#[test]
+fn staged_files_stay_within_the_open_file_bound_whatever_the_hour_spread() {
+    let (dir, mut cfg, redactor) = setup();
+    cfg.max_open_files = 4;
+    let metrics = Arc::new(Metrics::new());
+    let mut sink = ParquetSink::open(&cfg, metrics.clone()).unwrap();
+    let hours: Vec<(&str, i64, i64)> = (0..60).map(|h| ("acme", T0 - h * HOUR, h)).collect();
+    sink.append(chunk(&redactor, &hours)).unwrap();
+    assert!(metrics.staged_files_open.get() <= 4);
+    // The same hours again: each one already closed gets a second file.
+    let again: Vec<(&str, i64, i64)> = (0..60)
+        .map(|h| ("beta", T0 - h * HOUR + 1, 100 + h))
+        .collect();
+    sink.append(chunk(&redactor, &again)).unwrap();
+    assert!(metrics.staged_files_open.get() <= 4);
+    assert_eq!(metrics.staged_files_limit.get(), 4);
+    assert!(metrics.staged_files_closed_early.get() >= 112);
+    assert_eq!(sink.uncommitted_rows(), 120);
+
+    let outcome = sink.commit().unwrap();
+    assert_eq!(outcome.rows, 120);
+    assert_eq!(outcome.files, 120, "each hour twice, in its own file");
+    assert_eq!(sink.durable_offsets()["t"][&3], 160);
+    let files = parquet_files(&dir.path().join("invocations"));
+    assert_eq!(files.len(), 120);
+    let hour_dirs: std::collections::BTreeSet<_> =
+        files.iter().filter_map(|f| f.parent()).collect();
+    assert_eq!(hour_dirs.len(), 60);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("_staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(metrics.staged_files_open.get(), 0);
+}

@@ -1,6 +1,7 @@
 //! Serve owns the HTTP surface of a running pipeline: `/metrics` in the
 //! Prometheus text format, `/healthz` (the process is alive and its threads
-//! run) and `/readyz` (the dataset is open and partitions are assigned).
+//! run) and `/readyz` (the dataset is open, partitions are assigned and the
+//! sink is not stalled).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,7 +61,7 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     status(
         s.health.ready.load(Ordering::SeqCst),
-        "not ready: no partitions assigned yet\n",
+        "not ready: no partitions assigned yet, or the sink is stalled (agentaudit_sink_stalled)\n",
     )
 }
 

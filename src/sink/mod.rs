@@ -12,22 +12,20 @@
 
 pub mod alertmanager;
 pub mod journal;
+pub mod retry;
 pub mod schema;
+pub mod staging;
 
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::metadata::{KeyValue, SortingColumn};
+use datafusion::parquet::file::metadata::SortingColumn;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
 
@@ -36,7 +34,9 @@ use crate::detect::Alert;
 use crate::error::SinkError;
 use crate::event::{DeadLetter, KafkaCoords, Prepared, Record};
 use crate::metrics::Metrics;
-use journal::{Journal, Offsets, Rename};
+use journal::{Journal, Offsets};
+use retry::Retry;
+use staging::Staging;
 
 pub const INVOCATIONS: &str = "invocations";
 pub const DEAD_LETTER: &str = "dead_letter";
@@ -155,8 +155,9 @@ pub struct ParquetSink {
     props_alerts: WriterProperties,
     journal: Journal,
     buffer: PendingRows,
-    /// Staged files of the commit in progress, one per partition.
-    open: BTreeMap<PartitionKey, OpenFile>,
+    /// Staged files of the commit in progress.
+    staging: Staging,
+    retry: Retry,
     /// Highest offset appended since the last commit, per (topic, partition).
     appended: BTreeMap<(Arc<str>, i32), i64>,
     metrics: Arc<Metrics>,
@@ -194,7 +195,19 @@ impl ParquetSink {
         metrics
             .discarded_staged_files
             .inc_by(report.discarded_staged as u64);
+        let soft_limit = staging::open_files_soft_limit();
+        let max_open = staging::open_files_budget(cfg.max_open_files, soft_limit);
+        if max_open < cfg.max_open_files {
+            tracing::warn!(
+                configured = cfg.max_open_files,
+                used = max_open,
+                descriptor_limit = soft_limit,
+                "sink.max_open_files lowered to a quarter of the open-file limit (ulimit -n)"
+            );
+        }
         Ok(ParquetSink {
+            staging: Staging::new(&root, max_open, metrics.clone()),
+            retry: Retry::new(Duration::from_secs(cfg.stall_timeout_secs), metrics.clone()),
             props_invocations: invocations_writer_props(cfg),
             props_dead_letter: writer_props(cfg, &schema::DEAD_LETTER_SORT_KEY),
             props_alerts: writer_props(cfg, &schema::ALERTS_SORT_KEY),
@@ -202,7 +215,6 @@ impl ParquetSink {
             cfg: cfg.clone(),
             journal,
             buffer: PendingRows::default(),
-            open: BTreeMap::new(),
             appended: BTreeMap::new(),
             metrics,
             _lock: lock,
@@ -241,16 +253,12 @@ impl ParquetSink {
 
     /// Rows appended since the last commit.
     pub fn uncommitted_rows(&self) -> usize {
-        self.open.values().map(|f| f.rows).sum()
+        self.staging.rows()
     }
 
-    /// Bytes on disk of the largest staged file, for rolling by size.
+    /// Bytes on disk of the largest open staged file, for rolling by size.
     pub fn largest_staged_bytes(&self) -> u64 {
-        self.open
-            .values()
-            .map(|f| f.writer.bytes_written() as u64)
-            .max()
-            .unwrap_or(0)
+        self.staging.largest_open_bytes()
     }
 
     /// Sorts `buffer` and appends it as row groups to the staged file of each
@@ -284,64 +292,33 @@ impl ParquetSink {
         batch: RecordBatch,
         coords: impl Iterator<Item = &'a KafkaCoords>,
     ) -> Result<(), SinkError> {
-        let seq = self.journal.seq + 1;
-        let index = self.open.len();
         let props = match key.table {
             INVOCATIONS => &self.props_invocations,
             DEAD_LETTER => &self.props_dead_letter,
             _ => &self.props_alerts,
         };
-        let file = match self.open.entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(OpenFile::create(
-                &self.root,
-                seq,
-                index,
-                key,
-                batch.schema(),
-                props.clone(),
-            )?),
-        };
-        file.append(&batch)?;
-        for c in coords {
-            let r = file
-                .ranges
-                .entry((c.topic.clone(), c.partition))
-                .or_insert((c.offset, c.offset));
-            r.0 = r.0.min(c.offset);
-            r.1 = r.1.max(c.offset);
-        }
-        Ok(())
+        self.staging
+            .append(self.journal.seq + 1, key, &batch, props, coords)
     }
 
     /// Closes and fsyncs every staged file, then makes them and their offsets
     /// durable at once through the journal.
     pub fn commit(&mut self) -> Result<FlushOutcome, SinkError> {
         let mut outcome = FlushOutcome::default();
-        if self.open.is_empty() && self.appended.is_empty() {
+        if self.staging.is_empty() && self.appended.is_empty() {
             return Ok(outcome);
         }
         let started = Instant::now();
         let seq = self.journal.seq + 1;
-        let mut renames = Vec::with_capacity(self.open.len());
-        for (key, file) in std::mem::take(&mut self.open) {
-            let (rows, bytes, rename) = file.close()?;
+        let closed = self.staging.finish()?;
+        let mut renames = Vec::with_capacity(closed.len());
+        let mut written = Vec::with_capacity(closed.len());
+        for file in closed {
             outcome.files += 1;
-            outcome.rows += rows;
-            outcome.bytes += bytes;
-            self.metrics
-                .rows_written
-                .with_label_values(&[key.table])
-                .inc_by(rows as u64);
-            self.metrics
-                .files_written
-                .with_label_values(&[key.table])
-                .inc();
-            self.metrics
-                .bytes_written
-                .with_label_values(&[key.table])
-                .inc_by(bytes);
-            renames.push(rename);
+            outcome.rows += file.rows;
+            outcome.bytes += file.bytes;
+            written.push((file.table, file.rows, file.bytes));
+            renames.push(file.rename);
         }
         let mut offsets = self.journal.offsets.clone();
         for ((topic, partition), last) in std::mem::take(&mut self.appended) {
@@ -371,27 +348,38 @@ impl ParquetSink {
             .iter()
             .filter_map(|r| self.root.join(&r.staged).parent().map(Path::to_owned))
             .collect();
+        // Each step from here on can run twice with one effect, so an I/O
+        // error is retried (and the sink reported stalled) within the budget.
         for dir in &staging_dirs {
-            journal::sync_dir(dir)?;
+            self.retry.run("sync staging", || journal::sync_dir(dir))?;
         }
         // The commit point: from here on the flush is durable.
-        journal::write(&self.root, &journal)?;
+        self.retry
+            .run("write journal", || journal::write(&self.root, &journal))?;
         let mut dirs = BTreeSet::new();
         for r in &journal.files {
             let dst = self.root.join(&r.final_path);
             if let Some(parent) = dst.parent()
                 && dirs.insert(parent.to_owned())
             {
-                fs::create_dir_all(parent).map_err(SinkError::io(parent))?;
+                self.retry.run("create partition", || {
+                    fs::create_dir_all(parent).map_err(SinkError::io(parent))
+                })?;
             }
-            fs::rename(self.root.join(&r.staged), &dst).map_err(SinkError::io(&dst))?;
+            let src = self.root.join(&r.staged);
+            self.retry.run("rename", || match fs::rename(&src, &dst) {
+                // Done by an earlier attempt whose reply was lost.
+                Err(_) if !src.exists() && dst.exists() => Ok(()),
+                other => other.map_err(SinkError::io(&dst)),
+            })?;
         }
+        // A new partition directory is durable only once its parents (dt=…,
+        // then the table directory) have been fsynced too; each once.
+        let mut synced = BTreeSet::new();
         for dir in &dirs {
-            // A new partition directory is durable only once its parents
-            // (dt=…, then the table directory) have been fsynced too.
             let mut d = dir.as_path();
-            while d != self.root {
-                journal::sync_dir(d)?;
+            while d != self.root && synced.insert(d.to_owned()) {
+                self.retry.run("sync partition", || journal::sync_dir(d))?;
                 match d.parent() {
                     Some(p) => d = p,
                     None => break,
@@ -399,94 +387,21 @@ impl ParquetSink {
             }
         }
         self.journal = journal;
+        for (table, rows, bytes) in written {
+            self.metrics
+                .rows_written
+                .with_label_values(&[table])
+                .inc_by(rows as u64);
+            self.metrics.files_written.with_label_values(&[table]).inc();
+            self.metrics
+                .bytes_written
+                .with_label_values(&[table])
+                .inc_by(bytes);
+        }
         self.metrics
             .flush_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(outcome)
-    }
-}
-
-/// A staged Parquet file of the commit in progress: each append adds sorted
-/// row groups, and the Kafka ranges of its rows go into its metadata on close.
-struct OpenFile {
-    writer: ArrowWriter<BufWriter<File>>,
-    /// Absolute path of the staged file, for errors.
-    path: PathBuf,
-    rename: Rename,
-    rows: usize,
-    /// First and last offset of the rows so far per (topic, partition),
-    /// written as `{"topic/partition": [first, last]}` so that a file can be
-    /// traced to the Kafka range it holds without reading its rows.
-    ranges: BTreeMap<(Arc<str>, i32), (i64, i64)>,
-}
-
-impl OpenFile {
-    fn create(
-        root: &std::path::Path,
-        seq: u64,
-        index: usize,
-        key: PartitionKey,
-        schema: SchemaRef,
-        props: WriterProperties,
-    ) -> Result<OpenFile, SinkError> {
-        let name = format!("part-{seq:012}-{index:04}.parquet");
-        let staged = PathBuf::from("_staging").join(&name);
-        let final_path = key.dir().join(&name);
-        let path = root.join(&staged);
-        let file = File::create(&path).map_err(SinkError::io(&path))?;
-        let writer =
-            ArrowWriter::try_new(BufWriter::new(file), schema, Some(props)).map_err(|source| {
-                SinkError::Parquet {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-        Ok(OpenFile {
-            writer,
-            path,
-            rename: Rename { staged, final_path },
-            rows: 0,
-            ranges: BTreeMap::new(),
-        })
-    }
-
-    /// Appends `batch` and ends the row group, so that every row group is
-    /// sorted on its own (Parquet's `sorting_columns` is per row group).
-    fn append(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
-        let parquet_err = |source| SinkError::Parquet {
-            path: self.path.clone(),
-            source,
-        };
-        self.writer.write(batch).map_err(parquet_err)?;
-        self.writer.flush().map_err(parquet_err)?;
-        self.rows += batch.num_rows();
-        Ok(())
-    }
-
-    /// Writes the footer and fsyncs: rows, bytes on disk, and the rename.
-    fn close(mut self) -> Result<(usize, u64, Rename), SinkError> {
-        let path = self.path;
-        let ranges: BTreeMap<String, (i64, i64)> = self
-            .ranges
-            .iter()
-            .map(|((topic, partition), r)| (format!("{topic}/{partition}"), *r))
-            .collect();
-        let meta = serde_json::to_string(&ranges).unwrap_or_default();
-        self.writer
-            .append_key_value_metadata(KeyValue::new("agentaudit.offsets".to_owned(), meta));
-        let parquet_err = |source| SinkError::Parquet {
-            path: path.clone(),
-            source,
-        };
-        let file = self
-            .writer
-            .into_inner()
-            .map_err(parquet_err)?
-            .into_inner()
-            .map_err(|e| SinkError::io(&path)(e.into_error()))?;
-        file.sync_all().map_err(SinkError::io(&path))?;
-        let bytes = file.metadata().map_err(SinkError::io(&path))?.len();
-        Ok((self.rows, bytes, self.rename))
     }
 }
 

@@ -88,7 +88,22 @@ impl Drop for Serve {
 
 impl Serve {
     pub fn start(args: &[&str]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agentaudit"))
+        Serve::spawn(Command::new(env!("CARGO_BIN_EXE_agentaudit")), args)
+    }
+
+    /// `serve` under `ulimit -n nofile`, as a service manager might run it.
+    pub fn start_with_open_files(nofile: u32, args: &[&str]) -> Serve {
+        let mut sh = Command::new("sh");
+        sh.args([
+            "-c",
+            &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""),
+            env!("CARGO_BIN_EXE_agentaudit"),
+        ]);
+        Serve::spawn(sh, args)
+    }
+
+    fn spawn(mut command: Command, args: &[&str]) -> Serve {
+        let mut child = command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -170,6 +185,18 @@ impl Serve {
                 start.elapsed() < Duration::from_secs(60),
                 "serve did not stop on SIGTERM"
             );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(start.elapsed() < timeout, "serve did not exit");
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -1,0 +1,154 @@
+//! End to end against a hostile producer: each test sends what a compromised
+//! agent could send through a real `agentaudit serve` process, and checks
+//! that the monitor keeps storing, stays honest about its health, and
+//! stores nothing secret.
+
+mod common;
+
+use std::time::Duration;
+
+use agentaudit::source::embedded::EmbeddedBroker;
+use common::{Serve, count};
+
+/// A valid v1 event with the given id and epoch-millisecond timestamp.
+fn event(id: &str, ts_ms: i64) -> String {
+    serde_json::json!({
+        "event_id": id,
+        "ts": ts_ms,
+        "tenant": "acme",
+        "environment": "prod",
+        "agent_id": "agent-1",
+        "tool": "search",
+        "status": "ok",
+    })
+    .to_string()
+}
+
+fn produce(brokers: &str, topic: &str, payloads: &[String]) {
+    use rdkafka::producer::Producer;
+    let producer = agentaudit::traffic::producer(brokers, &[]).expect("producer");
+    for p in payloads {
+        agentaudit::traffic::send(&producer, topic, None, p.as_bytes()).expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// 3,000 events, each in its own hour since 2000-01-02, under the common
+/// service default of 1,024 open files: before staged files were bounded,
+/// every (table, hour) held one open, the flusher failed with "Too many open
+/// files" and nothing more was stored while `/readyz` stayed 200.
+#[test]
+fn three_thousand_back_dated_hours_all_land_under_1024_open_files() {
+    let topic = "hostile-hours";
+    let broker = EmbeddedBroker::start(topic, 2).expect("broker");
+    let brokers = broker.bootstrap_servers();
+    const HOURS: i64 = 3000;
+    let start_ms = 946_771_200_000; // 2000-01-02T00:00:00Z
+    let payloads: Vec<String> = (0..HOURS)
+        .map(|h| event(&format!("h{h}"), start_ms + h * 3_600_000 + 1_000))
+        .collect();
+    produce(&brokers, topic, &payloads);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().unwrap();
+    let mut serve = Serve::start_with_open_files(
+        1024,
+        &[
+            "--brokers",
+            &brokers,
+            "--topic",
+            topic,
+            "--group",
+            "hours",
+            "--data-dir",
+            data,
+        ],
+    );
+    serve.wait_until("all consumed", Duration::from_secs(120), |s| {
+        s.metric("agentaudit_events_consumed_total") >= HOURS as f64
+    });
+    // Within one roll interval everything is durable, and the sink says so.
+    serve.wait_until("every row committed", Duration::from_secs(120), |s| {
+        s.metric("agentaudit_rows_written_total") >= HOURS as f64
+    });
+    assert_eq!(serve.metric("agentaudit_sink_stalled"), 0.0);
+    assert_eq!(serve.get("/readyz").map(|r| r.0), Some(200));
+    assert!(serve.terminate().success(), "clean stop exits 0");
+
+    let rows = count(dir.path(), "SELECT count(*) AS n FROM invocations");
+    assert_eq!(rows, HOURS, "every back-dated hour stored");
+    let distinct = count(
+        dir.path(),
+        "SELECT count(DISTINCT date_trunc('hour', ts)) AS n FROM invocations",
+    );
+    assert_eq!(distinct, HOURS);
+}
+
+/// A sink that cannot make progress says so and gives up within its budget:
+/// `/readyz` turns 503 and `agentaudit_sink_stalled` 1 while it retries, then
+/// the process exits non-zero for its supervisor to restart. The restart,
+/// with the obstacle gone, stores every row once.
+#[test]
+fn a_stalled_sink_turns_unready_exits_non_zero_and_recovers_on_restart() {
+    let topic = "hostile-stall";
+    let broker = EmbeddedBroker::start(topic, 1).expect("broker");
+    let brokers = broker.bootstrap_servers();
+    let hour_ms = 946_771_200_000; // 2000-01-02T00:00:00Z
+    let payloads: Vec<String> = (0..50)
+        .map(|i| event(&format!("s{i}"), hour_ms + i * 1_000))
+        .collect();
+    produce(&brokers, topic, &payloads);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // A file where the partition directory must go: creating it fails (as
+    // root too, unlike a read-only mode) until the file is removed.
+    let obstacle = data.join("invocations").join("dt=2000-01-02");
+    std::fs::create_dir_all(obstacle.parent().unwrap()).unwrap();
+    std::fs::write(&obstacle, b"in the way").unwrap();
+    let config = dir.path().join("agentaudit.toml");
+    std::fs::write(
+        &config,
+        "[sink]\nmax_file_age_secs = 1\nstall_timeout_secs = 4\n",
+    )
+    .unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--brokers",
+        &brokers,
+        "--topic",
+        topic,
+        "--group",
+        "stall",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let mut serve = Serve::start(&args);
+    serve.wait_until("the stall to show", Duration::from_secs(60), |s| {
+        s.metric("agentaudit_sink_stalled") == 1.0
+            && s.get("/readyz").is_some_and(|(code, _)| code == 503)
+    });
+    assert!(serve.metric("agentaudit_sink_retries_total") >= 1.0);
+    let status = serve.wait_for_exit(Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "a failed sink exits non-zero: {status:?}"
+    );
+
+    std::fs::remove_file(&obstacle).unwrap();
+    let mut serve = Serve::start(&args);
+    serve.wait_until("ready again", Duration::from_secs(60), |s| {
+        s.get("/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(serve.metric("agentaudit_sink_stalled"), 0.0);
+    assert!(serve.terminate().success());
+    let rows = count(&data, "SELECT count(*) AS n FROM invocations");
+    assert_eq!(rows, 50, "every row once after the restart");
+    let distinct = count(
+        &data,
+        "SELECT count(DISTINCT event_id) AS n FROM invocations",
+    );
+    assert_eq!(distinct, 50);
+}
