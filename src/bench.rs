@@ -337,6 +337,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
     let producer = crate::traffic::producer(&brokers, &batching)?;
     let mut generator = Generator::new(GenOptions {
         malformed_ratio: 0.001,
+        // Events are 10 ms apart: end an hour ago, so none is dead-lettered
+        // as being from the future (`decode.max_future_secs`).
+        start_ms: chrono::Utc::now().timestamp_millis()
+            - i64::try_from(opts.events.saturating_mul(10)).unwrap_or(i64::MAX / 4)
+            - 3_600_000,
         ..GenOptions::default()
     });
     let stop = AtomicBool::new(false);

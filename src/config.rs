@@ -42,6 +42,8 @@ pub struct DecodeConfig {
     pub max_depth: usize,
     pub max_attributes: usize,
     pub output_preview_chars: usize,
+    /// Clock skew allowed: `ts` further than this after arrival is
+    /// dead-lettered, so a producer cannot drag event time ahead.
     pub max_future_secs: i64,
 }
 

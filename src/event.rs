@@ -142,10 +142,11 @@ pub enum DeadLetterReason {
     InvalidField,
     InvalidTimestamp,
     TimestampOutOfRange,
+    TimestampInFuture,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 11] = [
+    pub const ALL: [DeadLetterReason; 12] = [
         DeadLetterReason::Empty,
         DeadLetterReason::TooLarge,
         DeadLetterReason::InvalidUtf8,
@@ -157,6 +158,7 @@ impl DeadLetterReason {
         DeadLetterReason::InvalidField,
         DeadLetterReason::InvalidTimestamp,
         DeadLetterReason::TimestampOutOfRange,
+        DeadLetterReason::TimestampInFuture,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -172,6 +174,7 @@ impl DeadLetterReason {
             DeadLetterReason::InvalidField => "invalid_field",
             DeadLetterReason::InvalidTimestamp => "invalid_timestamp",
             DeadLetterReason::TimestampOutOfRange => "timestamp_out_of_range",
+            DeadLetterReason::TimestampInFuture => "timestamp_in_future",
         }
     }
 }

@@ -574,6 +574,7 @@ fn detect_stage(
         install_policy(&policy, p, &metrics);
     }
     let mut detector = Detector::new(d, false);
+    detector.bound_by_arrival();
     let bucket_ms = i64::try_from(d.bucket_secs * 1000).unwrap_or(60_000);
     let now = chrono::Utc::now().timestamp_millis();
     match crate::detect::warm::from_history(
@@ -743,6 +744,10 @@ pub async fn serve(mut cfg: Config, demo: Option<Demo>) -> Result<(), PipelineEr
             Some(std::thread::spawn(move || {
                 let mut g = crate::traffic::Generator::new(crate::traffic::GenOptions {
                     malformed_ratio: 0.005,
+                    // Event time runs at `rate / 100` times real time; from
+                    // 12 h back it stays behind the clock for 12 h at the
+                    // default rate, so no demo event is "from the future".
+                    start_ms: chrono::Utc::now().timestamp_millis() - 12 * 3_600_000,
                     scenario_start: DEMO_SCENARIO_START,
                     scenario_events: u64::MAX / 2,
                     scenarios: demo_scenarios,

@@ -152,3 +152,95 @@ fn a_stalled_sink_turns_unready_exits_non_zero_and_recovers_on_restart() {
     );
     assert_eq!(distinct, 50);
 }
+
+const POLICY: &str = r#"
+[[agents]]
+id = "agent-1"
+business_owner = "Ops"
+technical_owner = "ops@example.com"
+environments = ["production"]
+review_by = "2099-01-01"
+
+[agents.tools.production]
+read = ["search"]
+"#;
+
+fn metric_line(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// One call stamped hours ahead, from another tenant, used to move the one
+/// event-time clock: it resolved every active alert. Now it is dead-lettered
+/// as `timestamp_in_future`, and a call within the allowed skew counts at
+/// its arrival: the other tenant's alert stays active.
+#[test]
+fn a_call_from_the_future_is_dead_lettered_and_resolves_no_alert() {
+    let topic = "hostile-time";
+    let broker = EmbeddedBroker::start(topic, 1).expect("broker");
+    let brokers = broker.bootstrap_servers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let data = dir.path().join("data");
+    let mut serve = Serve::start(&[
+        "--brokers",
+        &brokers,
+        "--topic",
+        topic,
+        "--group",
+        "time",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    serve.wait_until("readiness", Duration::from_secs(60), |s| {
+        s.get("/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut ghost: serde_json::Value = serde_json::from_str(&event("g1", now)).unwrap();
+    ghost["agent_id"] = "ghost-bot".into();
+    ghost["environment"] = "production".into();
+    let forged = |id: &str, ts: i64| {
+        let mut e: serde_json::Value = serde_json::from_str(&event(id, ts)).unwrap();
+        e["tenant"] = "initech".into();
+        e["environment"] = "production".into();
+        e.to_string()
+    };
+    let hour = 3_600_000;
+    produce(
+        &brokers,
+        topic,
+        &[
+            ghost.to_string(),
+            forged("f1", now + 3 * hour),
+            forged("f2", now + 9 * 60_000),
+            forged("f3", now + 1_000),
+        ],
+    );
+    let active = "agentaudit_alert_active{agent=\"ghost-bot\",rule=\"unregistered_agent\"";
+    serve.wait_until(
+        "the alert and the dead letter",
+        Duration::from_secs(60),
+        |s| {
+            let body = s.get("/metrics").map(|r| r.1).unwrap_or_default();
+            metric_line(&body, active) == Some(1.0)
+                && metric_line(
+                    &body,
+                    "agentaudit_dead_letters_total{reason=\"timestamp_in_future\"}",
+                ) == Some(1.0)
+        },
+    );
+    // A few seconds of wall clock later the alert still holds (hold: 5
+    // buckets of 60 s); before, the forged clock had resolved it at once.
+    std::thread::sleep(Duration::from_secs(3));
+    let body = serve.get("/metrics").unwrap().1;
+    assert_eq!(metric_line(&body, active), Some(1.0), "{body}");
+    assert!(serve.terminate().success());
+    let reasons = common::query(&data, "SELECT reason FROM dead_letter", &[]);
+    assert_eq!(reasons.len(), 1);
+    assert_eq!(reasons[0]["reason"], "timestamp_in_future");
+    assert_eq!(count(&data, "SELECT count(*) AS n FROM invocations"), 3);
+}

@@ -31,7 +31,9 @@ pub struct DecodeLimits {
     pub output_preview_chars: usize,
     /// Events older than this epoch-millisecond instant are absurd.
     pub min_ts_ms: i64,
-    /// Events further than this in the future of arrival are absurd.
+    /// The clock skew allowed: events further than this in the future of
+    /// arrival are dead-lettered (`timestamp_in_future`). As Prometheus and
+    /// Loki bound out-of-order samples from the future, 10 minutes.
     pub max_future_ms: i64,
 }
 
@@ -45,7 +47,7 @@ impl Default for DecodeLimits {
             output_preview_chars: 0,
             // 2000-01-01T00:00:00Z
             min_ts_ms: 946_684_800_000,
-            max_future_ms: 24 * 3600 * 1000,
+            max_future_ms: 600 * 1000,
         }
     }
 }
@@ -480,10 +482,22 @@ impl<'de> RawFields<'de> {
                 ));
             }
         };
-        if ts_ms < limits.min_ts_ms || ts_ms > now_ms.saturating_add(limits.max_future_ms) {
+        if ts_ms < limits.min_ts_ms {
             return Err(fail(
                 DeadLetterReason::TimestampOutOfRange,
-                format!("`ts` {ts_ms} ms is outside the accepted range"),
+                format!("`ts` {ts_ms} ms is before the accepted range"),
+            ));
+        }
+        // The producer chooses `ts`: one event from far ahead would drag
+        // event-time clocks with it, so the future is bounded by arrival
+        // time plus the clock skew allowed.
+        if ts_ms > now_ms.saturating_add(limits.max_future_ms) {
+            return Err(fail(
+                DeadLetterReason::TimestampInFuture,
+                format!(
+                    "`ts` {ts_ms} ms is more than {} s after arrival (decode.max_future_secs)",
+                    limits.max_future_ms / 1000
+                ),
             ));
         }
         Ok(ts_ms)

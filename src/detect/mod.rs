@@ -197,7 +197,13 @@ impl KeyKind {
 struct ActiveAlert {
     alert: Alert,
     last_bucket: i64,
+    /// Its tenant, whose partition's clock resolves it.
+    tenant_key: u64,
 }
+
+/// Tenants whose partition is remembered for resolving their alerts; past
+/// it the map starts over and their alerts resolve by the consumer's clock.
+const MAX_TENANT_SOURCES: usize = 100_000;
 
 /// The detectors' state. One per pipeline, fed in event order per partition.
 pub struct Detector {
@@ -243,6 +249,15 @@ pub struct Detector {
     /// catch-up, and a global clock would fold a merely lagging tenant's
     /// buckets before its calls arrive (and then count them late).
     source_clocks: HashedKeys<i64>,
+    /// The source each tenant's calls last arrived on: its alerts resolve by
+    /// that partition's clock, so neither a lagging partition in a catch-up
+    /// nor another tenant's clock resolves them early.
+    tenant_sources: HashedKeys<u64>,
+    /// Live, event time counts no further than arrival time: `ts` is the
+    /// producer's to choose, and one stamped ahead would otherwise drag the
+    /// clocks that fold buckets and resolve alerts. A backtest replays
+    /// history by its own clock and leaves this off.
+    bounded_by_arrival: bool,
     /// Tenants left unwatched because `silence_watch` was full.
     pub silence_watch_refused: u64,
     /// Bounded-map evictions, for the metric.
@@ -286,10 +301,31 @@ impl Detector {
             advanced_to: i64::MIN,
             silence_watch: HashedKeys::default(),
             source_clocks: HashedKeys::default(),
+            tenant_sources: HashedKeys::default(),
+            bounded_by_arrival: false,
             silence_watch_refused: 0,
             evictions: 0,
             cfg: cfg.clone(),
         }
+    }
+
+    /// Counts a live event's time no further than its arrival (see
+    /// `bounded_by_arrival`).
+    pub fn bound_by_arrival(&mut self) {
+        self.bounded_by_arrival = true;
+    }
+
+    /// The time a record counts at: its `ts`, live no later than arrival.
+    fn clock_of(&self, r: &Record) -> i64 {
+        if self.bounded_by_arrival {
+            r.event.ts_ms.min(r.ingested_at_ms)
+        } else {
+            r.event.ts_ms
+        }
+    }
+
+    fn tenant_key(&self, tenant: &str) -> u64 {
+        self.hasher.hash_one((23u8, tenant))
     }
 
     pub fn baseline_keys(&self) -> usize {
@@ -408,16 +444,20 @@ impl Detector {
     /// Runs every enabled rule over one record; changes go to `out`.
     pub fn observe(&mut self, r: &Record, policy: Option<&Policy>, out: &mut Vec<AlertChange>) {
         let e = &r.event;
-        self.first_event_ms.get_or_insert(e.ts_ms);
-        self.max_event_ms = self.max_event_ms.max(e.ts_ms);
-        let bucket = self.bucket_of(e.ts_ms);
+        let now_ms = self.clock_of(r);
+        self.first_event_ms.get_or_insert(now_ms);
+        self.max_event_ms = self.max_event_ms.max(now_ms);
+        let bucket = self.bucket_of(now_ms);
         let b32 = u32::try_from(bucket.max(0)).unwrap_or(u32::MAX);
         let source = self
             .hasher
             .hash_one((17u8, &*r.coords.topic, r.coords.partition));
         self.evictions += make_room(&mut self.source_clocks, source, MAX_SILENCE_WATCH);
-        let clock = self.source_clocks.entry(source).or_insert(e.ts_ms);
-        *clock = (*clock).max(e.ts_ms);
+        let clock = self.source_clocks.entry(source).or_insert(now_ms);
+        *clock = (*clock).max(now_ms);
+        let tenant_key = self.tenant_key(&e.tenant);
+        self.evictions += make_room(&mut self.tenant_sources, tenant_key, MAX_TENANT_SOURCES);
+        self.tenant_sources.insert(tenant_key, source);
         // Statistical rules.
         let mut shared = None;
         for (kind, key) in self.keys(&e.tenant, &e.agent_id, &e.tool) {
@@ -680,11 +720,13 @@ impl Detector {
             detected_at_ms: at_ms,
         };
         out.push(AlertChange::Fired(alert.clone()));
+        let tenant_key = self.tenant_key(tenant);
         self.active.insert(
             id,
             ActiveAlert {
                 alert,
                 last_bucket: bucket,
+                tenant_key,
             },
         );
     }
@@ -703,7 +745,10 @@ impl Detector {
     }
 
     /// Resolves alerts whose condition has not been seen for `hold_buckets`
-    /// buckets of event time behind the watermark.
+    /// buckets of event time behind the watermark of their tenant's
+    /// partition (the consumer's, for a tenant no longer remembered). Runs
+    /// when the consumer's watermark enters a new bucket, so an alert
+    /// resolves at most a bucket after its own watermark allows.
     pub fn advance(&mut self, out: &mut Vec<AlertChange>) {
         if self.max_event_ms == i64::MIN {
             return;
@@ -717,10 +762,16 @@ impl Detector {
         self.advanced_to = watermark;
         self.sweep_silence(out);
         let hold = i64::from(self.cfg.hold_buckets);
+        let own_watermark = |a: &ActiveAlert| {
+            self.tenant_sources
+                .get(&a.tenant_key)
+                .and_then(|s| self.source_clocks.get(s))
+                .map_or(watermark, |clock| self.bucket_of(clock - self.lateness_ms))
+        };
         let due: Vec<_> = self
             .active
             .iter()
-            .filter(|(_, a)| a.last_bucket + hold < watermark)
+            .filter(|(_, a)| a.last_bucket + hold < own_watermark(a))
             .map(|(k, _)| *k)
             .collect();
         let mut resolved: Vec<Alert> = due

@@ -60,7 +60,14 @@ rate_limit_per_minute = 5
 const T0: i64 = 1_795_852_800_000;
 
 fn record(json: &str) -> Record {
-    let event = decode(Some(json.as_bytes()), T0, &DecodeLimits::default()).expect("valid event");
+    // Tests play hours of event time: judged, as a backtest is, by their own
+    // clock, so no call is "from the future".
+    let event = decode(
+        Some(json.as_bytes()),
+        i64::MAX / 2,
+        &DecodeLimits::default(),
+    )
+    .expect("valid event");
     let coords = KafkaCoords {
         topic: Arc::from("t"),
         partition: 0,
@@ -649,4 +656,126 @@ fn a_full_active_set_never_drops_a_critical_alert_for_an_info_one() {
     assert!(!resolved_critical, "{out:?}");
     assert_eq!(d.active_alerts(), 2);
     assert!(d.evictions >= 20, "the dropped alerts are counted");
+}
+
+/// `call` from `tenant` at event time `ts`, arriving at `arrived` on
+/// partition `partition`.
+fn arriving(tenant: &str, ts: i64, arrived: i64, partition: i32, id: &str) -> Record {
+    let mut r = call(&format!(r#""event_id":"{id}","tenant":"{tenant}""#));
+    r.event.ts_ms = ts;
+    r.ingested_at_ms = arrived;
+    r.coords.partition = partition;
+    r
+}
+
+fn resolved_rules(out: &[AlertChange]) -> Vec<(&'static str, String)> {
+    out.iter()
+        .filter_map(|c| match c {
+            AlertChange::Resolved(a) => Some((a.rule.name(), a.tenant.clone())),
+            AlertChange::Fired(_) => None,
+        })
+        .collect()
+}
+
+/// One call stamped hours ahead moved the one event-time clock: every
+/// tenant's active alerts resolved, and the caller's key rolled ahead so its
+/// on-time calls counted as late. Live, time counts no further than arrival,
+/// and alerts resolve by their own tenant's partition clock.
+#[test]
+fn a_call_stamped_ahead_neither_resolves_alerts_nor_makes_calls_late() {
+    let p = Policy::parse(POLICY).expect("policy");
+    let cfg = DetectConfig {
+        hold_buckets: 2,
+        allowed_lateness_secs: 0,
+        ..DetectConfig::default()
+    };
+    let hours = 3 * 3_600_000;
+    let run = |bounded: bool| {
+        let mut d = Detector::new(&cfg, false);
+        if bounded {
+            d.bound_by_arrival();
+        }
+        let mut out = Vec::new();
+        let mut ghost = arriving("globex", T0, T0, 0, "g1");
+        ghost.event.agent_id = "ghost-bot".into();
+        d.observe(&ghost, Some(&p), &mut out);
+        assert_eq!(d.active_alerts(), 1, "{out:?}");
+        // Another tenant, same partition, a minute later, stamped 3 h ahead.
+        let forged = arriving("initech", T0 + hours, T0 + 60_000, 0, "f1");
+        d.observe(&forged, Some(&p), &mut out);
+        d.advance(&mut out);
+        // Then the forger's own on-time calls.
+        for i in 0..5 {
+            let r = arriving(
+                "initech",
+                T0 + 61_000 + i,
+                T0 + 61_000 + i,
+                0,
+                &format!("o{i}"),
+            );
+            d.observe(&r, Some(&p), &mut out);
+        }
+        d.advance(&mut out);
+        (resolved_rules(&out), d.baseline_late())
+    };
+    let (resolved, late) = run(false);
+    assert!(
+        resolved.contains(&("unregistered_agent", "globex".into())),
+        "unbounded, the forged clock resolves another tenant's alert: {resolved:?}"
+    );
+    assert!(late > 0, "unbounded, on-time calls count as late");
+    let (resolved, late) = run(true);
+    assert!(resolved.is_empty(), "{resolved:?}");
+    assert_eq!(late, 0);
+}
+
+/// In a catch-up the partitions of one consumer drift apart: a tenant's
+/// alert resolves by its own partition's clock, not by a partition an hour
+/// ahead, and does resolve once its own partition moves past the hold.
+#[test]
+fn alerts_resolve_by_their_own_partitions_clock() {
+    let p = Policy::parse(POLICY).expect("policy");
+    let cfg = DetectConfig {
+        hold_buckets: 2,
+        allowed_lateness_secs: 0,
+        ..DetectConfig::default()
+    };
+    let mut d = Detector::new(&cfg, false);
+    d.bound_by_arrival();
+    let now = T0 + 2 * 3_600_000;
+    let mut out = Vec::new();
+    let mut ghost = arriving("globex", T0, now, 0, "g1");
+    ghost.event.agent_id = "ghost-bot".into();
+    d.observe(&ghost, Some(&p), &mut out);
+    // Partition 1 is an hour further on.
+    for m in 0..10 {
+        let r = arriving(
+            "initech",
+            T0 + 3_600_000 + m * 60_000,
+            now,
+            1,
+            &format!("i{m}"),
+        );
+        d.observe(&r, Some(&p), &mut out);
+        d.advance(&mut out);
+    }
+    assert!(resolved_rules(&out).is_empty(), "{out:?}");
+    // Partition 0 catches up past the hold: the alert resolves.
+    for m in 1..5 {
+        let r = arriving("globex", T0 + m * 60_000, now, 0, &format!("c{m}"));
+        d.observe(&r, Some(&p), &mut out);
+        let r = arriving(
+            "initech",
+            T0 + 3_600_000 + (10 + m) * 60_000,
+            now,
+            1,
+            &format!("j{m}"),
+        );
+        d.observe(&r, Some(&p), &mut out);
+        d.advance(&mut out);
+    }
+    assert_eq!(
+        resolved_rules(&out),
+        vec![("unregistered_agent", "globex".to_owned())]
+    );
 }
