@@ -543,8 +543,26 @@ impl Config {
                 "must be at most 1 MiB",
             ));
         }
-        // Compiling the redactor checks every custom pattern and the hash key.
-        crate::redact::Redactor::new(r)?;
+        if let Some(key) = &r.hash_key {
+            if key == "change-me" {
+                return Err(ConfigError::invalid(
+                    "redact.hash_key",
+                    "is the example's placeholder; set a secret of your own, or remove it to have one generated into the data directory",
+                ));
+            }
+            if key.len() < 16 {
+                return Err(ConfigError::invalid(
+                    "redact.hash_key",
+                    "must be at least 16 characters: a short key is guessed, and with it every digest reversed",
+                ));
+            }
+        }
+        // Compiling the redactor checks every custom pattern; without a
+        // configured key, `serve` uses the dataset's generated one.
+        let mut r = r.clone();
+        r.hash_key
+            .get_or_insert_with(|| "generated-at-start".into());
+        crate::redact::Redactor::new(&r)?;
         self.listen_addr()?;
         self.validate_detect()?;
         Ok(())
@@ -578,10 +596,16 @@ mod tests {
     }
 
     #[test]
-    fn hash_rule_without_key_is_refused() {
+    fn the_placeholder_and_short_hash_keys_are_refused() {
+        for key in ["change-me", "short"] {
+            let cfg = Config::from_toml(&format!("[redact]\nhash_key = \"{key}\"\n")).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("redact.hash_key"), "{err}");
+        }
+        // A hash rule without a key uses the dataset's generated one.
         let cfg =
             Config::from_toml("[[redact.fields]]\npath = \"actor\"\naction = \"hash\"\n").unwrap();
-        assert!(cfg.validate().unwrap_err().to_string().contains("hash_key"));
+        cfg.validate().expect("valid");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum SinkError {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("commit journal {path} is unreadable: {why}")]
     Journal { path: PathBuf, why: String },
+    #[error("the dataset key {path} is unusable: {why}")]
+    Key { path: PathBuf, why: String },
     #[error("data directory {path} is locked by another agentaudit process")]
     Locked { path: PathBuf },
 }

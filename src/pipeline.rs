@@ -480,11 +480,22 @@ fn join<T>(handle: Option<JoinHandle<T>>) -> Result<T, PipelineError> {
 
 /// Opens the dataset, recovers it, and starts consuming from `brokers`.
 pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Running, PipelineError> {
-    let redactor = Arc::new(Redactor::new(&cfg.redact)?);
     metrics
         .memory_budget_bytes
         .set(cfg.sink.memory_budget_bytes as i64);
     let sink = ParquetSink::open(&cfg.sink, metrics.clone())?;
+    // The key of output digests and `hash` rules: configured, or the
+    // dataset's own (generated on first start, under the lock just taken).
+    let mut cfg = cfg.clone();
+    let key = match cfg.redact.hash_key.take() {
+        Some(k) => k,
+        None => crate::sink::dataset_key::load_or_create(&cfg.sink.data_dir)?,
+    };
+    let mut limits = cfg.decode_limits();
+    limits.output_key = Some(crate::decode::OutputKey::new(key.as_bytes()));
+    cfg.redact.hash_key = Some(key);
+    let cfg = &cfg;
+    let redactor = Arc::new(Redactor::new(&cfg.redact)?);
     let durable: Durable = Arc::new(Mutex::new(
         sink.durable_offsets()
             .get(&cfg.kafka.topic)
@@ -520,7 +531,7 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     };
     let preparer = Preparer {
         redactor,
-        limits: cfg.decode_limits(),
+        limits,
         metrics: metrics.clone(),
     };
     let prepare: Prepare = Box::new(move |m| preparer.prepare(m));

@@ -11,6 +11,7 @@ pub mod markers;
 use std::borrow::Cow;
 use std::fmt;
 
+use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
@@ -35,6 +36,30 @@ pub struct DecodeLimits {
     /// arrival are dead-lettered (`timestamp_in_future`). As Prometheus and
     /// Loki bound out-of-order samples from the future, 10 minutes.
     pub max_future_ms: i64,
+    /// Key of the output digest. A plain SHA-256 of a short output (a PIN,
+    /// an SSN) is reversed by trying every value; keyed, it still joins
+    /// equal outputs within one dataset. `None` digests unkeyed (backtests,
+    /// which store no output).
+    pub output_key: Option<OutputKey>,
+}
+
+/// An HMAC-SHA256 key, prepared once; its `Debug` never shows it.
+#[derive(Clone)]
+pub struct OutputKey(Hmac<Sha256>);
+
+impl OutputKey {
+    pub fn new(key: &[u8]) -> OutputKey {
+        OutputKey(
+            <Hmac<Sha256> as Mac>::new_from_slice(key)
+                .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length")),
+        )
+    }
+}
+
+impl std::fmt::Debug for OutputKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutputKey(…)")
+    }
 }
 
 impl Default for DecodeLimits {
@@ -48,6 +73,7 @@ impl Default for DecodeLimits {
             // 2000-01-01T00:00:00Z
             min_ts_ms: 946_684_800_000,
             max_future_ms: 600 * 1000,
+            output_key: None,
         }
     }
 }
@@ -408,7 +434,8 @@ impl<'de> RawFields<'de> {
             None => (None, markers::Markers::default()),
             Some(raw) if raw.get() == "null" => (None, markers::Markers::default()),
             Some(raw) => {
-                let (digest, found) = digest_output(raw, limits.output_preview_chars);
+                let (digest, found) =
+                    digest_output(raw, limits.output_preview_chars, limits.output_key.as_ref());
                 (Some(digest), found)
             }
         };
@@ -539,6 +566,7 @@ fn checked_str(f: Field, v: Scalar<'_>, max_chars: usize) -> Result<String, Deco
 fn digest_output(
     raw: &serde_json::value::RawValue,
     preview_chars: usize,
+    key: Option<&OutputKey>,
 ) -> (OutputDigest, markers::Markers) {
     let text = raw.get();
     // A JSON string is hashed by its content so that the digest matches what
@@ -552,7 +580,15 @@ fn digest_output(
     };
     let mut hex_digest = [0u8; 64];
     // 32 bytes always fit 64 hex digits; `hex::encode` goes char by char.
-    let sha256 = hex::encode_to_slice(Sha256::digest(content.as_bytes()), &mut hex_digest)
+    let digest: [u8; 32] = match key {
+        Some(OutputKey(prepared)) => {
+            let mut mac = prepared.clone();
+            mac.update(content.as_bytes());
+            mac.finalize().into_bytes().into()
+        }
+        None => Sha256::digest(content.as_bytes()).into(),
+    };
+    let sha256 = hex::encode_to_slice(digest, &mut hex_digest)
         .ok()
         .and_then(|()| std::str::from_utf8(&hex_digest).ok())
         .map(str::to_owned)

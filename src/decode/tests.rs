@@ -228,3 +228,35 @@ fn identifiers_refuse_every_control_character_and_keep_other_text() {
         assert_eq!(dec(&v).expect("valid").tenant, good);
     }
 }
+
+/// A short output (a PIN) under a plain SHA-256 is reversed by hashing all
+/// 10,000 PINs; keyed, the digest matches none of them and still joins
+/// equal outputs under one key.
+#[test]
+fn a_keyed_output_digest_cannot_be_reversed_by_trying_every_pin() {
+    let mut v = ok_json();
+    v["output"] = serde_json::json!("4821");
+    let keyed = |key: &[u8]| {
+        let limits = DecodeLimits {
+            output_key: Some(crate::decode::OutputKey::new(key)),
+            ..DecodeLimits::default()
+        };
+        decode(Some(v.to_string().as_bytes()), NOW, &limits)
+            .expect("valid")
+            .output
+            .expect("output")
+            .sha256
+    };
+    let digest = keyed(b"0123456789abcdef0123");
+    let table: std::collections::HashMap<String, String> = (0..10_000)
+        .map(|pin| {
+            let pin = format!("{pin:04}");
+            (hex::encode(Sha256::digest(pin.as_bytes())), pin)
+        })
+        .collect();
+    let unkeyed = dec(&v).unwrap().output.unwrap().sha256;
+    assert_eq!(table.get(&unkeyed).map(String::as_str), Some("4821"));
+    assert!(!table.contains_key(&digest));
+    assert_eq!(digest, keyed(b"0123456789abcdef0123"), "equal outputs join");
+    assert_ne!(digest, keyed(b"another key entirely"));
+}

@@ -11,6 +11,7 @@
 //! committable only after the journal naming it is durable (see `journal`).
 
 pub mod alertmanager;
+pub mod dataset_key;
 pub mod journal;
 pub mod retry;
 pub mod schema;
