@@ -35,6 +35,7 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub committed_offset: IntGaugeVec,
     pub commit_failures: IntCounter,
+    pub dropped_on_revoke: IntCounter,
     pub recovered_renames: IntCounter,
     pub discarded_staged_files: IntCounter,
     pub alerts: IntCounterVec,
@@ -240,6 +241,11 @@ impl Metrics {
                 &r,
                 "agentaudit_commit_failures_total",
                 "Kafka offset commits that failed",
+            ),
+            dropped_on_revoke: counter(
+                &r,
+                "agentaudit_messages_dropped_on_revoke_total",
+                "Messages polled but not yet handed over when their partitions were revoked; consumed again from the committed offset",
             ),
             recovered_renames: counter(
                 &r,

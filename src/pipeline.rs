@@ -36,6 +36,10 @@ pub enum PipelineError {
     Policy(#[from] PolicyError),
     #[error("a pipeline thread panicked: {0}")]
     Panicked(String),
+    #[error(
+        "{0}. Refusing to start: skipping offsets below a floor from another Kafka would lose events silently. If the topic was recreated on purpose, move {1} aside; the dataset keeps its files and consumption starts from the group's committed offsets"
+    )]
+    ForeignKafka(String, String),
     #[error("{0}")]
     Runtime(String),
 }
@@ -483,7 +487,7 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     metrics
         .memory_budget_bytes
         .set(cfg.sink.memory_budget_bytes as i64);
-    let sink = ParquetSink::open(&cfg.sink, metrics.clone())?;
+    let mut sink = ParquetSink::open(&cfg.sink, metrics.clone())?;
     // The key of output digests and `hash` rules: configured, or the
     // dataset's own (generated on first start, under the lock just taken).
     let mut cfg = cfg.clone();
@@ -504,6 +508,7 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     ));
     let (source, rx) = Source::new(cfg, brokers, durable.clone(), metrics.clone())?;
     let consumer = source.consumer.clone();
+    verify_kafka(&mut sink, &consumer, cfg, &durable)?;
     let (roll_bytes, roll_age_secs) = sink.roll_limits();
     let staged_bytes = Arc::new(AtomicU64::new(0));
     let sink_failed = Arc::new(AtomicBool::new(false));
@@ -569,6 +574,65 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
         policy,
         sink_failed,
     })
+}
+
+/// Checks that the journal's offset floor belongs to the cluster and topic
+/// now consumed, and records the cluster id with the next commit. Against
+/// the embedded broker, which starts empty every time, a stale floor is
+/// reset; against real brokers it refuses to start.
+fn verify_kafka(
+    sink: &mut ParquetSink,
+    consumer: &KafkaConsumer,
+    cfg: &Config,
+    durable: &Durable,
+) -> Result<(), PipelineError> {
+    let topic = &cfg.kafka.topic;
+    let floor = sink
+        .durable_offsets()
+        .get(topic)
+        .cloned()
+        .unwrap_or_default();
+    let identity = match source::identity::read(
+        consumer,
+        topic,
+        floor.keys().copied(),
+        Duration::from_secs(30),
+    ) {
+        Ok(identity) => identity,
+        // Nothing to verify yet; the id is recorded at a later start.
+        Err(e) if floor.is_empty() => {
+            tracing::warn!(error = %e, "cannot read the Kafka cluster id yet");
+            source::identity::KafkaIdentity::default()
+        }
+        Err(e) => {
+            return Err(PipelineError::Runtime(format!(
+                "cannot verify that the dataset's offsets belong to these brokers: {e}"
+            )));
+        }
+    };
+    let recorded = sink.recorded_cluster().map(str::to_owned);
+    let cluster = identity.cluster_id.clone().or(recorded.clone());
+    match source::identity::floor_mismatch(recorded.as_deref(), &floor, topic, &identity) {
+        None => sink.bind_cluster(cluster, None),
+        Some(why) if cfg.kafka.brokers.is_none() => {
+            tracing::warn!(
+                reason = %why,
+                "the embedded broker starts empty: the dataset's offset floor is reset"
+            );
+            sink.bind_cluster(identity.cluster_id, Some(topic));
+            if let Ok(mut d) = durable.lock() {
+                d.clear();
+            }
+        }
+        Some(why) => {
+            let journal = crate::sink::journal::journal_path(&cfg.sink.data_dir);
+            return Err(PipelineError::ForeignKafka(
+                why,
+                journal.display().to_string(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Loads the policy (refusing to start on a bad file), warms the baselines

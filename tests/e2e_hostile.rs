@@ -244,3 +244,67 @@ fn a_call_from_the_future_is_dead_lettered_and_resolves_no_alert() {
     assert_eq!(reasons[0]["reason"], "timestamp_in_future");
     assert_eq!(count(&data, "SELECT count(*) AS n FROM invocations"), 3);
 }
+
+/// The journal's offset floor used to outlive its Kafka: pointed at another
+/// cluster (or a recreated topic), `serve` skipped every new event below the
+/// old floor, silently. Now it refuses to start and says why.
+#[test]
+fn a_dataset_from_another_cluster_refuses_to_start_instead_of_skipping() {
+    let topic = "hostile-cluster";
+    let first = EmbeddedBroker::start(topic, 1).expect("broker");
+    let payloads: Vec<String> = (0..20)
+        .map(|i| {
+            event(
+                &format!("a{i}"),
+                chrono::Utc::now().timestamp_millis() - 1_000,
+            )
+        })
+        .collect();
+    produce(&first.bootstrap_servers(), topic, &payloads);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().unwrap();
+    let mut serve = Serve::consuming(&first.bootstrap_servers(), topic, "cluster", data);
+    serve.wait_until("rows stored", Duration::from_secs(60), |s| {
+        s.metric("agentaudit_events_consumed_total") >= 20.0
+    });
+    assert!(serve.terminate().success());
+    assert_eq!(
+        count(dir.path(), "SELECT count(*) AS n FROM invocations"),
+        20
+    );
+
+    // Another cluster, where the topic has fewer events than the floor.
+    let second = EmbeddedBroker::start(topic, 1).expect("broker");
+    produce(&second.bootstrap_servers(), topic, &payloads[..5]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agentaudit"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--brokers"])
+        .arg(second.bootstrap_servers())
+        .args(["--topic", topic, "--group", "cluster", "--data-dir", data])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            panic!("serve started against another cluster's dataset");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("Refusing to start"), "{stderr}");
+    assert!(
+        stderr.contains("cluster") || stderr.contains("recreated"),
+        "{stderr}"
+    );
+    assert_eq!(
+        count(dir.path(), "SELECT count(*) AS n FROM invocations"),
+        20
+    );
+}

@@ -27,6 +27,10 @@ pub struct Journal {
     /// Sequence number of the flush this journal records.
     pub seq: u64,
     pub offsets: Offsets,
+    /// The Kafka cluster the offsets belong to, when the broker names one;
+    /// a floor is meaningless against another cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
     /// Renames of that flush, paths relative to the data directory.
     pub files: Vec<Rename>,
 }

@@ -227,6 +227,21 @@ impl ParquetSink {
         &self.journal.offsets
     }
 
+    /// The Kafka cluster the journal's offsets were recorded against.
+    pub fn recorded_cluster(&self) -> Option<&str> {
+        self.journal.cluster_id.as_deref()
+    }
+
+    /// Records offsets against `cluster_id` from the next commit on; with
+    /// `forget_topic`, drops the floor of that topic first (its offsets
+    /// belong to a broker that is gone).
+    pub fn bind_cluster(&mut self, cluster_id: Option<String>, forget_topic: Option<&str>) {
+        if let Some(topic) = forget_topic {
+            self.journal.offsets.remove(topic);
+        }
+        self.journal.cluster_id = cluster_id;
+    }
+
     pub fn push_record(&mut self, r: Record) {
         self.buffer.push_record(r);
     }
@@ -338,6 +353,7 @@ impl ParquetSink {
             version: 1,
             seq,
             offsets,
+            cluster_id: self.journal.cluster_id.clone(),
             files: renames,
         };
         // The staged files' directory entries must be durable before a

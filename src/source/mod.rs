@@ -9,6 +9,7 @@
 //! owner starts exactly where the dataset ends.
 
 pub mod embedded;
+pub mod identity;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,6 +58,9 @@ pub struct SourceContext {
     to_writer: SyncSender<ToWriter>,
     /// Bumped on every assignment so the poll loop reloads `Durable`.
     assignments: AtomicU64,
+    /// Partitions revoked since the poll loop last looked: it drops what it
+    /// polled from them and has not handed over.
+    revoked: Mutex<Vec<i32>>,
     assigned: AtomicBool,
     /// Set once the final flush is done: a revoke during close has nothing
     /// left to flush.
@@ -87,6 +91,9 @@ impl ConsumerContext for SourceContext {
                 "partitions revoked: flushing before release"
             );
             self.assigned.store(false, Ordering::SeqCst);
+            if let Ok(mut revoked) = self.revoked.lock() {
+                revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+            }
             if self.writer_done.load(Ordering::SeqCst) {
                 return;
             }
@@ -170,6 +177,7 @@ impl Source {
             metrics: metrics.clone(),
             to_writer: to_writer.clone(),
             assignments: AtomicU64::new(0),
+            revoked: Mutex::new(Vec::new()),
             assigned: AtomicBool::new(false),
             writer_done: AtomicBool::new(false),
         };
@@ -262,7 +270,35 @@ impl Source {
             } else {
                 Duration::ZERO
             };
-            match consumer.poll(timeout) {
+            let polled = consumer.poll(timeout);
+            let revoked = consumer
+                .context()
+                .revoked
+                .lock()
+                .map(|mut r| std::mem::take(&mut *r))
+                .unwrap_or_default();
+            if !revoked.is_empty() {
+                // The revoke's barrier flushed and committed everything sent
+                // before it. Messages of a revoked partition polled before it
+                // but not sent would, sent now, be stored twice (the next
+                // owner reads them too) and have their offsets committed for
+                // a partition another consumer owns. Dropped, they are
+                // fetched again from the committed offset by the owner.
+                let before = batch.len();
+                batch.retain(|p| !revoked.contains(&prepared_partition(p)));
+                let dropped = before - batch.len();
+                if dropped > 0 {
+                    tracing::info!(
+                        messages = dropped,
+                        "dropped messages polled before their partitions were revoked; the owner consumes them again"
+                    );
+                    metrics.dropped_on_revoke.inc_by(dropped as u64);
+                }
+                if batch.is_empty() {
+                    batch_bytes = 0;
+                }
+            }
+            match polled {
                 None => send(&mut batch, &mut batch_bytes)?,
                 Some(Err(e)) => {
                     // Broker and transport errors are retried by librdkafka;
@@ -297,6 +333,13 @@ impl Source {
         flush_and_wait(&to_writer, ToWriter::Finish).map_err(SourceError::SinkStopped)?;
         consumer.context().writer_done.store(true, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+fn prepared_partition(p: &Prepared) -> i32 {
+    match p {
+        Prepared::Record(r) => r.coords.partition,
+        Prepared::DeadLetter(d) => d.coords.partition,
     }
 }
 
