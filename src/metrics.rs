@@ -35,6 +35,9 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub committed_offset: IntGaugeVec,
     pub commit_failures: IntCounter,
+    pub http_connections: IntGauge,
+    pub http_connections_limit: IntGauge,
+    pub http_connections_refused: IntCounter,
     pub dropped_on_revoke: IntCounter,
     pub recovered_renames: IntCounter,
     pub discarded_staged_files: IntCounter,
@@ -241,6 +244,21 @@ impl Metrics {
                 &r,
                 "agentaudit_commit_failures_total",
                 "Kafka offset commits that failed",
+            ),
+            http_connections: gauge(
+                &r,
+                "agentaudit_http_connections",
+                "Open connections to the metrics and health server",
+            ),
+            http_connections_limit: gauge(
+                &r,
+                "agentaudit_http_connections_limit",
+                "Most connections the metrics and health server holds at once",
+            ),
+            http_connections_refused: counter(
+                &r,
+                "agentaudit_http_connections_refused_total",
+                "Connections closed on accept because every slot was taken",
             ),
             dropped_on_revoke: counter(
                 &r,

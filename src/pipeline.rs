@@ -799,11 +799,7 @@ pub async fn serve(mut cfg: Config, demo: Option<Demo>) -> Result<(), PipelineEr
         cfg.sink.data_dir.display()
     );
     let app = crate::serve::router(metrics.clone(), health.clone());
-    let http = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    let http = tokio::spawn(crate::serve::run(listener, app, metrics.clone()));
 
     let running = tokio::task::block_in_place(|| start(&cfg, &brokers, metrics.clone()))?;
     health.alive.store(true, Ordering::SeqCst);

@@ -308,3 +308,48 @@ fn a_dataset_from_another_cluster_refuses_to_start_instead_of_skipping() {
         20
     );
 }
+
+/// A neighbour on the network opened connections to the metrics port and
+/// sent nothing: each was held for ever, without limit, with a descriptor
+/// each. Now a connection must send its headers within 5 s, at most 64 are
+/// held, and `/metrics` answers again once the idle ones are closed.
+#[test]
+fn idle_connections_to_the_metrics_port_are_capped_and_timed_out() {
+    let topic = "hostile-http";
+    let broker = EmbeddedBroker::start(topic, 1).expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serve = Serve::consuming(
+        &broker.bootstrap_servers(),
+        topic,
+        "http",
+        dir.path().to_str().unwrap(),
+    );
+    serve.wait_until("readiness", Duration::from_secs(60), |s| {
+        s.get("/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .filter_map(|_| std::net::TcpStream::connect(&serve.metrics_addr).ok())
+        .collect();
+    assert!(idle.len() >= 100, "connections opened: {}", idle.len());
+    std::thread::sleep(Duration::from_secs(7));
+    // Every idle connection was closed by the server: reading ends.
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = std::io::Read::read(&mut s, &mut buf);
+        assert!(
+            matches!(n, Ok(_))
+                || n.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "an idle connection is still held: {n:?}"
+        );
+    }
+    let (code, body) = serve.get("/metrics").expect("metrics answer");
+    assert_eq!(code, 200);
+    assert!(common::metric_sum(&body, "agentaudit_http_connections_refused_total") >= 100.0);
+    assert!(common::metric_sum(&body, "agentaudit_http_connections") <= 64.0);
+    assert_eq!(
+        common::metric_sum(&body, "agentaudit_http_connections_limit"),
+        64.0
+    );
+}

@@ -6,12 +6,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 
@@ -70,4 +75,50 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener,
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+/// Most connections served at once; more are closed on accept. The HTTP
+/// surface shares the process's file descriptors with the sink and Kafka.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed after this long, kept alive or not: a scraper
+/// reconnects, an idle holder of a slot does not keep it.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Serves `app` on `listener` with a header timeout and a connection cap,
+/// which `axum::serve` does not offer: a neighbour on the network that opens
+/// connections and sends nothing would otherwise hold them, and descriptors,
+/// for ever.
+pub async fn run(listener: tokio::net::TcpListener, app: Router, metrics: Arc<Metrics>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    metrics.http_connections_limit.set(MAX_CONNECTIONS as i64);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, mostly: wait for some to close.
+                tracing::warn!(error = %e, "accepting an HTTP connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.http_connections_refused.inc();
+            drop(stream);
+            continue;
+        };
+        metrics.http_connections.inc();
+        let service = TowerToHyperService::new(app.clone());
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            metrics.http_connections.dec();
+            drop(slot);
+        });
+    }
 }
