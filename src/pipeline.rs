@@ -140,6 +140,8 @@ impl DetectStage {
     /// Applies what the batch changed: alert rows, metrics, Alertmanager.
     fn end_batch(&mut self, rows: &mut PendingRows, metrics: &Metrics) {
         self.detector.advance(&mut self.changes);
+        let policy = self.current_policy();
+        let policy = policy.as_deref();
         for change in std::mem::take(&mut self.changes) {
             match &change {
                 AlertChange::Fired(a) => {
@@ -150,10 +152,11 @@ impl DetectStage {
                         rule.to_owned(),
                         severity.to_owned(),
                         self.labels
-                            .value(LabelName::Tenant, &a.tenant, &self.redactor),
+                            .value(LabelName::Tenant, &a.tenant, &self.redactor, policy),
                         self.labels
-                            .value(LabelName::Agent, &a.agent_id, &self.redactor),
-                        self.labels.value(LabelName::Tool, &a.tool, &self.redactor),
+                            .value(LabelName::Agent, &a.agent_id, &self.redactor, policy),
+                        self.labels
+                            .value(LabelName::Tool, &a.tool, &self.redactor, policy),
                     ];
                     let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
                     metrics.alert_active.with_label_values(&refs).inc();
@@ -186,10 +189,11 @@ impl DetectStage {
                 let labels = [
                     k.kind.to_owned(),
                     self.labels
-                        .value(LabelName::Tenant, &k.tenant, &self.redactor),
+                        .value(LabelName::Tenant, &k.tenant, &self.redactor, policy),
                     self.labels
-                        .value(LabelName::Agent, &k.agent_id, &self.redactor),
-                    self.labels.value(LabelName::Tool, &k.tool, &self.redactor),
+                        .value(LabelName::Agent, &k.agent_id, &self.redactor, policy),
+                    self.labels
+                        .value(LabelName::Tool, &k.tool, &self.redactor, policy),
                 ];
                 let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
                 metrics

@@ -1,7 +1,14 @@
 //! Baseline owns the per-key model of call frequency and the tests against
 //! it: a level (calls per event-time bucket), a weekly seasonal shape, a
-//! dispersion, and two CUSUMs, kept for at most `max_keys` keys (least
-//! recently seen evicted), with shapes in a table of at most `max_profiles`.
+//! dispersion, and two CUSUMs, kept for at most `max_keys` keys, with shapes
+//! in a table of at most `max_profiles`.
+//!
+//! The key table is a segmented LRU: a new key starts on probation, and is
+//! promoted once it calls in a second bucket. A new key evicts the least
+//! recently seen key on probation, so a flood of invented names (any tenant
+//! can send one) churns only the probation segment and never evicts the
+//! baseline of an established key; promoted keys are evicted only by other
+//! promotions, through the probation segment, when they hold 3/4 of the table.
 //!
 //! The expected count of a bucket is `level × shape[hour of week]`. A key
 //! that owns a shape (tenant+tool, tenant) teaches it; a key that borrows one
@@ -178,6 +185,8 @@ struct Slot {
     /// (high nibble) already.
     fired: u8,
     owns_profile: bool,
+    /// Promoted out of probation: called in more than one bucket.
+    protected: bool,
     /// `lx` and `lp` hold data (the first bucket with a known shape seeds
     /// them, so that both are in the same units from the start).
     ratio_ready: bool,
@@ -203,6 +212,22 @@ impl Hasher for IdentityHasher {
     }
 }
 
+/// One segment's recency list, threaded through the slots.
+#[derive(Clone, Copy)]
+struct Lru {
+    head: u32,
+    tail: u32,
+    len: usize,
+}
+
+const EMPTY_LRU: Lru = Lru {
+    head: NONE,
+    tail: NONE,
+    len: 0,
+};
+const PROBATION: usize = 0;
+const PROTECTED: usize = 1;
+
 /// An hour-of-week shape; NaN marks an hour not seen yet.
 type Profile = [f16; WEEK_HOURS];
 
@@ -212,9 +237,9 @@ pub struct Baselines {
     slots: Vec<Slot>,
     profiles: Vec<Profile>,
     free_profiles: Vec<u32>,
-    /// Most and least recently seen; the tail is evicted first.
-    head: u32,
-    tail: u32,
+    /// Most and least recently seen of each segment: `PROBATION`, then
+    /// `PROTECTED`. The probation tail is evicted first.
+    lists: [Lru; 2],
     evictions: u64,
     late: u64,
     ln_surge: f64,
@@ -230,8 +255,7 @@ impl Baselines {
             slots: Vec::new(),
             profiles: Vec::new(),
             free_profiles: Vec::new(),
-            head: NONE,
-            tail: NONE,
+            lists: [EMPTY_LRU; 2],
             evictions: 0,
             late: 0,
             ln_surge: SURGE_RATIO.ln(),
@@ -303,6 +327,7 @@ impl Baselines {
         {
             self.slots[idx as usize].profile = p;
         }
+        let second_bucket = bucket > self.slots[idx as usize].newest;
         if !self.roll(idx, bucket, closed, signals) {
             self.late += u64::from(n);
             return;
@@ -311,7 +336,35 @@ impl Baselines {
         let pos = (bucket % RING) as usize;
         s.counts[pos] = s.counts[pos].saturating_add(n);
         self.test_open(idx, bucket, signals);
-        self.touch(idx);
+        if second_bucket && !self.slots[idx as usize].protected {
+            self.promote(idx);
+        } else {
+            self.touch(idx);
+        }
+    }
+
+    /// Keys promoted out of probation, for tests and the metric.
+    pub fn protected(&self) -> usize {
+        self.lists[PROTECTED].len
+    }
+
+    /// Moves a key that called again in a later bucket to the protected
+    /// segment; at 3/4 of the table, its least recent key goes back on
+    /// probation to make room.
+    fn promote(&mut self, idx: u32) {
+        self.unlink(idx);
+        self.slots[idx as usize].protected = true;
+        self.push_front(idx);
+        let cap = self.cfg.max_keys - self.cfg.max_keys / 4;
+        while self.lists[PROTECTED].len > cap.max(1) {
+            let demoted = self.lists[PROTECTED].tail;
+            if demoted == NONE || demoted == idx {
+                break;
+            }
+            self.unlink(demoted);
+            self.slots[demoted as usize].protected = false;
+            self.push_front(demoted);
+        }
     }
 
     /// Moves a known key's ring up to `bucket` with no call in it, folding
@@ -722,11 +775,15 @@ impl Baselines {
             history: 0,
             fired: 0,
             owns_profile: false,
+            protected: false,
             prev: NONE,
             next: NONE,
         };
-        let idx = if self.slots.len() >= self.cfg.max_keys && self.tail != NONE {
-            let victim = self.tail;
+        let victim = match self.lists[PROBATION].tail {
+            NONE => self.lists[PROTECTED].tail,
+            t => t,
+        };
+        let idx = if self.slots.len() >= self.cfg.max_keys && victim != NONE {
             self.unlink(victim);
             let old = self.slots[victim as usize];
             self.index.remove(&old.key);
@@ -761,30 +818,41 @@ impl Baselines {
         idx
     }
 
+    fn segment(&self, idx: u32) -> usize {
+        if self.slots[idx as usize].protected {
+            PROTECTED
+        } else {
+            PROBATION
+        }
+    }
+
     fn touch(&mut self, idx: u32) {
-        if self.head != idx {
+        if self.lists[self.segment(idx)].head != idx {
             self.unlink(idx);
             self.push_front(idx);
         }
     }
 
     fn unlink(&mut self, idx: u32) {
+        let list = self.segment(idx);
         let (prev, next) = {
             let s = &self.slots[idx as usize];
             (s.prev, s.next)
         };
         match prev {
-            NONE => self.head = next,
+            NONE => self.lists[list].head = next,
             p => self.slots[p as usize].next = next,
         }
         match next {
-            NONE => self.tail = prev,
+            NONE => self.lists[list].tail = prev,
             n => self.slots[n as usize].prev = prev,
         }
+        self.lists[list].len -= 1;
     }
 
     fn push_front(&mut self, idx: u32) {
-        let old = self.head;
+        let list = self.segment(idx);
+        let old = self.lists[list].head;
         {
             let s = &mut self.slots[idx as usize];
             s.prev = NONE;
@@ -793,10 +861,12 @@ impl Baselines {
         if old != NONE {
             self.slots[old as usize].prev = idx;
         }
-        self.head = idx;
-        if self.tail == NONE {
-            self.tail = idx;
+        let l = &mut self.lists[list];
+        l.head = idx;
+        if l.tail == NONE {
+            l.tail = idx;
         }
+        l.len += 1;
     }
 }
 

@@ -4,6 +4,7 @@
 //! traffic fired. It sits between redact and sink and sees only redacted
 //! records; it never writes or sends anything itself.
 
+mod aged;
 pub mod backtest;
 pub mod baseline;
 pub mod errors;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use sha2::Digest;
 
+use aged::AgedMap;
 use baseline::{Baselines, ClosedBucket, Shape, Signal, SignalKind};
 use errors::{ErrorRateConfig, ErrorRates};
 use policy::Policy;
@@ -226,14 +228,14 @@ pub struct Detector {
     enabled: [bool; RULES.len()],
     workflows: HashedKeys<policy_rules::WorkflowState>,
     /// (tenant) → (minute, calls in it).
-    tenant_minutes: HashedKeys<(i64, u32)>,
-    tenant_tools_seen: HashedKeys<()>,
+    tenant_minutes: AgedMap<(i64, u32)>,
+    tenant_tools_seen: AgedMap<()>,
     /// (tenant, agent, tool) pairs seen, and when each (tenant, agent) was
     /// first seen: what counts as a call new for an agent.
-    agent_tools_seen: HashedKeys<()>,
+    agent_tools_seen: AgedMap<()>,
     /// When each tenant and each (tenant, agent) was first seen.
-    first_seen: HashedKeys<i64>,
-    credential_agent: HashedKeys<u64>,
+    first_seen: AgedMap<i64>,
+    credential_agent: AgedMap<u64>,
     active: foldhash::HashMap<(RuleId, u64), ActiveAlert>,
     first_event_ms: Option<i64>,
     max_event_ms: i64,
@@ -290,11 +292,11 @@ impl Detector {
             busiest_bucket: 0,
             enabled,
             workflows: HashedKeys::default(),
-            tenant_minutes: HashedKeys::default(),
-            tenant_tools_seen: HashedKeys::default(),
-            agent_tools_seen: HashedKeys::default(),
-            first_seen: HashedKeys::default(),
-            credential_agent: HashedKeys::default(),
+            tenant_minutes: AgedMap::new(cfg.max_keys),
+            tenant_tools_seen: AgedMap::new(cfg.max_keys),
+            agent_tools_seen: AgedMap::new(cfg.max_keys),
+            first_seen: AgedMap::new(cfg.max_keys),
+            credential_agent: AgedMap::new(cfg.max_keys),
             active: foldhash::HashMap::default(),
             first_event_ms: None,
             max_event_ms: i64::MIN,
@@ -340,7 +342,13 @@ impl Detector {
     /// Bounded-state evictions outside the baselines (workflows, rates,
     /// credentials, failure shares, alerts).
     pub fn state_evictions(&self) -> u64 {
-        self.evictions + self.errors.evictions
+        self.evictions
+            + self.errors.evictions
+            + self.tenant_minutes.evictions
+            + self.tenant_tools_seen.evictions
+            + self.agent_tools_seen.evictions
+            + self.first_seen.evictions
+            + self.credential_agent.evictions
     }
 
     pub fn baseline_evictions(&self) -> u64 {
@@ -406,7 +414,8 @@ impl Detector {
             self.errors.warm(key, calls, errors);
         }
         let seen = self.hash(&[tenant, tool], 9);
-        self.tenant_tools_seen.insert(seen, ());
+        self.tenant_tools_seen
+            .entry(seen, self.bucket_of(bucket_start_ms), || ());
         self.note_agent_tool(tenant, agent, tool, bucket_start_ms);
         self.first_event_ms = Some(
             self.first_event_ms

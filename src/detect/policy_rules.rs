@@ -5,7 +5,7 @@
 //! `mod.rs` and `baseline.rs`.
 
 use super::policy::{self, Policy, TierA};
-use super::{AlertChange, Detector, RuleId, make_room, names_of};
+use super::{AlertChange, Detector, RuleId, names_of};
 use crate::event::{ApprovalDecision, Record, Status};
 
 #[derive(Debug, Clone, Default)]
@@ -36,8 +36,7 @@ impl Detector {
         }
         // New (tenant, tool) pairs: remembered always, alerted after warm-up.
         let pair = self.hash(&[&e.tenant, &e.tool], 9);
-        self.evictions += make_room(&mut self.tenant_tools_seen, pair, self.cfg.max_keys);
-        let first_sighting = self.tenant_tools_seen.insert(pair, ()).is_none();
+        let (_, first_sighting) = self.tenant_tools_seen.entry(pair, bucket, || ());
         // Warm-up runs per tenant: every tool of a tenant that onboards
         // today is new, and none of them is news.
         let tenant_since = self.first_seen(self.hash(&[&e.tenant], 16), e.ts_ms);
@@ -57,8 +56,7 @@ impl Detector {
         let limit = policy.map_or(u32::MAX, |p| p.tenant_limit(&e.tenant));
         let tkey = self.hash(&[&e.tenant], 10);
         let minute = e.ts_ms.div_euclid(60_000);
-        self.evictions += make_room(&mut self.tenant_minutes, tkey, self.cfg.max_keys);
-        let slot = self.tenant_minutes.entry(tkey).or_insert((minute, 0));
+        let (slot, _) = self.tenant_minutes.entry(tkey, bucket, || (minute, 0));
         if slot.0 != minute {
             *slot = (minute, 0);
         }
@@ -82,8 +80,7 @@ impl Detector {
         if let Some(cred) = e.credential_id.as_deref() {
             let ckey = self.hash(&[cred], 11);
             let akey = self.hash(&[&e.agent_id], 12);
-            self.evictions += make_room(&mut self.credential_agent, ckey, self.cfg.max_keys);
-            let owner = *self.credential_agent.entry(ckey).or_insert(akey);
+            let owner = *self.credential_agent.entry(ckey, bucket, || akey).0;
             let mut why = None;
             if owner != akey {
                 why = Some(format!("credential `{cred}` is used by several agents"));
@@ -319,32 +316,37 @@ impl Detector {
         ts_ms: i64,
     ) -> bool {
         let pair = self.hash(&[tenant, agent, tool], 14);
-        self.evictions += make_room(&mut self.agent_tools_seen, pair, self.cfg.max_keys);
         self.first_seen(self.hash(&[tenant], 16), ts_ms);
         let first = self.first_seen(self.hash(&[tenant, agent], 15), ts_ms);
         let known_since =
             ts_ms - first >= i64::from(self.cfg.new_tool_warmup_buckets) * self.bucket_ms;
-        let new = self.agent_tools_seen.insert(pair, ()).is_none();
+        let bucket = self.bucket_of(ts_ms);
+        let (_, new) = self.agent_tools_seen.entry(pair, bucket, || ());
         new && known_since
     }
 
     /// When an agent or a tenant (by key) was first seen, remembering `ts_ms`
     /// if it is earlier (warm-up reads history newest first).
     fn first_seen(&mut self, key: u64, ts_ms: i64) -> i64 {
-        self.evictions += make_room(&mut self.first_seen, key, self.cfg.max_keys);
-        let first = self.first_seen.entry(key).or_insert(ts_ms);
+        let bucket = self.bucket_of(ts_ms);
+        let (first, _) = self.first_seen.entry(key, bucket, || ts_ms);
         *first = (*first).min(ts_ms);
         *first
     }
 
     fn evict_workflows(&mut self) {
-        // Drop the older half: amortised O(1) per workflow, bounded always.
-        let mut seen: Vec<i64> = self.workflows.values().map(|w| w.last_seen_ms).collect();
-        let mid = seen.len() / 2;
-        let (_, cut, _) = seen.select_nth_unstable(mid);
+        // Drop half: amortised O(1) per workflow, bounded always. Workflow
+        // ids are the producer's to invent, so the half dropped is the one
+        // with the fewest calls (capped, so a long finished workflow still
+        // ages out), then the stalest: a flood of one-call workflows goes
+        // before a real workflow's budget and sequence state.
+        let rank = |w: &WorkflowState| (w.calls.min(8), w.last_seen_ms);
+        let mut ranks: Vec<_> = self.workflows.values().map(rank).collect();
+        let mid = ranks.len() / 2;
+        let (_, cut, _) = ranks.select_nth_unstable(mid);
         let cut = *cut;
         let before = self.workflows.len();
-        self.workflows.retain(|_, w| w.last_seen_ms > cut);
+        self.workflows.retain(|_, w| rank(w) > cut);
         self.evictions += (before - self.workflows.len()) as u64;
     }
 }

@@ -779,3 +779,54 @@ fn alerts_resolve_by_their_own_partitions_clock() {
         vec![("unregistered_agent", "globex".to_owned())]
     );
 }
+
+/// One tenant inventing agents, tools, workflows and credentials used to
+/// clear or age out what the other tenants' rules rely on: a workflow's
+/// token count, a credential's owner, when the tenant was first seen.
+#[test]
+fn a_flood_of_invented_names_leaves_other_tenants_state_alone() {
+    let p = Policy::parse(POLICY).expect("policy");
+    let cfg = DetectConfig {
+        max_keys: 400,
+        max_workflows: 100,
+        new_tool_warmup_buckets: 2,
+        ..DetectConfig::default()
+    };
+    let mut d = Detector::new(&cfg, false);
+    let mut out = Vec::new();
+    let at = |minute: i64, extra: &str| {
+        let mut r = call(extra);
+        r.event.ts_ms = T0 + minute * 60_000;
+        r
+    };
+    for minute in 0..3 {
+        let wf = at(minute, r#""workflow_id":"w-real","tokens_in":300"#);
+        d.observe(&wf, Some(&p), &mut out);
+        d.observe(&at(minute, r#""credential_id":"cred-x""#), None, &mut out);
+    }
+    for i in 0..10_000 {
+        let r = at(
+            4,
+            &format!(
+                r#""tenant":"evil","agent_id":"a{i}","tool":"t{i}","workflow_id":"w{i}","credential_id":"c{i}""#
+            ),
+        );
+        d.observe(&r, None, &mut out);
+    }
+    out.clear();
+    // 900 tokens so far: 200 more break the 1000-token budget.
+    let wf = at(5, r#""workflow_id":"w-real","tokens_in":200"#);
+    let got = fired(&mut d, &p, &wf);
+    assert!(got.contains(&"workflow_token_budget_exceeded"), "{got:?}");
+    // The credential still has its first agent: another one is misuse.
+    let other = at(5, r#""agent_id":"other-bot","credential_id":"cred-x""#);
+    d.observe(&other, None, &mut out);
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, AlertChange::Fired(a) if a.rule == RuleId::CredentialMisuse)),
+        "{out:?}"
+    );
+    // The tenant is still old: a tool it never called is news.
+    let got = fired(&mut d, &p, &at(6, r#""tool":"get_customer""#));
+    assert!(got.contains(&"new_tool_for_tenant"), "{got:?}");
+}

@@ -117,6 +117,46 @@ fn the_least_recently_seen_key_is_evicted_and_frees_its_shape() {
     assert!(r.b.profile_of(4).is_some());
 }
 
+/// Any tenant can invent names: a flood of keys seen once each used to
+/// evict every other tenant's baselines from a plain LRU. New keys now evict
+/// only keys on probation; keys that called in two buckets stay.
+#[test]
+fn a_flood_of_invented_names_never_evicts_an_established_key() {
+    let mut r = Run::new(BaselineConfig {
+        max_keys: 100,
+        max_profiles: 100,
+        ..cfg()
+    });
+    for bucket in 0..3 {
+        for key in 1..=20 {
+            r.calls(key, bucket, 2, Shape::Own);
+        }
+    }
+    assert_eq!(r.b.protected(), 20);
+    for invented in 1_000..11_000 {
+        r.calls(invented, 3, 1, Shape::Own);
+    }
+    assert_eq!(r.b.len(), 100);
+    assert!(r.b.evictions() >= 9_900);
+    for key in 1..=20 {
+        assert!(
+            r.b.index.contains_key(&key),
+            "established key {key} evicted"
+        );
+    }
+    // The established keys kept their model: their next bucket is ordinary.
+    for key in 1..=20 {
+        assert!(r.calls(key, 4, 2, Shape::Own).is_empty());
+    }
+    // Promoted keys are capped at 3/4 of the table: new keys always have room.
+    for bucket in 5..8 {
+        for key in 2_000..2_200 {
+            r.calls(key, bucket, 1, Shape::Own);
+        }
+    }
+    assert!(r.b.protected() <= 75, "{}", r.b.protected());
+}
+
 #[test]
 fn overdispersed_keys_are_harder_to_surprise() {
     let poisson = score_up(30, 10.0, 10.0);
