@@ -110,6 +110,11 @@ pub struct SinkConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
     pub listen: String,
+    /// A stop (SIGTERM) that has not finished flushing, committing and
+    /// leaving the group after this long exits non-zero anyway: with the
+    /// group coordinator down, the final commit and leave could wait for
+    /// ever. What was flushed is durable; the rest is consumed again.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for KafkaConfig {
@@ -298,6 +303,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             listen: "127.0.0.1:9464".into(),
+            shutdown_timeout_secs: 30,
         }
     }
 }
@@ -494,6 +500,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "sink.max_file_age_secs",
                 "must be ≥ 1",
+            ));
+        }
+        if !(1..=3600).contains(&self.serve.shutdown_timeout_secs) {
+            return Err(ConfigError::invalid(
+                "serve.shutdown_timeout_secs",
+                "must be 1 to 3600",
             ));
         }
         if !(1..=65_536).contains(&s.max_open_files) {

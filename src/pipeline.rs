@@ -886,7 +886,27 @@ pub async fn serve(mut cfg: Config, demo: Option<Demo>) -> Result<(), PipelineEr
     {
         tracing::warn!(error = %e, "demo generator");
     }
-    let result = tokio::task::block_in_place(|| running.stop());
+    // A plain thread, not the runtime's blocking pool: a stop stuck in
+    // librdkafka must not hold the runtime's shutdown, or the process, open.
+    let timeout = Duration::from_secs(cfg.serve.shutdown_timeout_secs);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(running.stop());
+    });
+    let result = match tokio::time::timeout(timeout, done_rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(PipelineError::Panicked("the stop thread ended".into())),
+        Err(_) => {
+            tracing::error!(
+                timeout_secs = timeout.as_secs(),
+                "the stop did not finish in time (is the Kafka group coordinator down?); exiting without it"
+            );
+            Err(PipelineError::Runtime(format!(
+                "the stop did not finish within serve.shutdown_timeout_secs = {}; what was flushed is durable, the rest is consumed again",
+                timeout.as_secs()
+            )))
+        }
+    };
     health.alive.store(false, Ordering::SeqCst);
     http.abort();
     report_progress(&metrics);

@@ -353,3 +353,51 @@ fn idle_connections_to_the_metrics_port_are_capped_and_timed_out() {
         64.0
     );
 }
+
+/// A stop with the broker, and so the group coordinator, down used to wait
+/// for the final offset commit and the group leave for ever. It is bounded:
+/// the process exits within `serve.shutdown_timeout_secs` whatever Kafka
+/// does, and the rows it had are durable.
+#[test]
+fn a_stop_with_the_coordinator_down_ends_within_its_timeout() {
+    let topic = "hostile-stop";
+    let broker = EmbeddedBroker::start(topic, 1).expect("broker");
+    let payloads: Vec<String> = (0..30)
+        .map(|i| {
+            event(
+                &format!("s{i}"),
+                chrono::Utc::now().timestamp_millis() - 1_000,
+            )
+        })
+        .collect();
+    produce(&broker.bootstrap_servers(), topic, &payloads);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agentaudit.toml");
+    std::fs::write(&config, "[serve]\nshutdown_timeout_secs = 10\n").unwrap();
+    let data = dir.path().join("data");
+    let mut serve = Serve::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--brokers",
+        &broker.bootstrap_servers(),
+        "--topic",
+        topic,
+        "--group",
+        "stop",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    serve.wait_until("all consumed", Duration::from_secs(60), |s| {
+        s.metric("agentaudit_events_consumed_total") >= 30.0
+    });
+    broker.set_down(true).expect("broker down");
+    std::thread::sleep(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let _status = serve.terminate();
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "the stop took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(count(&data, "SELECT count(*) AS n FROM invocations"), 30);
+}

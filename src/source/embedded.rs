@@ -27,4 +27,15 @@ impl EmbeddedBroker {
     pub fn bootstrap_servers(&self) -> String {
         self.cluster.bootstrap_servers()
     }
+
+    /// Takes the broker (and with it the group coordinator) down or back
+    /// up: fault drills and tests of what a client does meanwhile.
+    pub fn set_down(&self, down: bool) -> Result<(), SourceError> {
+        let result = if down {
+            self.cluster.broker_down(1)
+        } else {
+            self.cluster.broker_up(1)
+        };
+        result.map_err(SourceError::kafka("changing the embedded broker's state"))
+    }
 }
