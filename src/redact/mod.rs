@@ -7,6 +7,7 @@
 //! digest; only an optional preview reaches this room, and it is scanned).
 
 pub mod detectors;
+mod encodings;
 
 use hmac::{Hmac, Mac};
 use std::sync::LazyLock;
@@ -137,7 +138,24 @@ impl Redactor {
     }
 
     /// Scans one string; returns the redacted text when anything was found.
+    /// A secret found only once the text's percent or JSON escapes are
+    /// decoded (`encodings`) redacts the whole value: its place in the
+    /// encoded text is not worth mapping back, and when in doubt, redact.
     pub fn scan(&self, text: &str, hits: &mut Hits) -> Option<String> {
+        let direct = self.scan_plain(text, hits);
+        let rest = direct.as_deref().unwrap_or(text);
+        if let Some(decoded) = encodings::decoded(rest) {
+            let mut found = Hits::default();
+            if self.scan_plain(&decoded, &mut found).is_some() {
+                hits.0 |= found.0;
+                let first = found.0.trailing_zeros() as usize;
+                return Some(self.detectors[first].marker.clone());
+            }
+        }
+        direct
+    }
+
+    fn scan_plain(&self, text: &str, hits: &mut Hits) -> Option<String> {
         let matched = self.set.matches(text);
         if !matched.matched_any() {
             return None;
@@ -199,7 +217,7 @@ impl Redactor {
             joined.push_str(f);
             joined.push('\n');
         }
-        if !self.set.is_match(&joined) {
+        if !self.set.is_match(&joined) && encodings::decoded(&joined).is_none() {
             return;
         }
         for f in fields.iter_mut() {

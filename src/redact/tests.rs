@@ -436,3 +436,23 @@ fn secrets_in_identifiers_and_keys_are_redacted() {
         );
     }
 }
+
+/// A secret written URL-encoded, or JSON-escaped a second time, reads as
+/// itself to whoever decodes it: the whole value is redacted.
+#[test]
+fn url_encoded_and_twice_escaped_secrets_are_redacted() {
+    for text in [
+        "https://x.example/cb?key=%41KIAIOSFODNN7EXAMPLE",
+        "AKIA%2549OSFODNN7EXAMPLE",
+        r"token \u0067hp_16C7e42F292c6912E7710c838347Ae178B4a",
+        r#"{\"note\":\"jo%40example.org\"}"#,
+    ] {
+        let (out, names) = scan(text);
+        assert!(out.starts_with("[REDACTED:"), "{text} → {out}");
+        assert!(!names.is_empty());
+    }
+    // Escapes without a secret behind them stay as they were.
+    let (out, names) = scan("https://x.example/search?q=a%20b&r=%2F");
+    assert_eq!(out, "https://x.example/search?q=a%20b&r=%2F");
+    assert!(names.is_empty());
+}
