@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use agentaudit::source::embedded::EmbeddedBroker;
 use common::{Serve, count};
+use serde_json::Value;
 
 /// A valid v1 event with the given id and epoch-millisecond timestamp.
 fn event(id: &str, ts_ms: i64) -> String {
@@ -400,4 +401,115 @@ fn a_stop_with_the_coordinator_down_ends_within_its_timeout() {
         started.elapsed()
     );
     assert_eq!(count(&data, "SELECT count(*) AS n FROM invocations"), 30);
+}
+
+/// What the first review found in the stored dataset, sent again through a
+/// real `serve`: secrets in identifier fields and in keys (none was scanned),
+/// a secret only URL-encoded, a dead letter cut short after a secret key,
+/// escape and bidirectional characters in identifiers, a step of i64::MAX,
+/// and a four-digit output whose plain SHA-256 anyone could reverse.
+#[test]
+fn a_hostile_corpus_through_serve_stores_no_secret_and_nothing_deceptive() {
+    use sha2::Digest;
+    let topic = "hostile-corpus";
+    let broker = EmbeddedBroker::start(topic, 1).expect("broker");
+    let now = chrono::Utc::now().timestamp_millis() - 1_000;
+    let secrets = [
+        ("tool", "ghp_16C7e42F292c6912E7710c838347Ae178B4a"),
+        ("credential_id", "AKIAIOSFODNN7EXAMPLE"),
+        ("workflow_id", "sk-proj-abcdefghijklmnopqrstuvwxyz012345"),
+        ("mcp_server", "xoxb-1234567890-abcdefghijklmnop"),
+        (
+            "agent_version",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        ),
+    ];
+    let mut payloads = Vec::new();
+    for (i, (field, secret)) in secrets.iter().enumerate() {
+        let mut e: Value = serde_json::from_str(&event(&format!("id{i}"), now)).unwrap();
+        e[*field] = Value::from(*secret);
+        payloads.push(e.to_string());
+    }
+    let mut e: Value = serde_json::from_str(&event("approver", now)).unwrap();
+    e["approval"] =
+        serde_json::json!({"id": "a1", "approver": "jo.doe@example.org", "decision": "approved"});
+    payloads.push(e.to_string());
+    let mut e: Value = serde_json::from_str(&event("keys", now)).unwrap();
+    e["input"] = serde_json::json!({"glpat-abcdefghijklmnopqrst12": "x", "url": "https://x/?k=%41KIAIOSFODNN7EXAMPLE"});
+    e["attributes"] = serde_json::json!({"AIzaSyA1234567890abcdefghijklmnopqrstuv": "x"});
+    payloads.push(e.to_string());
+    let mut e: Value = serde_json::from_str(&event("pin", now)).unwrap();
+    e["output"] = Value::from("4821");
+    e["step"] = Value::from(i64::MAX);
+    e["workflow_id"] = Value::from("wf-max");
+    payloads.push(e.to_string());
+    for (i, deceptive) in ["evil\u{1b}[2Jbot", "admin\u{202e}toor", "zero\u{200b}width"]
+        .iter()
+        .enumerate()
+    {
+        let mut e: Value = serde_json::from_str(&event(&format!("d{i}"), now)).unwrap();
+        e["agent_id"] = Value::from(*deceptive);
+        payloads.push(e.to_string());
+    }
+    // A dead letter cut short right after a secret-named key.
+    payloads.push(r#"{"event_id":"cut","input":{"api_key":"s3cr3t-value-123456"#.to_owned());
+    produce(&broker.bootstrap_servers(), topic, &payloads);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut serve = Serve::consuming(
+        &broker.bootstrap_servers(),
+        topic,
+        "corpus",
+        dir.path().to_str().unwrap(),
+    );
+    serve.wait_until("all consumed", Duration::from_secs(60), |s| {
+        s.metric("agentaudit_events_consumed_total") >= payloads.len() as f64
+    });
+    let (_, metrics) = serve.get("/metrics").unwrap();
+    assert!(serve.terminate().success());
+
+    let stored = common::everything_stored(dir.path());
+    let planted = secrets.iter().map(|(_, s)| *s).chain([
+        "jo.doe@example.org",
+        "glpat-abcdefghijklmnopqrst12",
+        "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+        "%41KIAIOSFODNN7EXAMPLE",
+        "s3cr3t-value-123456",
+    ]);
+    for s in planted {
+        assert!(!stored.contains(s), "{s} was stored");
+        assert!(!metrics.contains(s), "{s} reached /metrics");
+    }
+    let redacted = count(
+        dir.path(),
+        "SELECT count(*) AS n FROM invocations WHERE cardinality(redactions) > 0",
+    );
+    assert_eq!(redacted, 7, "each planted row records its redactions");
+    // Deceptive identifiers are refused, with their reason.
+    let deceptive = count(
+        dir.path(),
+        "SELECT count(*) AS n FROM dead_letter WHERE reason = 'invalid_field'",
+    );
+    assert_eq!(deceptive, 3);
+    // The raw message is kept as evidence in dead_letter; no stored
+    // invocation or alert holds the characters.
+    let records: String = common::query(dir.path(), "SELECT * FROM invocations", &[])
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    for bad in ["\u{1b}", "\u{202e}", "\u{200b}", "\\u001b", "\\u202e"] {
+        assert!(!records.contains(bad), "{bad:?} in an invocation");
+    }
+    // The step is stored as sent; the output only as a keyed digest.
+    let rows = common::query(
+        dir.path(),
+        "SELECT step, output_sha256 FROM invocations WHERE event_id = 'pin'",
+        &[],
+    );
+    assert_eq!(rows[0]["step"], Value::from(i64::MAX));
+    let plain = hex::encode(sha2::Sha256::digest(b"4821"));
+    assert_eq!(rows[0]["output_sha256"].as_str().map(str::len), Some(64));
+    assert_ne!(rows[0]["output_sha256"].as_str(), Some(plain.as_str()));
+    let key = std::fs::read_to_string(dir.path().join("_state").join("hash_key")).unwrap();
+    assert_eq!(key.trim().len(), 64, "a generated dataset key");
 }
