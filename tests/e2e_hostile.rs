@@ -513,3 +513,72 @@ fn a_hostile_corpus_through_serve_stores_no_secret_and_nothing_deceptive() {
     let key = std::fs::read_to_string(dir.path().join("_state").join("hash_key")).unwrap();
     assert_eq!(key.trim().len(), 64, "a generated dataset key");
 }
+
+const INVENTORY: &str = r#"
+[[agents]]
+id = "billing-bot"
+business_owner = "Finance"
+technical_owner = "fin@example.com"
+environments = ["production"]
+review_by = "2099-01-01"
+
+[agents.tools.production]
+read = ["search"]
+
+[[tenants]]
+id = "umbrella"
+rate_limit_per_minute = 100000
+"#;
+
+/// 300 invented agent names used to fill the agent label's 200 values, so a
+/// real agent's alert showed as `agent="other"` on /metrics and in every
+/// Prometheus alert built from it. An inventoried agent keeps its name.
+#[test]
+fn invented_agents_never_hide_an_inventoried_agent_behind_other() {
+    let topic = "hostile-labels";
+    let broker = EmbeddedBroker::start(topic, 1).expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, INVENTORY).unwrap();
+    let data = dir.path().join("data");
+    let now = chrono::Utc::now().timestamp_millis() - 1_000;
+    let mut payloads: Vec<String> = (0..300)
+        .map(|i| {
+            let mut e: Value = serde_json::from_str(&event(&format!("f{i}"), now)).unwrap();
+            e["tenant"] = "umbrella".into();
+            e["environment"] = "production".into();
+            e["agent_id"] = format!("fake-{i}").into();
+            e.to_string()
+        })
+        .collect();
+    let mut real: Value = serde_json::from_str(&event("real", now)).unwrap();
+    real["tenant"] = "umbrella".into();
+    real["environment"] = "production".into();
+    real["agent_id"] = "billing-bot".into();
+    real["tool"] = "delete_ledger".into();
+    payloads.push(real.to_string());
+    produce(&broker.bootstrap_servers(), topic, &payloads);
+    let serve = Serve::start(&[
+        "--brokers",
+        &broker.bootstrap_servers(),
+        "--topic",
+        topic,
+        "--group",
+        "labels",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    serve.wait_until("all consumed", Duration::from_secs(60), |s| {
+        s.metric("agentaudit_events_consumed_total") >= 301.0
+    });
+    let real_alert = "agentaudit_alert_active{agent=\"billing-bot\",rule=\"tool_not_allowed\"";
+    serve.wait_until("the real agent's alert", Duration::from_secs(30), |s| {
+        let body = s.get("/metrics").map(|r| r.1).unwrap_or_default();
+        metric_line(&body, real_alert) == Some(1.0)
+    });
+    let body = serve.get("/metrics").unwrap().1;
+    assert!(common::metric_sum(&body, "agentaudit_alert_label_overflow_total") >= 100.0);
+    assert!(body.contains("agent=\"other\""), "the cap still holds");
+}
