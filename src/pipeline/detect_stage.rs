@@ -1,0 +1,251 @@
+//! The detect stage owns detection as the writer thread runs it: the
+//! detector, the policy it reads (installed whole, reloaded on SIGHUP or a
+//! changed file), and where alert changes go — the alerts table, the
+//! `agentaudit_alert_active` gauges with capped labels, and Alertmanager.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::PipelineError;
+use crate::config::Config;
+use crate::detect::labels::{LabelCap, LabelName};
+use crate::detect::policy::Policy;
+use crate::detect::{AlertChange, Detector, SharedPolicy};
+use crate::event::Record;
+use crate::metrics::Metrics;
+use crate::redact::Redactor;
+use crate::sink::PendingRows;
+use crate::sink::alertmanager::AlertmanagerPush;
+
+/// Detection as the writer runs it: the detector, the policy it reads, and
+/// where alert changes go (the alerts table, metrics, Alertmanager).
+pub(super) struct DetectStage {
+    detector: Detector,
+    policy: SharedPolicy,
+    labels: LabelCap,
+    redactor: Arc<Redactor>,
+    pub(super) alertmanager: Option<AlertmanagerPush>,
+    changes: Vec<AlertChange>,
+    /// The gauge labels each active alert was exported with.
+    exported: HashMap<String, [String; 5]>,
+    reported_evictions: (u64, u64),
+    busiest_exported: u32,
+}
+
+impl DetectStage {
+    pub(super) fn current_policy(&self) -> Option<Arc<Policy>> {
+        self.policy.read().ok().and_then(|p| p.clone())
+    }
+
+    pub(super) fn observe(&mut self, record: &Record, policy: Option<&Policy>) {
+        self.detector.observe(record, policy, &mut self.changes);
+    }
+
+    /// Applies what the batch changed: alert rows, metrics, Alertmanager.
+    pub(super) fn end_batch(&mut self, rows: &mut PendingRows, metrics: &Metrics) {
+        self.detector.advance(&mut self.changes);
+        let policy = self.current_policy();
+        let policy = policy.as_deref();
+        for change in std::mem::take(&mut self.changes) {
+            match &change {
+                AlertChange::Fired(a) => {
+                    let rule = a.rule.name();
+                    let severity = a.severity.as_str();
+                    metrics.alerts.with_label_values(&[rule, severity]).inc();
+                    let labels = [
+                        rule.to_owned(),
+                        severity.to_owned(),
+                        self.labels
+                            .value(LabelName::Tenant, &a.tenant, &self.redactor, policy),
+                        self.labels
+                            .value(LabelName::Agent, &a.agent_id, &self.redactor, policy),
+                        self.labels
+                            .value(LabelName::Tool, &a.tool, &self.redactor, policy),
+                    ];
+                    let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                    metrics.alert_active.with_label_values(&refs).inc();
+                    self.exported.insert(a.id_without_window(), labels);
+                    rows.push_alert(a.clone());
+                }
+                AlertChange::Resolved(a) => {
+                    if let Some(labels) = self.exported.remove(&a.id_without_window()) {
+                        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                        if let Ok(g) = metrics.alert_active.get_metric_with_label_values(&refs) {
+                            g.dec();
+                            if g.get() <= 0 {
+                                let _ = metrics.alert_active.remove_label_values(&refs);
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(am) = &self.alertmanager {
+                am.notify(&change);
+            }
+        }
+        let (busiest, bucket) = self.detector.busiest();
+        if bucket != self.busiest_exported {
+            // A new bucket closed: the series are the new top keys only.
+            self.busiest_exported = bucket;
+            metrics.baseline_observed.reset();
+            metrics.baseline_expected.reset();
+            for k in busiest {
+                let labels = [
+                    k.kind.to_owned(),
+                    self.labels
+                        .value(LabelName::Tenant, &k.tenant, &self.redactor, policy),
+                    self.labels
+                        .value(LabelName::Agent, &k.agent_id, &self.redactor, policy),
+                    self.labels
+                        .value(LabelName::Tool, &k.tool, &self.redactor, policy),
+                ];
+                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                metrics
+                    .baseline_observed
+                    .with_label_values(&refs)
+                    .set(i64::from(k.observed));
+                metrics
+                    .baseline_expected
+                    .with_label_values(&refs)
+                    .set(k.expected);
+            }
+        }
+        metrics
+            .active_alerts
+            .set(self.detector.active_alerts() as i64);
+        metrics
+            .baseline_keys
+            .set(self.detector.baseline_keys() as i64);
+        metrics
+            .baseline_profiles
+            .set(self.detector.baseline_profiles() as i64);
+        let (b, d) = (
+            self.detector.baseline_evictions(),
+            self.detector.state_evictions(),
+        );
+        metrics
+            .baseline_evictions
+            .inc_by(b - self.reported_evictions.0);
+        metrics
+            .detector_evictions
+            .inc_by(d - self.reported_evictions.1);
+        self.reported_evictions = (b, d);
+        let overflow = self.labels.overflowed;
+        metrics
+            .label_overflow
+            .inc_by(overflow.saturating_sub(metrics.label_overflow.get()));
+        let (tables, refused) = self.detector.baseline_burst_tables();
+        metrics.burst_tables.set(tables as i64);
+        metrics
+            .burst_tables_refused
+            .inc_by(refused.saturating_sub(metrics.burst_tables_refused.get()));
+        metrics
+            .silence_watched
+            .set(self.detector.silence_watched() as i64);
+        let refused = self.detector.silence_watch_refused;
+        metrics
+            .silence_watch_refused
+            .inc_by(refused.saturating_sub(metrics.silence_watch_refused.get()));
+        let late = self.detector.baseline_late();
+        metrics
+            .baseline_late
+            .inc_by(late.saturating_sub(metrics.baseline_late.get()));
+    }
+}
+
+/// Loads the policy (refusing to start on a bad file), warms the baselines
+/// from stored history and starts the Alertmanager push when configured.
+pub(super) fn detect_stage(
+    cfg: &Config,
+    redactor: Arc<Redactor>,
+    metrics: Arc<Metrics>,
+) -> Result<(DetectStage, SharedPolicy), PipelineError> {
+    let d = &cfg.detect;
+    let policy: SharedPolicy = Arc::new(std::sync::RwLock::new(None));
+    if let Some(path) = &d.policy_file {
+        let p = Policy::load(path)?;
+        install_policy(&policy, p, &metrics);
+    }
+    let mut detector = Detector::new(d, false);
+    detector.bound_by_arrival();
+    let bucket_ms = i64::try_from(d.bucket_secs * 1000).unwrap_or(60_000);
+    let now = chrono::Utc::now().timestamp_millis();
+    match crate::detect::warm::from_history(
+        &cfg.sink.data_dir,
+        &mut detector,
+        bucket_ms,
+        d.warm_hours,
+        now,
+    ) {
+        Ok(n) if n > 0 => tracing::info!(
+            aggregates = n,
+            hours = d.warm_hours,
+            "baselines warmed from stored history"
+        ),
+        Ok(_) => {}
+        // Detection still works cold; say so rather than refuse to start.
+        Err(e) => {
+            tracing::warn!(error = %e, "could not warm baselines from history; starting cold")
+        }
+    }
+    metrics.baseline_max_keys.set(d.max_keys as i64);
+    metrics.baseline_max_profiles.set(d.max_profiles as i64);
+    let alertmanager = d.alertmanager_url.as_deref().map(|url| {
+        AlertmanagerPush::start(
+            url,
+            d.alertmanager_queue,
+            &d.runbook_base_url,
+            metrics.clone(),
+        )
+    });
+    let stage = DetectStage {
+        detector,
+        policy: policy.clone(),
+        labels: LabelCap::new(d.max_label_values),
+        redactor,
+        alertmanager,
+        changes: Vec::new(),
+        exported: HashMap::new(),
+        reported_evictions: (0, 0),
+        busiest_exported: 0,
+    };
+    Ok((stage, policy))
+}
+
+/// Puts a checked policy in force and updates what depends on it.
+pub fn install_policy(shared: &SharedPolicy, policy: Policy, metrics: &Metrics) {
+    for (agent, env) in policy.write_heavy_agents() {
+        tracing::warn!(
+            agent,
+            environment = env,
+            "allowlist has as many write tools as read tools or more"
+        );
+    }
+    metrics.inventory_review_overdue.reset();
+    let today = chrono::Utc::now().date_naive();
+    for agent in crate::detect::overdue_agents(&policy, today) {
+        metrics
+            .inventory_review_overdue
+            .with_label_values(&[&crate::detect::labels::sanitise(&agent)])
+            .set(1);
+    }
+    if let Ok(mut p) = shared.write() {
+        *p = Some(Arc::new(policy));
+    }
+    metrics.policy_loaded.set(1);
+}
+
+/// Re-reads the policy file; a bad file keeps the old policy in force.
+pub fn reload_policy(path: &std::path::Path, shared: &SharedPolicy, metrics: &Metrics) {
+    match Policy::load(path) {
+        Ok(p) => {
+            install_policy(shared, p, metrics);
+            metrics.policy_reloads.inc();
+            tracing::info!(file = %path.display(), "policy reloaded");
+        }
+        Err(e) => {
+            metrics.policy_reload_failures.inc();
+            tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
+        }
+    }
+}
