@@ -5,8 +5,9 @@
 # Installs, when missing, into $AGENTAUDIT_TOOLS (default ~/.cache/agentaudit-tools):
 #   - tansu (Kafka-compatible broker, a separate process for end-to-end tests):
 #       cargo install --locked tansu --features dynostore
-#   - a Python venv with kafka-python (a Kafka client that is not ours) and
-#     duckdb (reads the dataset with Hive partitioning), from PyPI.
+#   - a Python venv with kafka-python (a Kafka client that is not ours),
+#     duckdb (reads the dataset with Hive partitioning) and moto's server (an
+#     S3 API on loopback, for the lake on object storage), from PyPI.
 # and, system-wide from Debian when missing (apt-get update; apt-get install):
 #   - prometheus and prometheus-alertmanager (promtool ships with prometheus),
 #     for the rule checks and the end-to-end alerting test.
@@ -28,6 +29,11 @@ if ! "$VENV/bin/python" -c 'import kafka, duckdb' 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check kafka-python duckdb
 fi
+if [ ! -x "$VENV/bin/moto_server" ]; then
+  echo "test.sh: installing moto's S3 server into $VENV (pip install 'moto[server]')…"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]'
+fi
+export MOTO_SERVER_BIN="$VENV/bin/moto_server"
 export AGENTAUDIT_PYTHON="$VENV/bin/python"
 
 if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then

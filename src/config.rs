@@ -104,6 +104,8 @@ pub struct SinkConfig {
     /// How long a failing sink step (journal, rename, directory fsync) is
     /// retried, with `/readyz` at 503, before the process exits non-zero.
     pub stall_timeout_secs: u64,
+    /// S3 settings over the `AWS_*` environment, for an `s3://` data_dir.
+    pub object_store: crate::lake::ObjectStoreConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +167,7 @@ impl Default for SinkConfig {
             row_group_rows: 128 * 1024,
             max_open_files: 256,
             stall_timeout_secs: 60,
+            object_store: Default::default(),
         }
     }
 }

@@ -45,6 +45,8 @@ pub enum SinkError {
     Journal { path: PathBuf, why: String },
     #[error("the dataset key {path} is unusable: {why}")]
     Key { path: PathBuf, why: String },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("data directory {path} is locked by another agentaudit process")]
     Locked { path: PathBuf },
 }
@@ -54,6 +56,15 @@ impl SinkError {
         let path = path.into();
         move |source| SinkError::Io { path, source }
     }
+}
+
+/// Failures reaching the lake: a URL we cannot use, or the store's error.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("data directory: {0}")]
+    Url(String),
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
 }
 
 /// Failures talking to Kafka.
@@ -93,6 +104,8 @@ pub enum QueryError {
     MissingParam(String),
     #[error("bad --param `{0}`: expected NAME=VALUE")]
     BadParam(String),
+    #[error(transparent)]
+    Lake(#[from] LakeError),
     #[error("{0}")]
     Runtime(String),
 }

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod detect;
 pub mod error;
 pub mod event;
+pub mod lake;
 pub mod metrics;
 pub mod pipeline;
 pub mod query;

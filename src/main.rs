@@ -84,8 +84,12 @@ enum Command {
         params: Vec<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// A local directory or s3://bucket/prefix (AWS_* settings apply).
         #[arg(long, env = "AGENTAUDIT_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        /// Read `[sink.object_store]` settings from this config file.
+        #[arg(long, env = "AGENTAUDIT_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Produce realistic synthetic agent traffic to a topic or a JSONL file.
     Gen {
@@ -255,7 +259,13 @@ fn main() -> anyhow::Result<()> {
             params,
             format,
             data_dir,
+            config,
         } => {
+            let store = match &config {
+                Some(p) => Config::from_file(p)?.sink.object_store,
+                None => Default::default(),
+            };
+            let lake = agentaudit::lake::Lake::open(&data_dir, &store)?;
             let sql = match (sql, file) {
                 (Some(s), None) => s,
                 (None, Some(f)) => agentaudit::query::read_query_file(&f)?,
@@ -264,7 +274,7 @@ fn main() -> anyhow::Result<()> {
             let params = agentaudit::query::parse_params(&params)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let out = runtime.block_on(async {
-                let ctx = agentaudit::query::session(&data_dir).await?;
+                let ctx = agentaudit::query::session(&lake).await?;
                 let batches = agentaudit::query::run(&ctx, &sql, &params).await?;
                 agentaudit::query::render(&batches, format)
             })?;
@@ -399,7 +409,7 @@ fn main() -> anyhow::Result<()> {
                             .with_context(|| format!("`{s}` is not an RFC 3339 time"))
                     };
                     backtest::Input::Dataset {
-                        data_dir,
+                        lake: agentaudit::lake::Lake::open(&data_dir, &cfg.sink.object_store)?,
                         from_ms: ms(&f)?,
                         to_ms: ms(&t)?,
                     }

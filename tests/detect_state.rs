@@ -53,8 +53,14 @@ fn baselines_warmed_from_history_alert_without_a_new_warm_up() {
 
     let detect = DetectConfig::default();
     let mut detector = Detector::new(&detect, false);
-    let aggregates =
-        agentaudit::detect::warm::from_history(dir.path(), &mut detector, minute, 24, now).unwrap();
+    let aggregates = agentaudit::detect::warm::from_history(
+        &agentaudit::lake::Lake::local(dir.path()),
+        &mut detector,
+        minute,
+        24,
+        now,
+    )
+    .unwrap();
     assert_eq!(aggregates, 115, "one aggregate per minute of history");
     assert!(detector.baseline_keys() >= 3);
 

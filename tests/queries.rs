@@ -275,7 +275,9 @@ fn writes_are_refused_and_missing_params_named() {
     let target = |name: &str| outside.path().join(name).display().to_string();
     let files_before = parquet_files(dir.path());
     rt.block_on(async {
-        let ctx = agentaudit::query::session(dir.path()).await.unwrap();
+        let ctx = agentaudit::query::session(&agentaudit::lake::Lake::local(dir.path()))
+            .await
+            .unwrap();
         let none = Default::default();
         let copy = target("copy.csv");
         let location = target("y");
@@ -325,7 +327,9 @@ fn writes_are_refused_and_missing_params_named() {
     // Querying a data directory that does not exist creates nothing.
     let absent = outside.path().join("no-such-dataset");
     rt.block_on(async {
-        let ctx = agentaudit::query::session(&absent).await.unwrap();
+        let ctx = agentaudit::query::session(&agentaudit::lake::Lake::local(&absent))
+            .await
+            .unwrap();
         let rows = agentaudit::query::run(
             &ctx,
             "SELECT count(*) FROM invocations",

@@ -217,3 +217,21 @@ fn staged_files_stay_within_the_open_file_bound_whatever_the_hour_spread() {
     );
     assert_eq!(metrics.staged_files_open.get(), 0);
 }
+
+/// Until several instances can write one lake exactly once, the sink says
+/// so for an s3:// data directory instead of writing somewhere else.
+#[test]
+fn an_s3_data_dir_is_refused_by_the_writer_with_its_reason() {
+    let cfg = SinkConfig {
+        data_dir: PathBuf::from("s3://lake/prod"),
+        ..SinkConfig::default()
+    };
+    let err = ParquetSink::open(&cfg, Arc::new(Metrics::new()))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("s3://lake/prod"), "{err}");
+    assert!(
+        !std::path::Path::new("s3:").exists(),
+        "no local directory made"
+    );
+}

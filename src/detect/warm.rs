@@ -2,25 +2,24 @@
 //! baselines at start-up, so a restart does not forget what normal is.
 //! It aggregates with DataFusion (one row per key and bucket), never rows.
 
-use std::path::Path;
-
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 
 use super::Detector;
 use crate::error::QueryError;
+use crate::lake::Lake;
 
 /// Feeds the buckets of `[now - hours, now)` into `detector`; returns the
 /// number of (key, bucket) aggregates read.
 pub fn from_history(
-    data_dir: &Path,
+    lake: &Lake,
     detector: &mut Detector,
     bucket_ms: i64,
     hours: u32,
     now_ms: i64,
 ) -> Result<usize, QueryError> {
-    if hours == 0 || !data_dir.join(crate::sink::INVOCATIONS).exists() {
+    if hours == 0 {
         return Ok(0);
     }
     let since = now_ms - i64::from(hours) * 3_600_000;
@@ -37,7 +36,7 @@ pub fn from_history(
             .unwrap_or_default()
             .format("%Y-%m-%d")
     );
-    let batches = crate::query::run_blocking(data_dir, sql)?;
+    let batches = crate::query::run_blocking(lake, sql)?;
     let mut n = 0;
     for b in &batches {
         // Whatever string and integer types the plan chose, read them as

@@ -171,7 +171,7 @@ pub(super) fn detect_stage(
     let bucket_ms = i64::try_from(d.bucket_secs * 1000).unwrap_or(60_000);
     let now = chrono::Utc::now().timestamp_millis();
     match crate::detect::warm::from_history(
-        &cfg.sink.data_dir,
+        &crate::lake::Lake::local(&cfg.sink.data_dir),
         &mut detector,
         bucket_ms,
         d.warm_hours,

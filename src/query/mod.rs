@@ -18,6 +18,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 
 use crate::error::QueryError;
+use crate::lake::Lake;
 use crate::sink::{self, schema};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -27,21 +28,21 @@ pub enum Format {
     Json,
 }
 
-/// A session with every table of the dataset under `data_dir` registered.
-/// Tables whose directory does not exist yet are registered empty: a query
+/// A session with every table of the dataset in `lake` registered, local
+/// or on S3. Tables with nothing in them yet are registered empty: a query
 /// reads and never creates anything, not even a directory.
-pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
+pub async fn session(lake: &Lake) -> Result<SessionContext, QueryError> {
     let config = SessionConfig::new()
         .with_information_schema(true)
         .set_bool("datafusion.execution.parquet.pushdown_filters", true);
     let ctx = SessionContext::new_with_config(config);
+    lake.register(&ctx)?;
     for (name, table_schema) in [
         (sink::INVOCATIONS, schema::INVOCATIONS.clone()),
         (sink::DEAD_LETTER, schema::DEAD_LETTER.clone()),
         (sink::ALERTS, schema::ALERTS.clone()),
     ] {
-        let dir = data_dir.join(name);
-        if !dir.is_dir() {
+        if !lake.has_table(name).await? {
             let mut fields: Vec<_> = table_schema.fields().iter().cloned().collect();
             for part in ["dt", "hour"] {
                 fields.push(Arc::new(Field::new(part, DataType::Utf8, false)));
@@ -56,9 +57,14 @@ pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
                 ("dt".to_owned(), DataType::Utf8),
                 ("hour".to_owned(), DataType::Utf8),
             ]);
-        let url = format!("{}/", std::path::absolute(&dir).unwrap_or(dir).display());
-        ctx.register_listing_table(name, url, options, Some(table_schema), None)
-            .await?;
+        ctx.register_listing_table(
+            name,
+            lake.table_url(name),
+            options,
+            Some(table_schema),
+            None,
+        )
+        .await?;
     }
     Ok(ctx)
 }
@@ -122,15 +128,15 @@ pub async fn run(
 /// Runs `sql` over the dataset from synchronous code that may itself be
 /// inside an async runtime (start-up, backtests): on its own thread, with its
 /// own runtime.
-pub fn run_blocking(data_dir: &Path, sql: String) -> Result<Vec<RecordBatch>, QueryError> {
-    let dir = data_dir.to_owned();
+pub fn run_blocking(lake: &Lake, sql: String) -> Result<Vec<RecordBatch>, QueryError> {
+    let lake = lake.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| QueryError::Runtime(e.to_string()))?;
         rt.block_on(async {
-            let ctx = session(&dir).await?;
+            let ctx = session(&lake).await?;
             run(&ctx, &sql, &BTreeMap::new()).await
         })
     })

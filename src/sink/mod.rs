@@ -169,6 +169,12 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// Opens the data directory, takes its lock and recovers from any crash.
     pub fn open(cfg: &SinkConfig, metrics: Arc<Metrics>) -> Result<ParquetSink, SinkError> {
+        if cfg.data_dir.to_string_lossy().contains("://") {
+            return Err(SinkError::Unsupported(format!(
+                "`serve` writes to a local directory only so far, not {}: the shared lake's writer (several instances, exactly once) is not built yet. `query`, `backtest --from/--to` and the warm-up read s3:// URLs",
+                cfg.data_dir.display()
+            )));
+        }
         let root = cfg.data_dir.clone();
         for dir in ["_state", "_staging", INVOCATIONS, DEAD_LETTER, ALERTS] {
             let d = root.join(dir);

@@ -241,7 +241,7 @@ pub fn query(data_dir: &Path, sql: &str, params: &[(&str, &str)]) -> Vec<serde_j
         .expect("runtime");
     let text = rt
         .block_on(async {
-            let ctx = agentaudit::query::session(data_dir).await?;
+            let ctx = agentaudit::query::session(&agentaudit::lake::Lake::local(data_dir)).await?;
             let batches = agentaudit::query::run(&ctx, sql, &params).await?;
             agentaudit::query::render(&batches, agentaudit::query::Format::Json)
         })

@@ -28,6 +28,7 @@ use super::{Alert, AlertChange, BucketScore, Detector};
 use crate::config::Config;
 use crate::decode::decode;
 use crate::event::KafkaCoords;
+use crate::lake::Lake;
 use crate::redact::Redactor;
 use crate::traffic::scenario::GroundTruth;
 
@@ -53,7 +54,7 @@ pub enum Input {
     Jsonl(PathBuf),
     /// The stored dataset between two instants (epoch ms, half-open).
     Dataset {
-        data_dir: PathBuf,
+        lake: Lake,
         from_ms: i64,
         to_ms: i64,
     },
@@ -141,7 +142,7 @@ pub fn run(cfg: &Config, input: &Input, out: &Path) -> Result<Outcome, BacktestE
             }
         }
         Input::Dataset {
-            data_dir,
+            lake,
             from_ms,
             to_ms,
         } => {
@@ -151,7 +152,7 @@ pub fn run(cfg: &Config, input: &Input, out: &Path) -> Result<Outcome, BacktestE
             while hour < *to_ms {
                 let (lo, hi) = (hour.max(*from_ms), (hour + 3_600_000).min(*to_ms));
                 let mut lines: Vec<(i64, String, String)> = Vec::new();
-                for line in dataset_lines(data_dir, lo, hi)? {
+                for line in dataset_lines(lake, lo, hi)? {
                     match decode(Some(line.as_bytes()), now, &limits) {
                         Ok(e) => lines.push((e.ts_ms, e.event_id, line)),
                         Err(_) => skipped += 1,
@@ -188,7 +189,7 @@ fn keep_fired(changes: &mut Vec<AlertChange>, alerts: &mut Vec<Alert>) {
 
 /// Rows of the stored dataset as v1 JSON lines (the input is stored
 /// redacted, so the replay sees what live detection saw).
-fn dataset_lines(data_dir: &Path, from_ms: i64, to_ms: i64) -> Result<Vec<String>, BacktestError> {
+fn dataset_lines(lake: &Lake, from_ms: i64, to_ms: i64) -> Result<Vec<String>, BacktestError> {
     let sql = format!(
         "SELECT event_id, CAST(ts AS BIGINT) AS ts, tenant, agent_id, environment, tool, status, \
                 actor, workflow_id, step, tool_call_id, tool_type, agent_version, mcp_server, \
@@ -196,8 +197,8 @@ fn dataset_lines(data_dir: &Path, from_ms: i64, to_ms: i64) -> Result<Vec<String
                 tokens_out, approval_id, approval_approver, approval_decision \
          FROM invocations WHERE ts >= to_timestamp_millis({from_ms}) AND ts < to_timestamp_millis({to_ms})"
     );
-    let batches = crate::query::run_blocking(data_dir, sql)
-        .map_err(|e| BacktestError::Other(e.to_string()))?;
+    let batches =
+        crate::query::run_blocking(lake, sql).map_err(|e| BacktestError::Other(e.to_string()))?;
     let mut buf = Vec::new();
     {
         let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
