@@ -68,6 +68,20 @@ impl LabelCap {
         set.insert(clean.clone());
         clean
     }
+
+    /// The tenant, agent and tool label values of one key, in that order.
+    pub fn key(
+        &mut self,
+        (tenant, agent, tool): (&str, &str, &str),
+        redactor: &Redactor,
+        policy: Option<&Policy>,
+    ) -> [String; 3] {
+        [
+            self.value(LabelName::Tenant, tenant, redactor, policy),
+            self.value(LabelName::Agent, agent, redactor, policy),
+            self.value(LabelName::Tool, tool, redactor, policy),
+        ]
+    }
 }
 
 /// The inventory lists `raw` as a tenant, an agent or a tool.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::PipelineError;
 use crate::config::Config;
-use crate::detect::labels::{LabelCap, LabelName};
+use crate::detect::labels::LabelCap;
 use crate::detect::policy::Policy;
 use crate::detect::{AlertChange, Detector, SharedPolicy};
 use crate::event::Record;
@@ -52,16 +52,10 @@ impl DetectStage {
                     let rule = a.rule.name();
                     let severity = a.severity.as_str();
                     metrics.alerts.with_label_values(&[rule, severity]).inc();
-                    let labels = [
-                        rule.to_owned(),
-                        severity.to_owned(),
+                    let [tenant, agent, tool] =
                         self.labels
-                            .value(LabelName::Tenant, &a.tenant, &self.redactor, policy),
-                        self.labels
-                            .value(LabelName::Agent, &a.agent_id, &self.redactor, policy),
-                        self.labels
-                            .value(LabelName::Tool, &a.tool, &self.redactor, policy),
-                    ];
+                            .key((&a.tenant, &a.agent_id, &a.tool), &self.redactor, policy);
+                    let labels = [rule.to_owned(), severity.to_owned(), tenant, agent, tool];
                     let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
                     metrics.alert_active.with_label_values(&refs).inc();
                     self.exported.insert(a.id_without_window(), labels);
@@ -90,15 +84,10 @@ impl DetectStage {
             metrics.baseline_observed.reset();
             metrics.baseline_expected.reset();
             for k in busiest {
-                let labels = [
-                    k.kind.to_owned(),
+                let [tenant, agent, tool] =
                     self.labels
-                        .value(LabelName::Tenant, &k.tenant, &self.redactor, policy),
-                    self.labels
-                        .value(LabelName::Agent, &k.agent_id, &self.redactor, policy),
-                    self.labels
-                        .value(LabelName::Tool, &k.tool, &self.redactor, policy),
-                ];
+                        .key((&k.tenant, &k.agent_id, &k.tool), &self.redactor, policy);
+                let labels = [k.kind.to_owned(), tenant, agent, tool];
                 let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
                 metrics
                     .baseline_observed
