@@ -3,12 +3,8 @@
 //! dispersion, and two CUSUMs, kept for at most `max_keys` keys, with shapes
 //! in a table of at most `max_profiles`.
 //!
-//! The key table is a segmented LRU: a new key starts on probation, and is
-//! promoted once it calls in a second bucket. A new key evicts the least
-//! recently seen key on probation, so a flood of invented names (any tenant
-//! can send one) churns only the probation segment and never evicts the
-//! baseline of an established key; promoted keys are evicted only by other
-//! promotions, through the probation segment, when they hold 3/4 of the table.
+//! The key table is a segmented LRU (`table.rs`): a flood of invented names
+//! churns only the keys on probation, never an established key's baseline.
 //!
 //! The expected count of a bucket is `level × shape[hour of week]`. A key
 //! that owns a shape (tenant+tool, tenant) teaches it; a key that borrows one
@@ -37,6 +33,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use half::f16;
+use table::{EMPTY_LRU, Lru};
 
 /// Tuning of the model and its tests; see `DetectConfig` for the defaults
 /// and why.
@@ -212,22 +209,6 @@ impl Hasher for IdentityHasher {
     }
 }
 
-/// One segment's recency list, threaded through the slots.
-#[derive(Clone, Copy)]
-struct Lru {
-    head: u32,
-    tail: u32,
-    len: usize,
-}
-
-const EMPTY_LRU: Lru = Lru {
-    head: NONE,
-    tail: NONE,
-    len: 0,
-};
-const PROBATION: usize = 0;
-const PROTECTED: usize = 1;
-
 /// An hour-of-week shape; NaN marks an hour not seen yet.
 type Profile = [f16; WEEK_HOURS];
 
@@ -340,30 +321,6 @@ impl Baselines {
             self.promote(idx);
         } else {
             self.touch(idx);
-        }
-    }
-
-    /// Keys promoted out of probation, for tests and the metric.
-    pub fn protected(&self) -> usize {
-        self.lists[PROTECTED].len
-    }
-
-    /// Moves a key that called again in a later bucket to the protected
-    /// segment; at 3/4 of the table, its least recent key goes back on
-    /// probation to make room.
-    fn promote(&mut self, idx: u32) {
-        self.unlink(idx);
-        self.slots[idx as usize].protected = true;
-        self.push_front(idx);
-        let cap = self.cfg.max_keys - self.cfg.max_keys / 4;
-        while self.lists[PROTECTED].len > cap.max(1) {
-            let demoted = self.lists[PROTECTED].tail;
-            if demoted == NONE || demoted == idx {
-                break;
-            }
-            self.unlink(demoted);
-            self.slots[demoted as usize].protected = false;
-            self.push_front(demoted);
         }
     }
 
@@ -755,119 +712,6 @@ impl Baselines {
         s.history = s.history.saturating_add(1);
         self.slots[idx as usize] = s;
     }
-
-    fn slot_for(&mut self, key: u64, bucket: u32, shape: Shape) -> u32 {
-        if let Some(&i) = self.index.get(&key) {
-            return i;
-        }
-        let mut fresh = Slot {
-            key,
-            lx: 0.0,
-            lp: 0.0,
-            flat: 0.0,
-            ratio_ready: false,
-            phi: 1.0,
-            surge: 0.0,
-            drop: 0.0,
-            newest: bucket,
-            counts: [0; RING as usize],
-            profile: NONE,
-            history: 0,
-            fired: 0,
-            owns_profile: false,
-            protected: false,
-            prev: NONE,
-            next: NONE,
-        };
-        let victim = match self.lists[PROBATION].tail {
-            NONE => self.lists[PROTECTED].tail,
-            t => t,
-        };
-        let idx = if self.slots.len() >= self.cfg.max_keys && victim != NONE {
-            self.unlink(victim);
-            let old = self.slots[victim as usize];
-            self.index.remove(&old.key);
-            if old.owns_profile && old.profile != NONE {
-                self.free_profiles.push(old.profile);
-                self.bursts.forget(old.profile);
-            }
-            self.evictions += 1;
-            victim
-        } else {
-            self.slots.push(fresh);
-            u32::try_from(self.slots.len() - 1).unwrap_or(NONE - 1)
-        };
-        if shape == Shape::Own {
-            let p = match self.free_profiles.pop() {
-                Some(p) => Some(p),
-                None if self.profiles.len() < self.cfg.max_profiles => {
-                    self.profiles.push([f16::NAN; WEEK_HOURS]);
-                    u32::try_from(self.profiles.len() - 1).ok()
-                }
-                None => None,
-            };
-            if let Some(p) = p {
-                self.profiles[p as usize] = [f16::NAN; WEEK_HOURS];
-                fresh.profile = p;
-                fresh.owns_profile = true;
-            }
-        }
-        self.slots[idx as usize] = fresh;
-        self.index.insert(key, idx);
-        self.push_front(idx);
-        idx
-    }
-
-    fn segment(&self, idx: u32) -> usize {
-        if self.slots[idx as usize].protected {
-            PROTECTED
-        } else {
-            PROBATION
-        }
-    }
-
-    fn touch(&mut self, idx: u32) {
-        if self.lists[self.segment(idx)].head != idx {
-            self.unlink(idx);
-            self.push_front(idx);
-        }
-    }
-
-    fn unlink(&mut self, idx: u32) {
-        let list = self.segment(idx);
-        let (prev, next) = {
-            let s = &self.slots[idx as usize];
-            (s.prev, s.next)
-        };
-        match prev {
-            NONE => self.lists[list].head = next,
-            p => self.slots[p as usize].next = next,
-        }
-        match next {
-            NONE => self.lists[list].tail = prev,
-            n => self.slots[n as usize].prev = prev,
-        }
-        self.lists[list].len -= 1;
-    }
-
-    fn push_front(&mut self, idx: u32) {
-        let list = self.segment(idx);
-        let old = self.lists[list].head;
-        {
-            let s = &mut self.slots[idx as usize];
-            s.prev = NONE;
-            s.next = old;
-        }
-        if old != NONE {
-            self.slots[old as usize].prev = idx;
-        }
-        let l = &mut self.lists[list];
-        l.head = idx;
-        if l.tail == NONE {
-            l.tail = idx;
-        }
-        l.len += 1;
-    }
 }
 
 /// The level: recent calls over what the shape said of the same buckets,
@@ -880,6 +724,7 @@ fn level(lx: f64, lp: f64) -> f64 {
 }
 
 pub mod bursts;
+mod table;
 mod tails;
 pub use tails::{score_down, score_up};
 
