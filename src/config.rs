@@ -106,6 +106,9 @@ pub struct SinkConfig {
     pub stall_timeout_secs: u64,
     /// S3 settings over the `AWS_*` environment, for an `s3://` data_dir.
     pub object_store: crate::lake::ObjectStoreConfig,
+    /// Local scratch space for staged files before they are uploaded to a
+    /// shared lake; the system's temporary directory when unset.
+    pub spool_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +171,7 @@ impl Default for SinkConfig {
             max_open_files: 256,
             stall_timeout_secs: 60,
             object_store: Default::default(),
+            spool_dir: None,
         }
     }
 }

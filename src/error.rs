@@ -47,6 +47,9 @@ pub enum SinkError {
     Key { path: PathBuf, why: String },
     #[error("{0}")]
     Unsupported(String),
+    /// A step against the shared lake's object store failed.
+    #[error("object store: {0}")]
+    Store(String),
     #[error("data directory {path} is locked by another agentaudit process")]
     Locked { path: PathBuf },
 }
@@ -77,6 +80,8 @@ pub enum SourceError {
     },
     #[error("the sink stopped: {0}")]
     SinkStopped(String),
+    #[error("cannot tell where the lake ends for an assigned partition: {0}")]
+    Floor(String),
 }
 
 impl SourceError {

@@ -175,6 +175,11 @@ impl Lake {
         Ok(())
     }
 
+    /// The object store, when the lake is in one.
+    pub fn store(&self) -> Option<Arc<dyn ObjectStore>> {
+        self.store.clone()
+    }
+
     /// The local directory, when the lake is one.
     pub fn local_dir(&self) -> Option<&Path> {
         match &self.location {

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub consumed: IntCounter,
     pub decoded: IntCounter,
     pub skipped_durable: IntCounter,
+    pub claims_lost: IntCounter,
     pub dead_letters: IntCounterVec,
     pub redactions: IntCounterVec,
     pub unknown_fields: IntCounter,
@@ -136,6 +137,11 @@ impl Metrics {
                 &r,
                 "agentaudit_events_skipped_durable_total",
                 "Messages re-delivered after a restart whose rows were already durable, skipped",
+            ),
+            claims_lost: counter(
+                &r,
+                "agentaudit_lake_claims_lost_total",
+                "Commits to a shared lake whose start offset another writer had claimed first (a zombie or the partition's new owner): its claim was adopted",
             ),
             dead_letters: counter_vec(
                 &r,

@@ -59,6 +59,7 @@ fn baselines_warmed_from_history_alert_without_a_new_warm_up() {
         minute,
         24,
         now,
+        None,
     )
     .unwrap();
     assert_eq!(aggregates, 115, "one aggregate per minute of history");

@@ -1,6 +1,7 @@
 //! Warm owns reading the last hours of stored history back into the
-//! baselines at start-up, so a restart does not forget what normal is.
-//! It aggregates with DataFusion (one row per key and bucket), never rows.
+//! baselines — at start-up, or on a shared lake for each partition as it is
+//! assigned — so a restart or a moved partition does not forget what normal
+//! is. It aggregates with DataFusion (one row per key and bucket), never rows.
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
@@ -10,18 +11,24 @@ use super::Detector;
 use crate::error::QueryError;
 use crate::lake::Lake;
 
-/// Feeds the buckets of `[now - hours, now)` into `detector`; returns the
-/// number of (key, bucket) aggregates read.
+/// Feeds the buckets of `[now - hours, now)` into `detector`, of the rows
+/// from `partitions` of the topic only when given; returns the number of
+/// (key, bucket) aggregates read.
 pub fn from_history(
     lake: &Lake,
     detector: &mut Detector,
     bucket_ms: i64,
     hours: u32,
     now_ms: i64,
+    partitions: Option<&[i32]>,
 ) -> Result<usize, QueryError> {
-    if hours == 0 {
+    if hours == 0 || partitions.is_some_and(<[i32]>::is_empty) {
         return Ok(0);
     }
+    let only = partitions.map_or(String::new(), |p| {
+        let list: Vec<String> = p.iter().map(i32::to_string).collect();
+        format!("AND src_partition IN ({}) ", list.join(", "))
+    });
     let since = now_ms - i64::from(hours) * 3_600_000;
     let sql = format!(
         "SELECT tenant, agent_id, tool, \
@@ -30,7 +37,7 @@ pub fn from_history(
                 SUM(CASE WHEN status IN ('error', 'denied') THEN 1 ELSE 0 END) AS errors \
          FROM invocations \
          WHERE ts >= to_timestamp_millis({since}) AND ts < to_timestamp_millis({now_ms}) \
-           AND dt >= '{}' \
+           AND dt >= '{}' {only}\
          GROUP BY 1, 2, 3, 4 ORDER BY bucket, tenant, agent_id, tool",
         chrono::DateTime::<chrono::Utc>::from_timestamp_millis(since)
             .unwrap_or_default()

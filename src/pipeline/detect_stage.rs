@@ -30,9 +30,53 @@ pub(super) struct DetectStage {
     exported: HashMap<String, [String; 5]>,
     reported_evictions: (u64, u64),
     busiest_exported: u32,
+    /// On a shared lake, the baselines are warmed per partition as each is
+    /// first assigned: the tenants a partition carries are this instance's
+    /// to watch only while it owns the partition.
+    warm_on_assign: Option<WarmOnAssign>,
+}
+
+struct WarmOnAssign {
+    lake: crate::lake::Lake,
+    bucket_ms: i64,
+    hours: u32,
+    warmed: std::collections::BTreeSet<i32>,
 }
 
 impl DetectStage {
+    /// Warms the baselines from the shared lake for the partitions in
+    /// `assigned` this instance has not owned before.
+    pub(super) fn on_assigned(&mut self, assigned: &[i32]) {
+        let Some(w) = self.warm_on_assign.as_mut() else {
+            return;
+        };
+        let new: Vec<i32> = assigned
+            .iter()
+            .copied()
+            .filter(|p| !w.warmed.contains(p))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        match crate::detect::warm::from_history(
+            &w.lake,
+            &mut self.detector,
+            w.bucket_ms,
+            w.hours,
+            now,
+            Some(&new),
+        ) {
+            Ok(n) => {
+                w.warmed.extend(&new);
+                tracing::info!(partitions = ?new, aggregates = n, "baselines warmed from the shared lake for newly assigned partitions");
+            }
+            Err(e) => {
+                tracing::warn!(partitions = ?new, error = %e, "could not warm baselines for newly assigned partitions; they start cold")
+            }
+        }
+    }
+
     pub(super) fn current_policy(&self) -> Option<Arc<Policy>> {
         self.policy.read().ok().and_then(|p| p.clone())
     }
@@ -158,25 +202,38 @@ pub(super) fn detect_stage(
     let mut detector = Detector::new(d, false);
     detector.bound_by_arrival();
     let bucket_ms = i64::try_from(d.bucket_secs * 1000).unwrap_or(60_000);
-    let now = chrono::Utc::now().timestamp_millis();
-    match crate::detect::warm::from_history(
-        &crate::lake::Lake::local(&cfg.sink.data_dir),
-        &mut detector,
-        bucket_ms,
-        d.warm_hours,
-        now,
-    ) {
-        Ok(n) if n > 0 => tracing::info!(
-            aggregates = n,
-            hours = d.warm_hours,
-            "baselines warmed from stored history"
-        ),
-        Ok(_) => {}
-        // Detection still works cold; say so rather than refuse to start.
-        Err(e) => {
-            tracing::warn!(error = %e, "could not warm baselines from history; starting cold")
+    let lake = crate::lake::Lake::open(&cfg.sink.data_dir, &cfg.sink.object_store)
+        .map_err(|e| PipelineError::Runtime(e.to_string()))?;
+    let warm_on_assign = if lake.local_dir().is_none() {
+        Some(WarmOnAssign {
+            lake,
+            bucket_ms,
+            hours: d.warm_hours,
+            warmed: Default::default(),
+        })
+    } else {
+        let now = chrono::Utc::now().timestamp_millis();
+        match crate::detect::warm::from_history(
+            &lake,
+            &mut detector,
+            bucket_ms,
+            d.warm_hours,
+            now,
+            None,
+        ) {
+            Ok(n) if n > 0 => tracing::info!(
+                aggregates = n,
+                hours = d.warm_hours,
+                "baselines warmed from stored history"
+            ),
+            Ok(_) => {}
+            // Detection still works cold; say so rather than refuse to start.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not warm baselines from history; starting cold")
+            }
         }
-    }
+        None
+    };
     metrics.baseline_max_keys.set(d.max_keys as i64);
     metrics.baseline_max_profiles.set(d.max_profiles as i64);
     let alertmanager = d.alertmanager_url.as_deref().map(|url| {
@@ -197,6 +254,7 @@ pub(super) fn detect_stage(
         exported: HashMap::new(),
         reported_evictions: (0, 0),
         busiest_exported: 0,
+        warm_on_assign,
     };
     Ok((stage, policy))
 }

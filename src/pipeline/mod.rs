@@ -20,7 +20,9 @@ use crate::event::Prepared;
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
 use crate::sink::{ParquetSink, PendingRows};
-use crate::source::{self, Durable, KafkaConsumer, Prepare, RawMessage, Source, ToWriter};
+use crate::source::{
+    self, Durable, FloorLookup, KafkaConsumer, Prepare, RawMessage, Source, ToWriter,
+};
 
 mod command;
 mod detect_stage;
@@ -161,6 +163,11 @@ impl Writer {
                 }
                 Ok(ToWriter::Barrier(reply)) => {
                     self.hand_over(Some(CommitMode::Sync), Some(reply))?
+                }
+                Ok(ToWriter::Assigned(partitions)) => {
+                    if let Some(detect) = self.detect.as_mut() {
+                        detect.on_assigned(&partitions);
+                    }
                 }
                 Ok(ToWriter::Finish(reply)) => {
                     self.hand_over(Some(CommitMode::Sync), Some(reply))?;
@@ -360,12 +367,21 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     metrics
         .memory_budget_bytes
         .set(cfg.sink.memory_budget_bytes as i64);
-    let mut sink = ParquetSink::open(&cfg.sink, metrics.clone())?;
+    let mut sink = ParquetSink::open_for_topic(&cfg.sink, &cfg.kafka.topic, metrics.clone())?;
     // The key of output digests and `hash` rules: configured, or the
     // dataset's own (generated on first start, under the lock just taken).
     let mut cfg = cfg.clone();
     let key = match cfg.redact.hash_key.take() {
         Some(k) => k,
+        // Every writer of a shared lake must digest alike, and a key kept
+        // in the bucket would be readable by everyone who may query it.
+        None if sink.claim_log().is_some() => {
+            return Err(ConfigError::invalid(
+                "redact.hash_key",
+                "a shared lake (s3://…) needs the output-digest key set for every instance (AGENTAUDIT_REDACT_HASH_KEY, from your secret store)",
+            )
+            .into());
+        }
         None => crate::sink::dataset_key::load_or_create(&cfg.sink.data_dir)?,
     };
     let mut limits = cfg.decode_limits();
@@ -373,13 +389,24 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     cfg.redact.hash_key = Some(key);
     let cfg = &cfg;
     let redactor = Arc::new(Redactor::new(&cfg.redact)?);
-    let durable: Durable = Arc::new(Mutex::new(
-        sink.durable_offsets()
-            .get(&cfg.kafka.topic)
-            .cloned()
-            .unwrap_or_default(),
-    ));
-    let (source, rx) = Source::new(cfg, brokers, durable.clone(), metrics.clone())?;
+    // On a shared lake the floors are the sink's own, set at each
+    // assignment by walking the claims; locally, the journal's.
+    let durable: Durable = sink.shared_floors().unwrap_or_else(|| {
+        Arc::new(Mutex::new(
+            sink.durable_offsets()
+                .get(&cfg.kafka.topic)
+                .cloned()
+                .unwrap_or_default(),
+        ))
+    });
+    let floor_lookup: Option<FloorLookup> = sink.claim_log().map(|log| {
+        let topic = cfg.kafka.topic.clone();
+        Box::new(move |partition, committed| {
+            log.walk(&topic, partition, committed)
+                .map_err(|e| e.to_string())
+        }) as FloorLookup
+    });
+    let (source, rx) = Source::new(cfg, brokers, durable.clone(), floor_lookup, metrics.clone())?;
     let consumer = source.consumer.clone();
     verify_kafka(&mut sink, &consumer, cfg, &durable)?;
     let (roll_bytes, roll_age_secs) = sink.roll_limits();

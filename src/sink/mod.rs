@@ -11,10 +11,12 @@
 //! committable only after the journal naming it is durable (see `journal`).
 
 pub mod alertmanager;
+pub mod claims;
 pub mod dataset_key;
 pub mod journal;
 pub mod retry;
 pub mod schema;
+pub mod shared;
 pub mod staging;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +39,7 @@ use crate::event::{DeadLetter, KafkaCoords, Prepared, Record};
 use crate::metrics::Metrics;
 use journal::{Journal, Offsets};
 use retry::Retry;
+use shared::{Floors, SharedSink};
 use staging::Staging;
 
 pub const INVOCATIONS: &str = "invocations";
@@ -49,6 +52,9 @@ pub const ALERTS: &str = "alerts";
 pub struct PartitionKey {
     pub table: &'static str,
     epoch_hour: i64,
+    /// The Kafka partition of the rows, on a shared lake: each claim holds
+    /// one partition's range, so its rows are staged apart.
+    pub source: Option<i32>,
 }
 
 impl PartitionKey {
@@ -56,6 +62,15 @@ impl PartitionKey {
         PartitionKey {
             table,
             epoch_hour: ts_ms.div_euclid(3_600_000),
+            source: None,
+        }
+    }
+
+    /// The same table and hour, for the rows of one Kafka partition.
+    pub fn of_partition(self, partition: i32) -> PartitionKey {
+        PartitionKey {
+            source: Some(partition),
+            ..self
         }
     }
 
@@ -162,18 +177,47 @@ pub struct ParquetSink {
     /// Highest offset appended since the last commit, per (topic, partition).
     appended: BTreeMap<(Arc<str>, i32), i64>,
     metrics: Arc<Metrics>,
-    /// Held for the sink's lifetime: one writer per data directory.
+    /// On a shared lake: the claims, and `root` is this writer's spool.
+    shared: Option<SharedSink>,
+    /// Held for the sink's lifetime: one writer per data directory (per
+    /// spool, on a shared lake).
     _lock: File,
 }
 
 impl ParquetSink {
-    /// Opens the data directory, takes its lock and recovers from any crash.
+    /// Opens a local data directory, takes its lock and recovers from any
+    /// crash. A shared lake needs the topic: see `open_for_topic`.
     pub fn open(cfg: &SinkConfig, metrics: Arc<Metrics>) -> Result<ParquetSink, SinkError> {
+        ParquetSink::open_for_topic(cfg, "", metrics)
+    }
+
+    /// Opens the dataset that `topic` is written to: a local directory
+    /// (locked, recovered from any crash) or a shared lake (`s3://…`), whose
+    /// claims name the topic.
+    pub fn open_for_topic(
+        cfg: &SinkConfig,
+        topic: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<ParquetSink, SinkError> {
         if cfg.data_dir.to_string_lossy().contains("://") {
-            return Err(SinkError::Unsupported(format!(
-                "`serve` writes to a local directory only so far, not {}: the shared lake's writer (several instances, exactly once) is not built yet. `query`, `backtest --from/--to` and the warm-up read s3:// URLs",
-                cfg.data_dir.display()
-            )));
+            if topic.is_empty() {
+                return Err(SinkError::Unsupported(format!(
+                    "{}: a shared lake's claims name the topic its rows come from",
+                    cfg.data_dir.display()
+                )));
+            }
+            let (shared, spool, lock) = shared::open(cfg, topic, metrics.clone())?;
+            return Ok(ParquetSink::assemble(
+                cfg,
+                spool,
+                Journal {
+                    version: 1,
+                    ..Journal::default()
+                },
+                Some(shared),
+                lock,
+                metrics,
+            ));
         }
         let root = cfg.data_dir.clone();
         for dir in ["_state", "_staging", INVOCATIONS, DEAD_LETTER, ALERTS] {
@@ -202,6 +246,19 @@ impl ParquetSink {
         metrics
             .discarded_staged_files
             .inc_by(report.discarded_staged as u64);
+        Ok(ParquetSink::assemble(
+            cfg, root, journal, None, lock, metrics,
+        ))
+    }
+
+    fn assemble(
+        cfg: &SinkConfig,
+        root: PathBuf,
+        journal: Journal,
+        shared: Option<SharedSink>,
+        lock: File,
+        metrics: Arc<Metrics>,
+    ) -> ParquetSink {
         let soft_limit = staging::open_files_soft_limit();
         let max_open = staging::open_files_budget(cfg.max_open_files, soft_limit);
         if max_open < cfg.max_open_files {
@@ -212,7 +269,7 @@ impl ParquetSink {
                 "sink.max_open_files lowered to a quarter of the open-file limit (ulimit -n)"
             );
         }
-        Ok(ParquetSink {
+        ParquetSink {
             staging: Staging::new(&root, max_open, metrics.clone()),
             retry: Retry::new(Duration::from_secs(cfg.stall_timeout_secs), metrics.clone()),
             props_invocations: invocations_writer_props(cfg),
@@ -224,8 +281,20 @@ impl ParquetSink {
             buffer: PendingRows::default(),
             appended: BTreeMap::new(),
             metrics,
+            shared,
             _lock: lock,
-        })
+        }
+    }
+
+    /// On a shared lake, the floors that the consumer sets at assignment
+    /// (by walking the claims) and that each claim starts from.
+    pub fn shared_floors(&self) -> Option<Floors> {
+        self.shared.as_ref().map(SharedSink::floors)
+    }
+
+    /// On a shared lake, its claims, for the consumer's walk at assignment.
+    pub fn claim_log(&self) -> Option<claims::ClaimLog> {
+        self.shared.as_ref().map(|s| s.log.clone())
     }
 
     /// Next offset per partition that the dataset already holds durably.
@@ -289,6 +358,9 @@ impl ParquetSink {
         if buffer.rows == 0 {
             return Ok(());
         }
+        if self.shared.is_some() {
+            return self.append_per_partition(buffer);
+        }
         for (key, rows) in &buffer.invocations {
             let batch = schema::invocations_batch(rows)?;
             self.append_batch(*key, batch, rows.iter().map(|r| &r.coords))?;
@@ -303,6 +375,52 @@ impl ParquetSink {
         }
         for (partition, last) in buffer.pending {
             let slot = self.appended.entry(partition).or_insert(last);
+            *slot = (*slot).max(last);
+        }
+        Ok(())
+    }
+
+    /// `append` on a shared lake: each Kafka partition's rows are staged
+    /// apart (a claim holds one partition's range), and rows below the
+    /// partition's floor, which another writer's claim holds, are dropped.
+    fn append_per_partition(&mut self, mut buffer: PendingRows) -> Result<(), SinkError> {
+        let Some(shared) = self.shared.as_mut() else {
+            return Ok(());
+        };
+        for rows in buffer.invocations.values_mut() {
+            rows.retain(|r| shared.keep(r.coords.partition, r.coords.offset));
+            rows.sort_by_key(|r| r.coords.partition);
+        }
+        for rows in buffer.dead_letters.values_mut() {
+            rows.retain(|r| shared.keep(r.coords.partition, r.coords.offset));
+            rows.sort_by_key(|r| r.coords.partition);
+        }
+        for (key, rows) in &buffer.invocations {
+            for part in rows.chunk_by(|a, b| a.coords.partition == b.coords.partition) {
+                let batch = schema::invocations_batch(part)?;
+                let key = key.of_partition(part[0].coords.partition);
+                self.append_batch(key, batch, part.iter().map(|r| &r.coords))?;
+            }
+        }
+        for (key, rows) in buffer.dead_letters.iter_mut() {
+            for part in rows.chunk_by_mut(|a, b| a.coords.partition == b.coords.partition) {
+                let batch = schema::dead_letter_batch(part)?;
+                let key = key.of_partition(part[0].coords.partition);
+                self.append_batch(key, batch, part.iter().map(|r| &r.coords))?;
+            }
+        }
+        for (key, rows) in &buffer.alerts {
+            let batch = schema::alerts_batch(rows)?;
+            self.append_batch(*key, batch, std::iter::empty())?;
+        }
+        let Some(shared) = self.shared.as_mut() else {
+            return Ok(());
+        };
+        for ((topic, partition), last) in buffer.pending {
+            if !shared.keep(partition, last) {
+                continue;
+            }
+            let slot = self.appended.entry((topic, partition)).or_insert(last);
             *slot = (*slot).max(last);
         }
         Ok(())
@@ -331,6 +449,9 @@ impl ParquetSink {
             return Ok(outcome);
         }
         let started = Instant::now();
+        if self.shared.is_some() {
+            return self.commit_shared(started);
+        }
         let seq = self.journal.seq + 1;
         let closed = self.staging.finish()?;
         let mut renames = Vec::with_capacity(closed.len());
@@ -410,6 +531,33 @@ impl ParquetSink {
             }
         }
         self.journal = journal;
+        self.count_written(written, started);
+        Ok(outcome)
+    }
+
+    /// `commit` on a shared lake: each partition's staged files become one
+    /// claim (see `claims`).
+    fn commit_shared(&mut self, started: Instant) -> Result<FlushOutcome, SinkError> {
+        let closed = self.staging.finish()?;
+        let written: Vec<_> = closed.iter().map(|f| (f.table, f.rows, f.bytes)).collect();
+        let appended = std::mem::take(&mut self.appended)
+            .into_iter()
+            .map(|((_, partition), last)| (partition, last))
+            .collect();
+        let props = |table: &str| match table {
+            INVOCATIONS => self.props_invocations.clone(),
+            DEAD_LETTER => self.props_dead_letter.clone(),
+            _ => self.props_alerts.clone(),
+        };
+        let Some(shared) = self.shared.as_mut() else {
+            return Ok(FlushOutcome::default());
+        };
+        let outcome = shared.commit(closed, appended, &self.retry, &props)?;
+        self.count_written(written, started);
+        Ok(outcome)
+    }
+
+    fn count_written(&self, written: Vec<(&'static str, usize, u64)>, started: Instant) {
         for (table, rows, bytes) in written {
             self.metrics
                 .rows_written
@@ -424,7 +572,6 @@ impl ParquetSink {
         self.metrics
             .flush_seconds
             .observe(started.elapsed().as_secs_f64());
-        Ok(outcome)
     }
 }
 

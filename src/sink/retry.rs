@@ -29,8 +29,8 @@ impl Retry {
         Retry { budget, metrics }
     }
 
-    /// Runs `op` until it succeeds or the budget is spent; I/O errors only
-    /// are retried, since the others (encoding, a corrupt journal) would fail
+    /// Runs `op` until it succeeds or the budget is spent; I/O and object
+    /// store errors only are retried, since the others (encoding, a corrupt journal) would fail
     /// the same way again.
     pub fn run<T>(
         &self,
@@ -49,7 +49,9 @@ impl Retry {
                     }
                     return Ok(v);
                 }
-                Err(e @ SinkError::Io { .. }) if started.elapsed() + delay <= self.budget => {
+                Err(e @ (SinkError::Io { .. } | SinkError::Store(_)))
+                    if started.elapsed() + delay <= self.budget =>
+                {
                     stalled = true;
                     self.metrics.sink_stalled.set(1);
                     self.metrics.sink_retries.inc();

@@ -32,6 +32,11 @@ use crate::metrics::Metrics;
 /// A staged file that is complete and fsynced, waiting for the commit.
 pub struct ClosedFile {
     pub table: &'static str,
+    /// The Kafka partition of its rows, when files are kept per partition
+    /// (a shared lake); `None` for alerts and in a local directory.
+    pub source: Option<i32>,
+    /// The directory `rename` is relative to.
+    pub root: PathBuf,
     pub rows: usize,
     pub bytes: u64,
     pub rename: Rename,
@@ -156,7 +161,7 @@ impl Staging {
             return Ok(());
         };
         if let Some(file) = self.open.remove(&key) {
-            self.closed.push(file.close(key.table)?);
+            self.closed.push(file.close(key, &self.root)?);
             self.metrics.staged_files_closed_early.inc();
             self.metrics.staged_files_open.set(self.open.len() as i64);
         }
@@ -166,7 +171,7 @@ impl Staging {
     /// Closes every open file and hands over all files of this commit.
     pub fn finish(&mut self) -> Result<Vec<ClosedFile>, SinkError> {
         for (key, file) in std::mem::take(&mut self.open) {
-            self.closed.push(file.close(key.table)?);
+            self.closed.push(file.close(key, &self.root)?);
         }
         self.metrics.staged_files_open.set(0);
         self.next_index = 0;
@@ -254,7 +259,7 @@ impl OpenFile {
     }
 
     /// Writes the footer and fsyncs.
-    fn close(mut self, table: &'static str) -> Result<ClosedFile, SinkError> {
+    fn close(mut self, key: PartitionKey, root: &Path) -> Result<ClosedFile, SinkError> {
         let path = self.path;
         let ranges: BTreeMap<String, (i64, i64)> = self
             .ranges
@@ -277,7 +282,9 @@ impl OpenFile {
         file.sync_all().map_err(SinkError::io(&path))?;
         let bytes = file.metadata().map_err(SinkError::io(&path))?.len();
         Ok(ClosedFile {
-            table,
+            table: key.table,
+            source: key.source,
+            root: root.to_owned(),
             rows: self.rows,
             bytes,
             rename: self.rename,

@@ -48,10 +48,21 @@ pub enum ToWriter {
     Barrier(SyncSender<Result<(), String>>),
     /// Like `Barrier`, then end the writer: the consumer is stopping.
     Finish(SyncSender<Result<(), String>>),
+    /// These partitions are now ours (before any of their messages).
+    Assigned(Vec<i32>),
 }
 
 /// Next offset already durable in the dataset, per partition of our topic.
 pub type Durable = Arc<Mutex<BTreeMap<i32, i64>>>;
+
+/// At assignment, where the dataset ends for a partition, given the group's
+/// committed offset (`None`: it has none): on a shared lake, another writer
+/// may have made rows durable past the committed offset (`ClaimLog::walk`).
+pub type FloorLookup = Box<dyn Fn(i32, Option<i64>) -> Result<Option<i64>, String> + Send + Sync>;
+
+/// How often a floor lookup is tried before the consumer gives up: reading
+/// on without the floor could store a message twice.
+const FLOOR_ATTEMPTS: u32 = 6;
 
 pub struct SourceContext {
     metrics: Arc<Metrics>,
@@ -65,6 +76,72 @@ pub struct SourceContext {
     /// Set once the final flush is done: a revoke during close has nothing
     /// left to flush.
     writer_done: AtomicBool,
+    floor_lookup: Option<FloorLookup>,
+    durable: Durable,
+    /// Why a floor lookup failed for good; the poll loop stops on it.
+    floor_failed: Mutex<Option<String>>,
+}
+
+impl SourceContext {
+    /// Sets the floor of each assigned partition from the lookup.
+    fn look_up_floors(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let Some(lookup) = &self.floor_lookup else {
+            return;
+        };
+        let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
+            Ok(c) => c,
+            Err(e) => {
+                self.fail_floor(format!("reading committed offsets: {e}"));
+                return;
+            }
+        };
+        for e in committed.elements() {
+            let from = match e.offset() {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            };
+            let mut delay = Duration::from_millis(200);
+            let mut attempt = 1;
+            let floor = loop {
+                match lookup(e.partition(), from) {
+                    Ok(floor) => break floor,
+                    Err(why) if attempt < FLOOR_ATTEMPTS => {
+                        tracing::warn!(partition = e.partition(), error = %why, "floor lookup failed; retrying");
+                        std::thread::sleep(delay);
+                        delay *= 2;
+                        attempt += 1;
+                    }
+                    Err(why) => {
+                        self.fail_floor(format!("partition {}: {why}", e.partition()));
+                        return;
+                    }
+                }
+            };
+            if let Ok(mut d) = self.durable.lock() {
+                match floor {
+                    Some(f) => d.insert(e.partition(), f),
+                    None => d.remove(&e.partition()),
+                };
+            }
+            if let Some(f) = floor
+                && from.is_some_and(|c| f > c)
+            {
+                tracing::info!(
+                    partition = e.partition(),
+                    committed = from,
+                    floor = f,
+                    "rows past the committed offset are in the lake already; they are skipped"
+                );
+            }
+        }
+    }
+
+    fn fail_floor(&self, why: String) {
+        tracing::error!(error = %why, "cannot tell where the lake ends; stopping");
+        if let Ok(mut f) = self.floor_failed.lock() {
+            f.get_or_insert(why);
+        }
+    }
 }
 
 impl ClientContext for SourceContext {
@@ -105,9 +182,15 @@ impl ConsumerContext for SourceContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
+            self.look_up_floors(consumer, tpl);
+            let partitions = tpl.elements().iter().map(|e| e.partition()).collect();
+            if !self.writer_done.load(Ordering::SeqCst) {
+                // Only fails when the writer is gone, which stops us anyway.
+                let _ = self.to_writer.send(ToWriter::Assigned(partitions));
+            }
             self.assignments.fetch_add(1, Ordering::SeqCst);
             self.assigned.store(tpl.count() > 0, Ordering::SeqCst);
         }
@@ -168,6 +251,7 @@ impl Source {
         cfg: &Config,
         brokers: &str,
         durable: Durable,
+        floor_lookup: Option<FloorLookup>,
         metrics: Arc<Metrics>,
     ) -> Result<(Source, Receiver<ToWriter>), SourceError> {
         let capacity = queue_capacity(cfg.sink.memory_budget_bytes);
@@ -180,6 +264,9 @@ impl Source {
             revoked: Mutex::new(Vec::new()),
             assigned: AtomicBool::new(false),
             writer_done: AtomicBool::new(false),
+            floor_lookup,
+            durable: durable.clone(),
+            floor_failed: Mutex::new(None),
         };
         // librdkafka counts payload bytes only; each queued message also
         // holds its op and the fetch buffer it points into, about as much
@@ -260,6 +347,15 @@ impl Source {
                 .map_err(|_| SourceError::SinkStopped("writer thread ended".into()))
         };
         while !stop.load(Ordering::SeqCst) {
+            if let Some(why) = consumer
+                .context()
+                .floor_failed
+                .lock()
+                .ok()
+                .and_then(|mut f| f.take())
+            {
+                return Err(SourceError::Floor(why));
+            }
             let generation = consumer.context().assignments.load(Ordering::SeqCst);
             if generation != seen_assignments {
                 seen_assignments = generation;

@@ -2,6 +2,8 @@
 //! truth, a `serve` child process, and dataset queries.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

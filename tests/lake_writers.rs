@@ -1,0 +1,234 @@
+//! Several writers, one lake: the claim protocol on a real S3 API (moto's
+//! server, a separate process on loopback). Two sinks are given the same
+//! Kafka partition, as a zombie and the partition's new owner would be, and
+//! the lake must hold every offset exactly once, with no object overwritten
+//! by different rows.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use agentaudit::config::{RedactConfig, SinkConfig};
+use agentaudit::decode::{DecodeLimits, decode};
+use agentaudit::event::KafkaCoords;
+use agentaudit::lake::{Lake, Location};
+use agentaudit::metrics::Metrics;
+use agentaudit::redact::Redactor;
+use agentaudit::sink::ParquetSink;
+use agentaudit::sink::claims::{Claim, ClaimOutcome, ClaimedObject};
+use common::Corpus;
+use common::s3::S3Server;
+use futures::StreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+const TOPIC: &str = "agent-events";
+
+fn sink(server: &S3Server, url: &str, spool: &Path) -> (ParquetSink, Arc<Metrics>) {
+    let cfg = SinkConfig {
+        data_dir: url.into(),
+        object_store: server.config(),
+        spool_dir: Some(spool.to_owned()),
+        stall_timeout_secs: 5,
+        ..SinkConfig::default()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let sink = ParquetSink::open_for_topic(&cfg, TOPIC, metrics.clone()).expect("shared sink");
+    (sink, metrics)
+}
+
+/// Pushes messages `offsets` of `corpus` as partition 0 at those offsets.
+fn push(sink: &mut ParquetSink, corpus: &Corpus, offsets: std::ops::RangeInclusive<usize>) {
+    let redactor = Redactor::new(&RedactConfig::default()).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    for offset in offsets {
+        let payload = &corpus.messages[offset].payload;
+        let coords = KafkaCoords {
+            topic: Arc::from(TOPIC),
+            partition: 0,
+            offset: offset as i64,
+            kafka_ts_ms: None,
+        };
+        match decode(Some(payload), now, &DecodeLimits::default()) {
+            Ok(e) => sink.push_record(redactor.redact_event(e, coords, now)),
+            Err(f) => {
+                sink.push_dead_letter(redactor.redact_dead_letter(Some(payload), f, coords, now))
+            }
+        }
+    }
+}
+
+/// How many rows of each offset the lake holds, both tables together.
+fn offsets_stored(lake: &Lake) -> BTreeMap<i64, i64> {
+    let batches = agentaudit::query::run_blocking(
+        lake,
+        "SELECT src_offset, count(*) AS n FROM \
+           (SELECT src_offset FROM invocations UNION ALL SELECT src_offset FROM dead_letter) \
+         GROUP BY 1"
+            .into(),
+    )
+    .expect("query the lake");
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let rows = agentaudit::query::render(&[b], agentaudit::query::Format::Json).unwrap();
+        for line in rows.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            out.insert(v["src_offset"].as_i64().unwrap(), v["n"].as_i64().unwrap());
+        }
+    }
+    out
+}
+
+/// Every data object of the lake with its e-tag.
+fn objects(lake: &Lake) -> BTreeMap<String, Option<String>> {
+    let store = lake.store().expect("an object store");
+    let Location::S3 { prefix, .. } = &lake.location else {
+        panic!("not an S3 lake");
+    };
+    let prefix = object_store::path::Path::from(prefix.as_str());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut out = BTreeMap::new();
+        let mut listing = store.list(Some(&prefix));
+        while let Some(meta) = listing.next().await {
+            let meta = meta.unwrap();
+            let key = meta.location.to_string();
+            if key.contains("/invocations/") || key.contains("/dead_letter/") {
+                out.insert(key, meta.e_tag);
+            }
+        }
+        out
+    })
+}
+
+fn exactly_once(stored: &BTreeMap<i64, i64>, through: i64) {
+    let missing: Vec<i64> = (0..=through).filter(|o| !stored.contains_key(o)).collect();
+    let twice: Vec<(&i64, &i64)> = stored.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        missing.is_empty(),
+        "offsets missing from the lake: {missing:?}"
+    );
+    assert!(twice.is_empty(), "offsets stored more than once: {twice:?}");
+    assert_eq!(stored.keys().max().copied(), Some(through));
+}
+
+#[test]
+fn a_zombie_and_the_new_owner_racing_for_one_partition_store_each_offset_once() {
+    let server = S3Server::start();
+    server.create_bucket("lake");
+    let url = "s3://lake/shared";
+    let corpus = Corpus::generate(300, 21);
+    let spool = tempfile::tempdir().unwrap();
+    let lake = Lake::open(Path::new(url), &server.config()).unwrap();
+
+    // The zombie read offsets 0..=120 before its partition moved, and
+    // commits them; the new owner, from the same committed offset (0), has
+    // read further, 0..=200, and commits after it.
+    let (mut zombie, zombie_metrics) = sink(&server, url, spool.path());
+    let (mut owner, owner_metrics) = sink(&server, url, spool.path());
+    push(&mut zombie, &corpus, 0..=120);
+    push(&mut owner, &corpus, 0..=200);
+    let z = zombie.flush().expect("zombie flush");
+    assert_eq!(z.committable, vec![(TOPIC.to_owned(), 0, 121)]);
+    let o = owner.flush().expect("owner flush");
+    // The owner adopted the zombie's claim of 0..=120 and claimed the rest.
+    assert_eq!(o.committable, vec![(TOPIC.to_owned(), 0, 201)]);
+    assert_eq!(owner_metrics.claims_lost.get(), 1);
+    exactly_once(&offsets_stored(&lake), 200);
+    let before = objects(&lake);
+
+    // The zombie writes late: what it read next (121..=160) lies inside the
+    // owner's claim. It must neither add a row nor replace an object.
+    push(&mut zombie, &corpus, 121..=160);
+    let late = zombie.flush().expect("late zombie flush");
+    assert_eq!(late.committable, vec![(TOPIC.to_owned(), 0, 201)]);
+    assert_eq!(late.rows, 0, "the zombie published rows: {late:?}");
+    assert_eq!(zombie_metrics.claims_lost.get(), 1);
+    exactly_once(&offsets_stored(&lake), 200);
+    assert_eq!(objects(&lake), before, "an object was added or overwritten");
+
+    // Below its floor, the zombie no longer even stages rows.
+    push(&mut zombie, &corpus, 0..=50);
+    let again = zombie.flush().expect("flush below the floor");
+    assert_eq!(again.rows, 0);
+    assert_eq!(objects(&lake), before);
+
+    // The owner goes on from where the chain ends.
+    push(&mut owner, &corpus, 201..=299);
+    owner.flush().expect("owner flush");
+    exactly_once(&offsets_stored(&lake), 299);
+}
+
+#[test]
+fn a_claim_left_unpublished_by_a_killed_writer_is_completed_by_the_next_one() {
+    let server = S3Server::start();
+    server.create_bucket("lake");
+    let corpus = Corpus::generate(100, 22);
+    let spool = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Offsets 0..=59 as a writer stages them, taken from a lake of their own.
+    let source = Lake::open(Path::new("s3://lake/source"), &server.config()).unwrap();
+    let (mut w, _) = sink(&server, "s3://lake/source", spool.path());
+    push(&mut w, &corpus, 0..=59);
+    w.flush().expect("flush");
+    drop(w);
+
+    // In the lake under test, a writer staged them and made its claim, and
+    // was killed before it published a single object: the claim and the
+    // staged objects are all there is.
+    let url = "s3://lake/killed";
+    let lake = Lake::open(Path::new(url), &server.config()).unwrap();
+    let (mut next, next_metrics) = sink(&server, url, spool.path());
+    let log = next.claim_log().expect("a shared lake");
+    let store = lake.store().unwrap();
+    let mut objects_claimed = Vec::new();
+    for (i, key) in objects(&source).into_keys().enumerate() {
+        let rel = key.strip_prefix("source/").unwrap().to_owned();
+        let staged = format!("_staging/killed-writer/{i:04}.parquet");
+        rt.block_on(store.copy(&key.as_str().into(), &log.key(&staged)))
+            .unwrap();
+        objects_claimed.push(ClaimedObject {
+            staged,
+            final_key: rel,
+        });
+    }
+    let claim = Claim {
+        version: 1,
+        topic: TOPIC.into(),
+        partition: 0,
+        start: 0,
+        end: 59,
+        writer: "killed-writer".into(),
+        objects: objects_claimed,
+    };
+    assert!(matches!(log.try_claim(&claim), Ok(ClaimOutcome::Won)));
+    assert!(objects(&lake).is_empty(), "nothing is published yet");
+
+    // The next owner walks the chain from the committed offset (0) at
+    // assignment: it publishes the claim and starts past it.
+    assert_eq!(log.walk(TOPIC, 0, Some(0)).expect("walk"), Some(60));
+    assert_eq!(log.walk(TOPIC, 0, None).expect("walk"), Some(60));
+    exactly_once(&offsets_stored(&lake), 59);
+    let floors = next.shared_floors().unwrap();
+    floors.lock().unwrap().insert(0, 60);
+
+    // It re-reads from the committed offset: rows below the floor are
+    // already in the lake and are not written again.
+    push(&mut next, &corpus, 0..=99);
+    let out = next.flush().expect("flush");
+    assert_eq!(out.committable, vec![(TOPIC.to_owned(), 0, 100)]);
+    assert_eq!(next_metrics.claims_lost.get(), 0);
+    exactly_once(&offsets_stored(&lake), 99);
+    // The staged objects are gone once published.
+    let staged: Vec<String> = rt.block_on(async {
+        let mut listing = store.list(Some(&"killed/_staging".into()));
+        let mut out = Vec::new();
+        while let Some(m) = listing.next().await {
+            out.push(m.unwrap().location.to_string());
+        }
+        out
+    });
+    assert!(staged.is_empty(), "{staged:?}");
+}
