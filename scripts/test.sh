@@ -6,8 +6,10 @@
 #   - tansu (Kafka-compatible broker, a separate process for end-to-end tests):
 #       cargo install --locked tansu --features dynostore
 #   - a Python venv with kafka-python (a Kafka client that is not ours),
-#     duckdb (reads the dataset with Hive partitioning) and moto's server (an
-#     S3 API on loopback, for the lake on object storage), from PyPI.
+#     duckdb (reads the dataset with Hive partitioning), moto's server (an
+#     S3 API on loopback, for the lake on object storage) and pyarrow (its
+#     S3 filesystem feeds DuckDB the lake: DuckDB's httpfs extension is a
+#     download from DuckDB's own site, not a registry), from PyPI.
 # and, system-wide from Debian when missing (apt-get update; apt-get install):
 #   - prometheus and prometheus-alertmanager (promtool ships with prometheus),
 #     for the rule checks and the end-to-end alerting test.
@@ -32,6 +34,10 @@ fi
 if [ ! -x "$VENV/bin/moto_server" ]; then
   echo "test.sh: installing moto's S3 server into $VENV (pip install 'moto[server]')…"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]'
+fi
+if ! "$VENV/bin/python" -c 'import pyarrow.fs' 2>/dev/null; then
+  echo "test.sh: installing pyarrow into $VENV (pip)…"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check pyarrow
 fi
 export MOTO_SERVER_BIN="$VENV/bin/moto_server"
 export AGENTAUDIT_PYTHON="$VENV/bin/python"

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub flush_seconds: Histogram,
     pub flush_failures: IntCounter,
     pub sink_stalled: IntGauge,
+    pub partitions_assigned: IntGauge,
     pub sink_retries: IntCounter,
     pub staged_files_open: IntGauge,
     pub staged_files_limit: IntGauge,
@@ -183,6 +184,11 @@ impl Metrics {
                 &r,
                 "agentaudit_flush_failures_total",
                 "Flushes that failed (the process stops)",
+            ),
+            partitions_assigned: gauge(
+                &r,
+                "agentaudit_partitions_assigned",
+                "Partitions of the topic this instance owns in its consumer group now",
             ),
             sink_stalled: gauge(
                 &r,

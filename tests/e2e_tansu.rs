@@ -7,65 +7,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{Corpus, Serve, assert_dataset_matches};
-
-fn required_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: run ./scripts/test.sh, which installs tansu and the Python tools"
-        )
-    })
-}
-
-struct Tansu(Child);
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_tansu(bin: &str, port: u16) -> Tansu {
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(bin)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tansu");
-    let tansu = Tansu(child);
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "tansu did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    tansu
-}
+use common::tansu::{create_topic, free_port, required_env, start_tansu};
+use common::{Corpus, Serve, assert_dataset_matches, produce_foreign};
 
 #[test]
 fn foreign_client_through_tansu_lands_once_and_duckdb_reads_it() {
@@ -74,37 +20,13 @@ fn foreign_client_through_tansu_lands_once_and_duckdb_reads_it() {
     let port = free_port();
     let _tansu = start_tansu(&tansu_bin, port);
     let topic = "tansu-events";
-    let status = Command::new(&tansu_bin)
-        .args(["topic", "create", topic, "--partitions", "3"])
-        .args(["--broker", &format!("tcp://127.0.0.1:{port}")])
-        .status()
-        .expect("tansu topic create");
-    assert!(status.success());
+    create_topic(&tansu_bin, port, topic, 3);
 
     let corpus = Corpus::generate(2000, 3);
     let dir = tempfile::tempdir().unwrap();
-    let corpus_path = dir.path().join("corpus.tsv");
-    let mut f = std::fs::File::create(&corpus_path).unwrap();
-    for m in &corpus.messages {
-        writeln!(f, "{}\t{}", hex::encode(&m.key), hex::encode(&m.payload)).unwrap();
-    }
-    drop(f);
     let tools = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools");
     let brokers = format!("127.0.0.1:{port}");
-    let out = Command::new(&python)
-        .args([
-            &format!("{tools}/produce.py"),
-            &brokers,
-            topic,
-            corpus_path.to_str().unwrap(),
-        ])
-        .output()
-        .expect("run produce.py");
-    assert!(
-        out.status.success(),
-        "produce.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    produce_foreign(&python, &brokers, topic, &corpus.messages, dir.path());
 
     let data = dir.path().join("data");
     let mut serve = Serve::consuming(&brokers, topic, "tansu-e2e", data.to_str().unwrap());

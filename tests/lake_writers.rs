@@ -232,3 +232,38 @@ fn a_claim_left_unpublished_by_a_killed_writer_is_completed_by_the_next_one() {
     });
     assert!(staged.is_empty(), "{staged:?}");
 }
+
+#[test]
+fn a_file_larger_than_a_part_is_uploaded_in_parts_and_reads_back_whole() {
+    let server = S3Server::start();
+    server.create_bucket("lake");
+    let spool = tempfile::tempdir().unwrap();
+    let (sink, _) = sink(&server, "s3://lake/big", spool.path());
+    let log = sink.claim_log().unwrap();
+    // 2.5 parts, with content that would show a part out of place.
+    let size = agentaudit::sink::claims::PART_BYTES * 5 / 2;
+    let bytes: Vec<u8> = (0..size).map(|i| (i / 4096 % 251) as u8).collect();
+    let local = spool.path().join("big.bin");
+    std::fs::write(&local, &bytes).unwrap();
+    assert_eq!(
+        log.upload(&local, "_staging/t/big.bin").unwrap(),
+        size as u64
+    );
+    let lake = Lake::open(Path::new("s3://lake/big"), &server.config()).unwrap();
+    let store = lake.store().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let back = rt
+        .block_on(async {
+            store
+                .get(&log.key("_staging/t/big.bin"))
+                .await?
+                .bytes()
+                .await
+        })
+        .unwrap();
+    assert_eq!(back.len(), size);
+    assert!(
+        back.as_ref() == bytes.as_slice(),
+        "the object differs from the file"
+    );
+}

@@ -168,6 +168,7 @@ impl ConsumerContext for SourceContext {
                 "partitions revoked: flushing before release"
             );
             self.assigned.store(false, Ordering::SeqCst);
+            self.metrics.partitions_assigned.set(0);
             if let Ok(mut revoked) = self.revoked.lock() {
                 revoked.extend(tpl.elements().iter().map(|e| e.partition()));
             }
@@ -193,6 +194,7 @@ impl ConsumerContext for SourceContext {
             }
             self.assignments.fetch_add(1, Ordering::SeqCst);
             self.assigned.store(tpl.count() > 0, Ordering::SeqCst);
+            self.metrics.partitions_assigned.set(tpl.count() as i64);
         }
     }
 }

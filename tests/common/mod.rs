@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod s3;
+pub mod tansu;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -51,6 +52,37 @@ impl Corpus {
     }
 }
 
+/// Produces `messages` keyed as generated with kafka-python, a client that
+/// shares no code with ours (`tests/tools/produce.py`).
+pub fn produce_foreign(
+    python: &str,
+    brokers: &str,
+    topic: &str,
+    messages: &[Generated],
+    scratch: &Path,
+) {
+    let corpus_path = scratch.join(format!("corpus-{}.tsv", rand::random::<u32>()));
+    let mut f = std::fs::File::create(&corpus_path).unwrap();
+    for m in messages {
+        writeln!(f, "{}\t{}", hex::encode(&m.key), hex::encode(&m.payload)).unwrap();
+    }
+    drop(f);
+    let out = Command::new(python)
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/produce.py"),
+            brokers,
+            topic,
+            corpus_path.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run produce.py");
+    assert!(
+        out.status.success(),
+        "produce.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn produce_slice(messages: &[Generated], brokers: &str, topic: &str) {
     use rdkafka::producer::Producer;
     let producer = agentaudit::traffic::producer(brokers, &[]).expect("producer");
@@ -91,6 +123,13 @@ impl Drop for Serve {
 impl Serve {
     pub fn start(args: &[&str]) -> Serve {
         Serve::spawn(Command::new(env!("CARGO_BIN_EXE_agentaudit")), args)
+    }
+
+    /// `serve` with `env` added to its environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, String)]) -> Serve {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agentaudit"));
+        command.envs(env.iter().map(|(k, v)| (k, v)));
+        Serve::spawn(command, args)
     }
 
     /// `serve` under `ulimit -n nofile`, as a service manager might run it.
