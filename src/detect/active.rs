@@ -3,6 +3,8 @@
 //! more severe one for a lesser), and resolving each by the clock of its own
 //! tenant's partition once its condition has not been seen for the hold.
 
+use std::hash::BuildHasher;
+
 use super::{Alert, AlertChange, Detector, RuleId, evidence};
 use crate::event::Record;
 
@@ -101,6 +103,48 @@ impl Detector {
         out: &mut Vec<AlertChange>,
     ) {
         self.fire(rule, evidence(r), keys, bucket, 1.0, 0.0, 0.0, detail, out);
+    }
+
+    /// Forgets the active alerts of tenants whose calls last came from a
+    /// partition of `topic` not in `owned`, and returns them: after a
+    /// rebalance that partition's new owner raises and resolves them, and
+    /// here they would hang, since this instance no longer sees its clock.
+    /// They are neither resolved (the condition may well hold) nor stored.
+    pub fn release_partitions(&mut self, topic: &str, owned: &[i32]) -> Vec<Alert> {
+        let kept: std::collections::HashSet<u64> = owned
+            .iter()
+            .map(|p| self.hasher.hash_one((17u8, topic, *p)))
+            .collect();
+        let released: std::collections::HashSet<u64> = self
+            .source_clocks
+            .keys()
+            .filter(|s| !kept.contains(s))
+            .copied()
+            .collect();
+        if released.is_empty() {
+            return Vec::new();
+        }
+        let gone: Vec<_> = self
+            .active
+            .iter()
+            .filter(|(_, a)| {
+                self.tenant_sources
+                    .get(&a.tenant_key)
+                    .is_some_and(|s| released.contains(s))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for s in &released {
+            self.source_clocks.remove(s);
+        }
+        // Watched from scratch if the partition comes back: buckets folded
+        // across the time it was owned elsewhere would read as silence.
+        self.silence_watch
+            .retain(|_, w| !released.contains(&w.source));
+        gone.into_iter()
+            .filter_map(|k| self.active.remove(&k))
+            .map(|a| a.alert)
+            .collect()
     }
 
     /// Resolves alerts whose condition has not been seen for `hold_buckets`

@@ -34,6 +34,8 @@ pub(super) struct DetectStage {
     /// first assigned: the tenants a partition carries are this instance's
     /// to watch only while it owns the partition.
     warm_on_assign: Option<WarmOnAssign>,
+    /// The topic consumed, whose partitions assignments name.
+    topic: String,
 }
 
 struct WarmOnAssign {
@@ -44,9 +46,13 @@ struct WarmOnAssign {
 }
 
 impl DetectStage {
-    /// Warms the baselines from the shared lake for the partitions in
-    /// `assigned` this instance has not owned before.
-    pub(super) fn on_assigned(&mut self, assigned: &[i32]) {
+    /// A new assignment: the alerts of tenants on partitions no longer ours
+    /// go to their new owner (their gauges go, unresolved), and on a shared
+    /// lake the baselines of partitions new to us are warmed from it.
+    pub(super) fn on_assigned(&mut self, assigned: &[i32], metrics: &Metrics) {
+        for a in self.detector.release_partitions(&self.topic, assigned) {
+            self.drop_gauge(&a, metrics);
+        }
         let Some(w) = self.warm_on_assign.as_mut() else {
             return;
         };
@@ -73,6 +79,19 @@ impl DetectStage {
             }
             Err(e) => {
                 tracing::warn!(partitions = ?new, error = %e, "could not warm baselines for newly assigned partitions; they start cold")
+            }
+        }
+    }
+
+    /// Takes an alert that no longer holds here off `agentaudit_alert_active`.
+    fn drop_gauge(&mut self, a: &crate::detect::Alert, metrics: &Metrics) {
+        if let Some(labels) = self.exported.remove(&a.id_without_window()) {
+            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+            if let Ok(g) = metrics.alert_active.get_metric_with_label_values(&refs) {
+                g.dec();
+                if g.get() <= 0 {
+                    let _ = metrics.alert_active.remove_label_values(&refs);
+                }
             }
         }
     }
@@ -105,17 +124,7 @@ impl DetectStage {
                     self.exported.insert(a.id_without_window(), labels);
                     rows.push_alert(a.clone());
                 }
-                AlertChange::Resolved(a) => {
-                    if let Some(labels) = self.exported.remove(&a.id_without_window()) {
-                        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-                        if let Ok(g) = metrics.alert_active.get_metric_with_label_values(&refs) {
-                            g.dec();
-                            if g.get() <= 0 {
-                                let _ = metrics.alert_active.remove_label_values(&refs);
-                            }
-                        }
-                    }
-                }
+                AlertChange::Resolved(a) => self.drop_gauge(a, metrics),
             }
             if let Some(am) = &self.alertmanager {
                 am.notify(&change);
@@ -255,6 +264,7 @@ pub(super) fn detect_stage(
         reported_evictions: (0, 0),
         busiest_exported: 0,
         warm_on_assign,
+        topic: cfg.kafka.topic.clone(),
     };
     Ok((stage, policy))
 }

@@ -166,7 +166,7 @@ impl Writer {
                 }
                 Ok(ToWriter::Assigned(partitions)) => {
                     if let Some(detect) = self.detect.as_mut() {
-                        detect.on_assigned(&partitions);
+                        detect.on_assigned(&partitions, &self.metrics);
                     }
                 }
                 Ok(ToWriter::Finish(reply)) => {

@@ -622,3 +622,38 @@ fn a_tenant_silent_for_good_is_a_traffic_drop_while_others_call() {
 
 /// Tests of what a hostile producer sends: overflows, floods, forged time.
 mod hostile;
+
+#[test]
+fn a_partition_moved_away_takes_its_tenants_alerts_along_unresolved() {
+    let p = Policy::parse(POLICY).expect("policy");
+    let mut d = detector();
+    // acme calls on partition 1 and trips its rate limit; globex, on
+    // partition 0, breaks a rule of its own.
+    let mut acme = call(r#""tenant":"acme""#);
+    acme.coords.partition = 1;
+    for _ in 0..6 {
+        fired(&mut d, &p, &acme);
+    }
+    let globex = call(r#""tool":"drop_database""#);
+    assert!(!fired(&mut d, &p, &globex).is_empty());
+    let before = d.active_alerts();
+    assert!(before >= 2);
+    // The next assignment keeps partition 0 only.
+    let released = d.release_partitions("t", &[0]);
+    assert_eq!(
+        released
+            .iter()
+            .map(|a| a.tenant.as_str())
+            .collect::<Vec<_>>(),
+        vec!["acme"]
+    );
+    assert_eq!(d.active_alerts(), before - 1);
+    // Keeping every partition releases nothing.
+    assert!(d.release_partitions("t", &[0, 1]).is_empty());
+    // Nor does anything resolve them here later: they are the new owner's.
+    let mut out = Vec::new();
+    d.advance(&mut out);
+    assert!(out.iter().all(|c| match c {
+        AlertChange::Resolved(a) | AlertChange::Fired(a) => a.tenant != "acme",
+    }));
+}
