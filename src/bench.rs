@@ -27,6 +27,8 @@ pub struct BenchOptions {
     pub data_dir: PathBuf,
     pub memory_budget_bytes: usize,
     pub detect: bool,
+    /// S3 settings over the `AWS_*` environment, for an `s3://` data_dir.
+    pub object_store: crate::lake::ObjectStoreConfig,
 }
 
 pub struct BenchReport {
@@ -45,6 +47,8 @@ pub struct BenchReport {
     /// what each run costs, whatever the machine's speed of the moment.
     pub floor_cpu_per_event_secs: f64,
     pub pipeline_cpu_per_event_secs: f64,
+    /// The same pipeline into the S3 lake, when `--data-dir` is one.
+    pub lake: Option<PipelineRun>,
 }
 
 impl fmt::Display for BenchReport {
@@ -105,7 +109,34 @@ impl fmt::Display for BenchReport {
             f,
             "CPU-bound ceiling           {:.0} events/s on {cores} cores at that cost",
             cores / self.pipeline_cpu_per_event_secs.max(1e-12)
-        )
+        )?;
+        if let Some(lake) = &self.lake {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "pipeline to the S3 lake     {:.0} events/s ({:.1} MiB in {} objects)",
+                lake.eps,
+                mib(lake.parquet_bytes as f64),
+                lake.parquet_files
+            )?;
+            writeln!(
+                f,
+                "ratio S3 lake/local disk    {:.2}",
+                lake.eps / self.pipeline_eps.max(1e-9)
+            )?;
+            writeln!(
+                f,
+                "peak RSS growth, S3 lake    {:.0} MiB (budget {:.0} MiB)",
+                mib(lake.peak_rss_growth_bytes as f64),
+                mib(self.memory_budget_bytes as f64)
+            )?;
+            write!(
+                f,
+                "CPU per event, S3 lake      {:.2} µs",
+                lake.cpu_per_event_secs * us
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -386,18 +417,84 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
     drop(raw);
     let floor_rss_growth_bytes = floor_rss.stop();
 
-    eprintln!("pipeline…");
-    clear_bench_dir(&opts.data_dir).map_err(PipelineError::Runtime)?;
+    let s3 = opts.data_dir.to_string_lossy().starts_with("s3://");
+    // Against S3 the local-disk figure is measured in the same run, as the
+    // reference, in a directory of the benchmark's own.
+    let local_dir = if s3 {
+        std::env::temp_dir().join("agentaudit-bench-local")
+    } else {
+        opts.data_dir.clone()
+    };
+    eprintln!("pipeline to {}…", local_dir.display());
+    clear_bench_dir(&local_dir).map_err(PipelineError::Runtime)?;
+    let local = pipeline_run(opts, &brokers, topic, "bench-pipeline", local_dir)?;
+    let lake = if s3 {
+        // A prefix of the run's own: nothing of the bucket's is touched.
+        let url = format!(
+            "{}/agentaudit-bench-{}",
+            opts.data_dir.to_string_lossy().trim_end_matches('/'),
+            chrono::Utc::now().timestamp_millis()
+        );
+        eprintln!("pipeline to {url}…");
+        let run = pipeline_run(
+            opts,
+            &brokers,
+            topic,
+            "bench-pipeline-s3",
+            url.clone().into(),
+        )?;
+        remove_lake_prefix(&url, &opts.object_store);
+        Some(run)
+    } else {
+        None
+    };
+    Ok(BenchReport {
+        events: opts.events,
+        mean_event_bytes: bytes as f64 / opts.events.max(1) as f64,
+        raw_consume_eps: opts.events as f64 / raw_secs.max(1e-9),
+        pipeline_eps: local.eps,
+        parquet_bytes: local.parquet_bytes,
+        parquet_files: local.parquet_files,
+        peak_rss_growth_bytes: local.peak_rss_growth_bytes,
+        floor_rss_growth_bytes,
+        memory_budget_bytes: opts.memory_budget_bytes,
+        floor_cpu_per_event_secs: floor_cpu_secs / opts.events.max(1) as f64,
+        pipeline_cpu_per_event_secs: local.cpu_per_event_secs,
+        lake,
+    })
+}
+
+/// One pipeline run over the pre-filled topic, as consumer group `group`,
+/// into `data_dir`.
+pub struct PipelineRun {
+    pub eps: f64,
+    pub parquet_bytes: u64,
+    pub parquet_files: u64,
+    pub peak_rss_growth_bytes: u64,
+    pub cpu_per_event_secs: f64,
+}
+
+fn pipeline_run(
+    opts: &BenchOptions,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    data_dir: PathBuf,
+) -> Result<PipelineRun, PipelineError> {
     let mut cfg = Config::default();
     cfg.kafka.topic = topic.into();
-    cfg.kafka.group = "bench-pipeline".into();
-    cfg.sink.data_dir = opts.data_dir.clone();
+    cfg.kafka.group = group.into();
+    cfg.sink.data_dir = data_dir;
+    cfg.sink.object_store = opts.object_store.clone();
     cfg.sink.memory_budget_bytes = opts.memory_budget_bytes;
     cfg.detect.enabled = opts.detect;
+    // A shared lake needs a digest key for all its writers; the benchmark's
+    // rows are thrown away, so any key of its own does.
+    cfg.redact.hash_key = Some(format!("bench-{:032x}", rand::random::<u128>()));
     cfg.validate()?;
     let metrics = Arc::new(Metrics::new());
     let rss = RssSampler::start();
-    let running = pipeline::start(&cfg, &brokers, metrics.clone())?;
+    let running = pipeline::start(&cfg, brokers, metrics.clone())?;
     // Like the floor, the clock starts with the first message, not with the
     // consumer-group join; events already processed then are not counted.
     while metrics.consumed.get() == 0 && !running.finished() {
@@ -434,27 +531,51 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
             opts.events
         )));
     }
-    let files = [INVOCATIONS, DEAD_LETTER]
-        .iter()
-        .map(|t| metrics.files_written.with_label_values(&[t]).get())
-        .sum();
-    let parquet_bytes = [INVOCATIONS, DEAD_LETTER]
-        .iter()
-        .map(|t| metrics.bytes_written.with_label_values(&[t]).get())
-        .sum();
-    Ok(BenchReport {
-        events: opts.events,
-        mean_event_bytes: bytes as f64 / opts.events.max(1) as f64,
-        raw_consume_eps: opts.events as f64 / raw_secs.max(1e-9),
-        pipeline_eps: (opts.events - head_start) as f64 / pipeline_secs.max(1e-9),
-        parquet_bytes,
-        parquet_files: files,
+    let sum = |family: &prometheus::IntCounterVec| {
+        [INVOCATIONS, DEAD_LETTER]
+            .iter()
+            .map(|t| family.with_label_values(&[t]).get())
+            .sum()
+    };
+    Ok(PipelineRun {
+        eps: (opts.events - head_start) as f64 / pipeline_secs.max(1e-9),
+        parquet_bytes: sum(&metrics.bytes_written),
+        parquet_files: sum(&metrics.files_written),
         peak_rss_growth_bytes,
-        floor_rss_growth_bytes,
-        memory_budget_bytes: opts.memory_budget_bytes,
-        floor_cpu_per_event_secs: floor_cpu_secs / opts.events.max(1) as f64,
-        pipeline_cpu_per_event_secs: pipeline_cpu_secs / (opts.events - head_start).max(1) as f64,
+        cpu_per_event_secs: pipeline_cpu_secs / (opts.events - head_start).max(1) as f64,
     })
+}
+
+/// Deletes what a benchmark run wrote under its own prefix of the lake.
+fn remove_lake_prefix(url: &str, store_cfg: &crate::lake::ObjectStoreConfig) {
+    use futures::StreamExt;
+    let Ok(lake) = crate::lake::Lake::open(std::path::Path::new(url), store_cfg) else {
+        return;
+    };
+    let (Some(store), crate::lake::Location::S3 { prefix, .. }) = (lake.store(), &lake.location)
+    else {
+        return;
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let prefix = object_store::path::Path::from(prefix.as_str());
+    rt.block_on(async {
+        let locations = store
+            .list(Some(&prefix))
+            .map(|m| m.map(|m| m.location))
+            .boxed();
+        let mut deleted = store.delete_stream(locations);
+        while let Some(result) = deleted.next().await {
+            if let Err(e) = result {
+                eprintln!("could not remove the benchmark's lake objects: {e}");
+                break;
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -191,7 +191,9 @@ enum Command {
         /// a million ~500 B events need 128 partitions to stay whole.
         #[arg(long, default_value_t = 128)]
         partitions: i32,
-        /// Where the benchmark writes its dataset (emptied first).
+        /// Where the benchmark writes its dataset (emptied first). An
+        /// `s3://bucket/prefix` URL (AWS_* settings) is measured beside a
+        /// local-disk run, under a prefix of the run's own, removed after.
         #[arg(long, default_value = "./target/bench-data")]
         data_dir: PathBuf,
         #[arg(long, default_value_t = 512)]
@@ -452,6 +454,7 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 memory_budget_bytes: memory_budget_mib * 1024 * 1024,
                 detect: !no_detect,
+                object_store: Default::default(),
             })?;
             println!("{report}");
             if !no_detect {
