@@ -126,7 +126,7 @@ impl fmt::Display for BenchReport {
             )?;
             writeln!(
                 f,
-                "peak RSS growth, S3 lake    {:.0} MiB (budget {:.0} MiB)",
+                "peak RSS growth, S3 lake    {:.0} MiB (budget {:.0} MiB; run first, so the local figure above starts from what it left)",
                 mib(lake.peak_rss_growth_bytes as f64),
                 mib(self.memory_budget_bytes as f64)
             )?;
@@ -425,9 +425,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
     } else {
         opts.data_dir.clone()
     };
-    eprintln!("pipeline to {}…", local_dir.display());
-    clear_bench_dir(&local_dir).map_err(PipelineError::Runtime)?;
-    let local = pipeline_run(opts, &brokers, topic, "bench-pipeline", local_dir)?;
+    // The lake runs first when there is one: a run's peak RSS growth is
+    // measured from where the process stands, and the allocator keeps what
+    // the run before it freed, so the first run's figure is the clean one.
     let lake = if s3 {
         // A prefix of the run's own: nothing of the bucket's is touched.
         let url = format!(
@@ -448,6 +448,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
     } else {
         None
     };
+    eprintln!("pipeline to {}…", local_dir.display());
+    clear_bench_dir(&local_dir).map_err(PipelineError::Runtime)?;
+    let local = pipeline_run(opts, &brokers, topic, "bench-pipeline", local_dir)?;
     Ok(BenchReport {
         events: opts.events,
         mean_event_bytes: bytes as f64 / opts.events.max(1) as f64,

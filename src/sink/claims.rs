@@ -235,28 +235,34 @@ impl ClaimLog {
                     Err(e) => return Err(store_err("publishing", &to)(e)),
                 }
             }
-            for o in &claim.objects {
-                self.delete(&self.key(&o.staged)).await?;
-            }
-            Ok(())
+            let staged: Vec<StorePath> =
+                claim.objects.iter().map(|o| self.key(&o.staged)).collect();
+            self.delete_all(staged).await
         })
     }
 
     /// Removes staged objects that no claim names.
     pub fn discard(&self, rels: &[String]) -> Result<(), SinkError> {
-        self.rt.block_on(async {
-            for rel in rels {
-                self.delete(&self.key(rel)).await?;
-            }
-            Ok(())
-        })
+        let keys = rels.iter().map(|r| self.key(r)).collect();
+        self.rt.block_on(self.delete_all(keys))
     }
 
-    async fn delete(&self, key: &StorePath) -> Result<(), SinkError> {
-        match self.store.delete(key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(store_err("deleting", key)(e)),
+    /// Deletes `keys`, absent ones included, in as few requests as the
+    /// store allows (S3: one DeleteObjects per thousand keys).
+    async fn delete_all(&self, keys: Vec<StorePath>) -> Result<(), SinkError> {
+        if keys.is_empty() {
+            return Ok(());
         }
+        let first = keys[0].clone();
+        let locations = futures::stream::iter(keys.into_iter().map(Ok)).boxed();
+        let mut deleted = self.store.delete_stream(locations);
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err("deleting staged objects from", &first)(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Follows the claims of a partition from `from` (its committed offset,

@@ -43,6 +43,9 @@ pub struct SharedSink {
     first: BTreeMap<i32, i64>,
     /// Numbers this writer's commits, for unique staged and alert keys.
     seq: u64,
+    /// How many partitions' claims are made at once: each holds up to two
+    /// parts of a file in memory, and uploads get a quarter of the budget.
+    upload_lanes: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -86,6 +89,8 @@ pub fn open(
             floors: Floors::default(),
             first: BTreeMap::new(),
             seq: 0,
+            upload_lanes: (cfg.memory_budget_bytes / 4 / (2 * super::claims::PART_BYTES))
+                .clamp(1, 16),
             metrics,
         },
         spool,
@@ -141,7 +146,7 @@ impl SharedSink {
         closed: Vec<ClosedFile>,
         appended: BTreeMap<i32, i64>,
         retry: &Retry,
-        props: &dyn Fn(&str) -> WriterProperties,
+        props: &(dyn Fn(&str) -> WriterProperties + Sync),
     ) -> Result<FlushOutcome, SinkError> {
         self.seq += 1;
         let mut outcome = FlushOutcome::default();
@@ -154,20 +159,75 @@ impl SharedSink {
             }
         }
         let first = std::mem::take(&mut self.first);
-        for (partition, last) in appended {
-            let files = by_partition.remove(&partition).unwrap_or_default();
-            let start = self
-                .floor(partition)
-                .or_else(|| first.get(&partition).copied())
-                .unwrap_or(last);
-            let next =
-                self.claim_range(partition, start, last, files, retry, props, &mut outcome)?;
-            if let Ok(mut f) = self.floors.lock() {
-                f.insert(partition, next);
+        let ranges: Vec<(i32, i64, i64, Vec<ClosedFile>)> = appended
+            .into_iter()
+            .map(|(partition, last)| {
+                let files = by_partition.remove(&partition).unwrap_or_default();
+                let start = self
+                    .floor(partition)
+                    .or_else(|| first.get(&partition).copied())
+                    .unwrap_or(last);
+                (partition, start, last, files)
+            })
+            .collect();
+        // Partitions' claims are independent: they are made side by side,
+        // as many at once as the memory budget's share for uploads allows.
+        let lanes_n = self.upload_lanes.min(ranges.len()).max(1);
+        let mut lanes: Vec<Vec<_>> = (0..lanes_n).map(|_| Vec::new()).collect();
+        for (i, range) in ranges.into_iter().enumerate() {
+            lanes[i % lanes_n].push(range);
+        }
+        let this = &*self;
+        let results: Vec<Result<(i32, i64, FlushOutcome), SinkError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = lanes
+                .into_iter()
+                .map(|lane| {
+                    s.spawn(move || {
+                        let mut done = Vec::new();
+                        for (partition, start, last, files) in lane {
+                            let mut out = FlushOutcome::default();
+                            let next = this
+                                .claim_range(partition, start, last, files, retry, props, &mut out);
+                            let failed = next.is_err();
+                            done.push(next.map(|n| (partition, n, out)));
+                            if failed {
+                                break;
+                            }
+                        }
+                        done
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![Err(SinkError::Store("a commit thread panicked".into()))]
+                    })
+                })
+                .collect()
+        });
+        let mut failure = None;
+        for result in results {
+            match result {
+                Ok((partition, next, out)) => {
+                    // Claimed, whatever happened to the others: the floor
+                    // moves so that nothing is staged twice.
+                    if let Ok(mut f) = self.floors.lock() {
+                        f.insert(partition, next);
+                    }
+                    outcome.files += out.files;
+                    outcome.rows += out.rows;
+                    outcome.bytes += out.bytes;
+                    outcome
+                        .committable
+                        .push((self.topic.clone(), partition, next));
+                }
+                Err(e) => failure = failure.or(Some(e)),
             }
-            outcome
-                .committable
-                .push((self.topic.clone(), partition, next));
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         for (i, file) in alerts.into_iter().enumerate() {
             let name = format!(
@@ -189,13 +249,13 @@ impl SharedSink {
     /// end. Returns the next offset no claim covers.
     #[allow(clippy::too_many_arguments)]
     fn claim_range(
-        &mut self,
+        &self,
         partition: i32,
         mut start: i64,
         last: i64,
         mut files: Vec<ClosedFile>,
         retry: &Retry,
-        props: &dyn Fn(&str) -> WriterProperties,
+        props: &(dyn Fn(&str) -> WriterProperties + Sync),
         outcome: &mut FlushOutcome,
     ) -> Result<i64, SinkError> {
         loop {
@@ -300,7 +360,7 @@ fn restage_after(
     file: &ClosedFile,
     local: &Path,
     end: i64,
-    props: &dyn Fn(&str) -> WriterProperties,
+    props: &(dyn Fn(&str) -> WriterProperties + Sync),
 ) -> Result<Option<ClosedFile>, SinkError> {
     let parquet_err = |path: &Path| {
         let path = path.to_owned();
