@@ -17,7 +17,7 @@ use agentaudit::lake::{Lake, Location};
 use agentaudit::metrics::Metrics;
 use agentaudit::redact::Redactor;
 use agentaudit::sink::ParquetSink;
-use agentaudit::sink::claims::{Claim, ClaimOutcome, ClaimedObject};
+use agentaudit::sink::claims::{Claim, ClaimOutcome, ClaimedObject, CommitRecord};
 use common::Corpus;
 use common::s3::S3Server;
 use futures::StreamExt;
@@ -175,9 +175,9 @@ fn a_claim_left_unpublished_by_a_killed_writer_is_completed_by_the_next_one() {
     w.flush().expect("flush");
     drop(w);
 
-    // In the lake under test, a writer staged them and made its claim, and
-    // was killed before it published a single object: the claim and the
-    // staged objects are all there is.
+    // In the lake under test, a writer staged them, made its claim and its
+    // commit record, and was killed before it published a single object:
+    // the claim, the record and the staged objects are all there is.
     let url = "s3://lake/killed";
     let lake = Lake::open(Path::new(url), &server.config()).unwrap();
     let (mut next, next_metrics) = sink(&server, url, spool.path());
@@ -199,11 +199,13 @@ fn a_claim_left_unpublished_by_a_killed_writer_is_completed_by_the_next_one() {
         topic: TOPIC.into(),
         partition: 0,
         start: 0,
+        attempt: 0,
         end: 59,
         writer: "killed-writer".into(),
-        objects: objects_claimed,
+        commit: "_commits/killed-writer/000000000001.json".into(),
     };
     assert!(matches!(log.try_claim(&claim), Ok(ClaimOutcome::Won)));
+    assert!(log.commit(&claim.commit, objects_claimed).expect("commit"));
     assert!(objects(&lake).is_empty(), "nothing is published yet");
 
     // The next owner walks the chain from the committed offset (0) at
@@ -266,4 +268,49 @@ fn a_file_larger_than_a_part_is_uploaded_in_parts_and_reads_back_whole() {
         back.as_ref() == bytes.as_slice(),
         "the object differs from the file"
     );
+}
+
+#[test]
+fn a_claim_whose_writer_died_before_its_commit_record_is_voided_and_read_again() {
+    let server = S3Server::start();
+    server.create_bucket("lake");
+    let url = "s3://lake/void";
+    let corpus = Corpus::generate(80, 23);
+    let spool = tempfile::tempdir().unwrap();
+    let lake = Lake::open(Path::new(url), &server.config()).unwrap();
+    let (mut next, _) = sink(&server, url, spool.path());
+    let log = next.claim_log().expect("a shared lake");
+
+    // A writer claimed offsets 0..=79 and died before its commit record:
+    // nothing says its rows are anywhere.
+    let dead = Claim {
+        version: 1,
+        topic: TOPIC.into(),
+        partition: 0,
+        start: 0,
+        attempt: 0,
+        end: 79,
+        writer: "dead-writer".into(),
+        commit: "_commits/dead-writer/000000000007.json".into(),
+    };
+    assert!(matches!(log.try_claim(&dead), Ok(ClaimOutcome::Won)));
+
+    // The walk voids its record, so nothing of that claim counts, and the
+    // partition starts where it did.
+    assert_eq!(log.walk(TOPIC, 0, Some(0)).expect("walk"), Some(0));
+    assert_eq!(
+        log.resolve(&dead.commit).expect("resolve"),
+        CommitRecord::Void
+    );
+    // The dead writer, were it only slow, can no longer commit it.
+    assert!(!log.commit(&dead.commit, Vec::new()).expect("commit"));
+
+    // The next owner reads the offsets again and claims them at the next
+    // attempt.
+    next.shared_floors().unwrap().lock().unwrap().insert(0, 0);
+    push(&mut next, &corpus, 0..=79);
+    let out = next.flush().expect("flush");
+    assert_eq!(out.committable, vec![(TOPIC.to_owned(), 0, 80)]);
+    exactly_once(&offsets_stored(&lake), 79);
+    assert_eq!(log.walk(TOPIC, 0, Some(0)).expect("walk"), Some(80));
 }

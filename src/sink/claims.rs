@@ -2,26 +2,32 @@
 //! instances in one consumer group write one dataset and Kafka and the store
 //! are the only coordination.
 //!
-//! A commit of one Kafka partition's rows `[start, end]`:
-//! 1. uploads its staged Parquet files under `_staging/{writer}/`, a prefix
-//!    no reader lists;
-//! 2. creates `_claims/{topic}/{partition:05}/{start:020}.json` — naming
-//!    `end`, the writer and each staged object's final key — with a
-//!    conditional put (`If-None-Match: *`): **the commit point**. Exactly one
-//!    writer's claim of a start offset ever exists;
-//! 3. copies each staged object to its final key in `dt=/hour=/` (a copy is
-//!    atomic: a reader sees the whole object or none) and deletes it;
-//! 4. the next claim of the partition starts at `end + 1`.
+//! A writer's commit covers the rows of several Kafka partitions, staged as
+//! one Parquet file per (table, hour) like a local commit:
+//! 1. it uploads the staged files under `_staging/{writer}/`, a prefix no
+//!    reader lists;
+//! 2. for each partition P with rows `[S, E]`, it creates the **claim**
+//!    `_claims/{topic}/{P:05}/{S:020}-{attempt:04}.json` naming `E` and the
+//!    commit record's key, with a conditional put (`If-None-Match: *`): one
+//!    claim of each (P, S, attempt) ever exists;
+//! 3. it creates the **commit record** `_commits/{writer}/{seq}.json` listing
+//!    the staged objects and their final keys, again conditionally: **the
+//!    commit point**. A record is either committed or void, never both,
+//!    since whoever creates it first decides;
+//! 4. it copies each object to its final key in `dt=/hour=/` (a copy is
+//!    atomic: a reader sees the whole object or none) and deletes the
+//!    staged ones in bulk.
 //!
-//! A claim is therefore a chain link: from any committed offset, following
-//! the claims (`walk`) reaches the first offset no claim covers, and every
-//! link on the way is completed by whoever follows it (copies overwrite with
-//! the same staged bytes, so completing twice changes nothing). A writer that
-//! loses the race for a start offset (a zombie still writing after its
-//! partition moved, or the new owner beaten by the zombie) adopts the
-//! winner's claim and keeps only its rows past the winner's end. Final keys
-//! are named by `(topic, partition, start)`, so nothing but a winning claim
-//! ever names one.
+//! Following a partition's claims from its committed offset (`walk`): a claim
+//! whose record is committed covers `[S, E]` (its objects are published, the
+//! walk goes on at `E + 1`); one whose record is void covers nothing (the
+//! next attempt at S is read); one whose record does not exist yet belongs to
+//! a writer that died, or is a zombie, before its commit point, and the walk
+//! voids the record itself, which stops that writer from ever committing it.
+//! A writer whose claim is beaten adopts the winner's record and keeps only
+//! its rows past the winner's end; one whose record was voided claims again
+//! at the next attempt. Final keys are named by writer and commit, and only
+//! a committed record names any.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,24 +52,35 @@ pub struct ClaimedObject {
     pub final_key: String,
 }
 
-/// One chain link: the rows of `[start, end]` of a partition are exactly
-/// the objects listed.
+/// One partition's offsets `[start, end]`, as far as the commit record
+/// named decides: covered if it is committed, not at all if it is void.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
     pub version: u32,
     pub topic: String,
     pub partition: i32,
     pub start: i64,
+    pub attempt: u32,
     pub end: i64,
     pub writer: String,
-    pub objects: Vec<ClaimedObject>,
+    /// The key (under the lake's prefix) of the commit record.
+    pub commit: String,
+}
+
+/// What a commit record says: its objects are in the lake (or are to be
+/// copied there by whoever finds it first), or nothing of it ever will be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum CommitRecord {
+    Committed { objects: Vec<ClaimedObject> },
+    Void,
 }
 
 /// What a claim attempt found.
 #[derive(Debug)]
 pub enum ClaimOutcome {
     Won,
-    /// Another writer claimed this start first; its claim stands.
+    /// Another writer claimed this start and attempt first.
     Lost(Claim),
 }
 
@@ -125,8 +142,15 @@ impl ClaimLog {
         }
     }
 
-    pub fn claim_key(&self, topic: &str, partition: i32, start: i64) -> StorePath {
-        self.key(&format!("_claims/{topic}/{partition:05}/{start:020}.json"))
+    pub fn claim_key(&self, topic: &str, partition: i32, start: i64, attempt: u32) -> StorePath {
+        self.key(&format!(
+            "_claims/{topic}/{partition:05}/{start:020}-{attempt:04}.json"
+        ))
+    }
+
+    /// The key of this writer's commit record number `seq`, relative.
+    pub fn commit_rel(&self, seq: u64) -> String {
+        format!("_commits/{}/{seq:012}.json", self.writer)
     }
 
     /// Uploads a local file to `rel`: one put when small, else a multipart
@@ -175,8 +199,22 @@ impl ClaimLog {
     /// Creates `claim` unless its start is claimed already; a claim of ours
     /// found there (an earlier attempt whose reply was lost) is a win.
     pub fn try_claim(&self, claim: &Claim) -> Result<ClaimOutcome, SinkError> {
-        let key = self.claim_key(&claim.topic, claim.partition, claim.start);
-        let body = serde_json::to_vec_pretty(claim)
+        let key = self.claim_key(&claim.topic, claim.partition, claim.start, claim.attempt);
+        match self.create(&key, claim)? {
+            None => Ok(ClaimOutcome::Won),
+            Some(theirs) if theirs == *claim => Ok(ClaimOutcome::Won),
+            Some(theirs) => Ok(ClaimOutcome::Lost(theirs)),
+        }
+    }
+
+    /// Creates `key` holding `value` unless it exists; returns what is
+    /// there when it does (an earlier attempt of ours included).
+    fn create<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        key: &StorePath,
+        value: &T,
+    ) -> Result<Option<T>, SinkError> {
+        let body = serde_json::to_vec_pretty(value)
             .map_err(|e| SinkError::Store(format!("encoding {key}: {e}")))?;
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -184,24 +222,21 @@ impl ClaimLog {
         };
         let put = self
             .rt
-            .block_on(self.store.put_opts(&key, PutPayload::from(body), opts));
+            .block_on(self.store.put_opts(key, PutPayload::from(body), opts));
         match put {
-            Ok(_) => Ok(ClaimOutcome::Won),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let theirs = self.read_claim(&key)?.ok_or_else(|| {
-                    SinkError::Store(format!("{key} exists but cannot be read back"))
-                })?;
-                if theirs == *claim {
-                    Ok(ClaimOutcome::Won)
-                } else {
-                    Ok(ClaimOutcome::Lost(theirs))
-                }
-            }
-            Err(e) => Err(store_err("claiming", &key)(e)),
+            Ok(_) => Ok(None),
+            Err(object_store::Error::AlreadyExists { .. }) => self
+                .read(key)?
+                .map(Some)
+                .ok_or_else(|| SinkError::Store(format!("{key} exists but cannot be read back"))),
+            Err(e) => Err(store_err("creating", key)(e)),
         }
     }
 
-    fn read_claim(&self, key: &StorePath) -> Result<Option<Claim>, SinkError> {
+    fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &StorePath,
+    ) -> Result<Option<T>, SinkError> {
         let got = self.rt.block_on(async {
             match self.store.get(key).await {
                 Ok(r) => r.bytes().await.map(Some),
@@ -214,14 +249,36 @@ impl ClaimLog {
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| SinkError::Store(format!("{key} is not a claim: {e}")))
+            .map_err(|e| SinkError::Store(format!("{key} is unreadable: {e}")))
     }
 
-    /// Puts every object of `claim` at its final key and removes the staged
-    /// copies. Safe to run any number of times, by any writer.
-    pub fn complete(&self, claim: &Claim) -> Result<(), SinkError> {
+    /// Makes this writer's commit record `rel` committed with `objects`,
+    /// unless it was voided first (`Ok(false)`).
+    pub fn commit(&self, rel: &str, objects: Vec<ClaimedObject>) -> Result<bool, SinkError> {
+        let record = CommitRecord::Committed { objects };
+        match self.create(&self.key(rel), &record)? {
+            None => Ok(true),
+            Some(found) => Ok(found == record),
+        }
+    }
+
+    /// What the commit record `rel` decided; one not written yet is voided
+    /// here, so its writer can never commit it.
+    pub fn resolve(&self, rel: &str) -> Result<CommitRecord, SinkError> {
+        let key = self.key(rel);
+        if let Some(found) = self.read(&key)? {
+            return Ok(found);
+        }
+        Ok(self
+            .create(&key, &CommitRecord::Void)?
+            .unwrap_or(CommitRecord::Void))
+    }
+
+    /// Puts every object of a committed record at its final key and removes
+    /// the staged copies. Safe to run any number of times, by any writer.
+    pub fn complete(&self, objects: &[ClaimedObject]) -> Result<(), SinkError> {
         self.rt.block_on(async {
-            for o in &claim.objects {
+            for o in objects {
                 let (from, to) = (self.key(&o.staged), self.key(&o.final_key));
                 match self.store.copy(&from, &to).await {
                     Ok(()) => {}
@@ -235,8 +292,7 @@ impl ClaimLog {
                     Err(e) => return Err(store_err("publishing", &to)(e)),
                 }
             }
-            let staged: Vec<StorePath> =
-                claim.objects.iter().map(|o| self.key(&o.staged)).collect();
+            let staged: Vec<StorePath> = objects.iter().map(|o| self.key(&o.staged)).collect();
             self.delete_all(staged).await
         })
     }
@@ -266,10 +322,11 @@ impl ClaimLog {
     }
 
     /// Follows the claims of a partition from `from` (its committed offset,
-    /// or the first claim when the group has none), completing each, and
-    /// returns the first offset no claim covers: where this writer's next
-    /// claim starts and below which a message is already in the lake.
-    /// `None` when the partition has no claim to start from.
+    /// or the first claim when the group has none), publishing each
+    /// committed one and voiding any whose writer never reached its commit
+    /// point, and returns the first offset no claim covers: where this
+    /// writer's next claim starts and below which a message is already in
+    /// the lake. `None` when the partition has no claim to start from.
     pub fn walk(
         &self,
         topic: &str,
@@ -283,15 +340,24 @@ impl ClaimLog {
                 None => return Ok(None),
             },
         };
-        while let Some(claim) = self.read_claim(&self.claim_key(topic, partition, at))? {
-            self.complete(&claim)?;
-            if claim.end < at {
-                return Err(SinkError::Store(format!(
-                    "claim {topic}/{partition}@{at} ends before it starts ({})",
-                    claim.end
-                )));
+        let mut attempt = 0;
+        while let Some(claim) =
+            self.read::<Claim>(&self.claim_key(topic, partition, at, attempt))?
+        {
+            match self.resolve(&claim.commit)? {
+                CommitRecord::Committed { objects } => {
+                    self.complete(&objects)?;
+                    if claim.end < at {
+                        return Err(SinkError::Store(format!(
+                            "claim {topic}/{partition}@{at} ends before it starts ({})",
+                            claim.end
+                        )));
+                    }
+                    at = claim.end + 1;
+                    attempt = 0;
+                }
+                CommitRecord::Void => attempt += 1,
             }
-            at = claim.end + 1;
         }
         Ok(Some(at))
     }
@@ -307,7 +373,7 @@ impl ClaimLog {
                 let start = meta
                     .location
                     .filename()
-                    .and_then(|f| f.strip_suffix(".json"))
+                    .and_then(|f| f.split('-').next())
                     .and_then(|s| s.parse::<i64>().ok());
                 if let Some(s) = start {
                     lowest = Some(lowest.map_or(s, |l| l.min(s)));

@@ -52,9 +52,6 @@ pub const ALERTS: &str = "alerts";
 pub struct PartitionKey {
     pub table: &'static str,
     epoch_hour: i64,
-    /// The Kafka partition of the rows, on a shared lake: each claim holds
-    /// one partition's range, so its rows are staged apart.
-    pub source: Option<i32>,
 }
 
 impl PartitionKey {
@@ -62,15 +59,6 @@ impl PartitionKey {
         PartitionKey {
             table,
             epoch_hour: ts_ms.div_euclid(3_600_000),
-            source: None,
-        }
-    }
-
-    /// The same table and hour, for the rows of one Kafka partition.
-    pub fn of_partition(self, partition: i32) -> PartitionKey {
-        PartitionKey {
-            source: Some(partition),
-            ..self
         }
     }
 
@@ -358,9 +346,7 @@ impl ParquetSink {
         if buffer.rows == 0 {
             return Ok(());
         }
-        if self.shared.is_some() {
-            return self.append_per_partition(buffer);
-        }
+        self.keep_unclaimed(&mut buffer);
         for (key, rows) in &buffer.invocations {
             let batch = schema::invocations_batch(rows)?;
             self.append_batch(*key, batch, rows.iter().map(|r| &r.coords))?;
@@ -380,50 +366,24 @@ impl ParquetSink {
         Ok(())
     }
 
-    /// `append` on a shared lake: each Kafka partition's rows are staged
-    /// apart (a claim holds one partition's range), and rows below the
-    /// partition's floor, which another writer's claim holds, are dropped.
-    fn append_per_partition(&mut self, mut buffer: PendingRows) -> Result<(), SinkError> {
+    /// `append` on a shared lake: rows below their partition's floor are
+    /// in the lake under another writer's claim already, and are dropped.
+    fn keep_unclaimed(&mut self, buffer: &mut PendingRows) {
         let Some(shared) = self.shared.as_mut() else {
-            return Ok(());
+            return;
         };
         for rows in buffer.invocations.values_mut() {
             rows.retain(|r| shared.keep(r.coords.partition, r.coords.offset));
-            rows.sort_by_key(|r| r.coords.partition);
         }
         for rows in buffer.dead_letters.values_mut() {
             rows.retain(|r| shared.keep(r.coords.partition, r.coords.offset));
-            rows.sort_by_key(|r| r.coords.partition);
         }
-        for (key, rows) in &buffer.invocations {
-            for part in rows.chunk_by(|a, b| a.coords.partition == b.coords.partition) {
-                let batch = schema::invocations_batch(part)?;
-                let key = key.of_partition(part[0].coords.partition);
-                self.append_batch(key, batch, part.iter().map(|r| &r.coords))?;
-            }
-        }
-        for (key, rows) in buffer.dead_letters.iter_mut() {
-            for part in rows.chunk_by_mut(|a, b| a.coords.partition == b.coords.partition) {
-                let batch = schema::dead_letter_batch(part)?;
-                let key = key.of_partition(part[0].coords.partition);
-                self.append_batch(key, batch, part.iter().map(|r| &r.coords))?;
-            }
-        }
-        for (key, rows) in &buffer.alerts {
-            let batch = schema::alerts_batch(rows)?;
-            self.append_batch(*key, batch, std::iter::empty())?;
-        }
-        let Some(shared) = self.shared.as_mut() else {
-            return Ok(());
-        };
-        for ((topic, partition), last) in buffer.pending {
-            if !shared.keep(partition, last) {
-                continue;
-            }
-            let slot = self.appended.entry((topic, partition)).or_insert(last);
-            *slot = (*slot).max(last);
-        }
-        Ok(())
+        buffer
+            .pending
+            .retain(|(_, partition), last| shared.keep(*partition, *last));
+        // A partition emptied by the floor must not stage an empty file.
+        buffer.invocations.retain(|_, rows| !rows.is_empty());
+        buffer.dead_letters.retain(|_, rows| !rows.is_empty());
     }
 
     fn append_batch<'a>(

@@ -1,10 +1,11 @@
 //! The sink's side of a shared lake (`s3://…`): the local spool its staged
 //! files are written to, which rows it may still write, and the commit that
-//! turns each Kafka partition's staged files into a claim (see `claims`).
+//! claims each Kafka partition's range and decides them with one commit
+//! record (see `claims`).
 //!
-//! The spool is scratch space: staged files live there until their claim is
-//! made, and a crash leaves nothing in it that matters (the rows were never
-//! claimed, so the next owner consumes them again). Spools of processes
+//! The spool is scratch space: staged files live there until their commit
+//! record is made, and a crash leaves nothing in it that matters (the rows
+//! were never committed, so the next owner consumes them again). Spools of processes
 //! that are gone are removed at start-up; each is locked by its writer.
 
 use std::collections::BTreeMap;
@@ -14,13 +15,13 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::file::properties::WriterProperties;
 
 use super::FlushOutcome;
-use super::claims::{Claim, ClaimLog, ClaimOutcome, ClaimedObject};
+use super::claims::{Claim, ClaimLog, ClaimOutcome, ClaimedObject, CommitRecord};
 use super::retry::Retry;
 use super::staging::ClosedFile;
 use crate::config::SinkConfig;
@@ -138,196 +139,202 @@ impl SharedSink {
         true
     }
 
-    /// Claims and publishes the closed staged files of one commit: per
-    /// partition, the range from its floor to the last offset appended;
-    /// alerts under keys of this writer's own.
+    /// Claims and publishes the closed staged files of one commit: each
+    /// partition's range from its floor to the last offset appended, all
+    /// decided at once by one commit record (see `claims`).
     pub fn commit(
         &mut self,
-        closed: Vec<ClosedFile>,
+        mut files: Vec<ClosedFile>,
         appended: BTreeMap<i32, i64>,
         retry: &Retry,
         props: &(dyn Fn(&str) -> WriterProperties + Sync),
     ) -> Result<FlushOutcome, SinkError> {
-        self.seq += 1;
-        let mut outcome = FlushOutcome::default();
-        let mut by_partition: BTreeMap<i32, Vec<ClosedFile>> = BTreeMap::new();
-        let mut alerts = Vec::new();
-        for file in closed {
-            match file.source {
-                Some(p) => by_partition.entry(p).or_default().push(file),
-                None => alerts.push(file),
-            }
-        }
         let first = std::mem::take(&mut self.first);
-        let ranges: Vec<(i32, i64, i64, Vec<ClosedFile>)> = appended
+        let mut ranges: BTreeMap<i32, (i64, i64)> = appended
             .into_iter()
             .map(|(partition, last)| {
-                let files = by_partition.remove(&partition).unwrap_or_default();
                 let start = self
                     .floor(partition)
                     .or_else(|| first.get(&partition).copied())
                     .unwrap_or(last);
-                (partition, start, last, files)
+                (partition, (start, last))
             })
             .collect();
-        // Partitions' claims are independent: they are made side by side,
-        // as many at once as the memory budget's share for uploads allows.
-        let lanes_n = self.upload_lanes.min(ranges.len()).max(1);
-        let mut lanes: Vec<Vec<_>> = (0..lanes_n).map(|_| Vec::new()).collect();
-        for (i, range) in ranges.into_iter().enumerate() {
-            lanes[i % lanes_n].push(range);
-        }
-        let this = &*self;
-        let results: Vec<Result<(i32, i64, FlushOutcome), SinkError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = lanes
-                .into_iter()
-                .map(|lane| {
-                    s.spawn(move || {
-                        let mut done = Vec::new();
-                        for (partition, start, last, files) in lane {
-                            let mut out = FlushOutcome::default();
-                            let next = this
-                                .claim_range(partition, start, last, files, retry, props, &mut out);
-                            let failed = next.is_err();
-                            done.push(next.map(|n| (partition, n, out)));
-                            if failed {
-                                break;
-                            }
-                        }
-                        done
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        vec![Err(SinkError::Store("a commit thread panicked".into()))]
-                    })
-                })
-                .collect()
-        });
-        let mut failure = None;
-        for result in results {
-            match result {
-                Ok((partition, next, out)) => {
-                    // Claimed, whatever happened to the others: the floor
-                    // moves so that nothing is staged twice.
-                    if let Ok(mut f) = self.floors.lock() {
-                        f.insert(partition, next);
-                    }
-                    outcome.files += out.files;
-                    outcome.rows += out.rows;
-                    outcome.bytes += out.bytes;
-                    outcome
-                        .committable
-                        .push((self.topic.clone(), partition, next));
+        for _ in 0..MAX_ROUNDS {
+            self.seq += 1;
+            let record = self.log.commit_rel(self.seq);
+            let mut objects = self.upload(&files, "", retry)?;
+            // Claims of the partitions' ranges, side by side; each names the
+            // record, which does not exist yet.
+            let claims: Vec<(i32, i64, i64)> =
+                ranges.iter().map(|(p, (s, l))| (*p, *s, *l)).collect();
+            let claimed = in_lanes(claims, self.upload_lanes, |(p, start, last)| {
+                self.claim_partition(p, start, last, &record, retry)
+                    .map(|(start, cut)| (p, start, cut))
+            })?;
+            let mut cuts = BTreeMap::new();
+            for (p, start, cut) in claimed {
+                if let Some(slot) = ranges.get_mut(&p) {
+                    slot.0 = start;
                 }
-                Err(e) => failure = failure.or(Some(e)),
+                if let Some(cut) = cut {
+                    cuts.insert(p, cut);
+                }
             }
+            if !cuts.is_empty() {
+                // Another writer's records hold some of these rows: keep
+                // only ours past their ends, and stage those again.
+                let staged: Vec<String> = objects.into_iter().map(|o| o.staged).collect();
+                retry.run("discard", || self.log.discard(&staged))?;
+                let mut kept = Vec::new();
+                for file in files {
+                    let local = spool_path(&file);
+                    if let Some(f) = restage_without(&file, &local, &cuts, props)? {
+                        kept.push(f);
+                    }
+                    remove_local(&local);
+                }
+                files = kept;
+                objects = self.upload(&files, "r", retry)?;
+            }
+            let claimed_any = ranges.values().any(|(s, l)| s <= l);
+            let committed = if claimed_any || !files.is_empty() {
+                retry.run("commit", || self.log.commit(&record, objects.clone()))?
+            } else {
+                true
+            };
+            if !committed {
+                // A walker voided the record before we made it: claim again.
+                tracing::warn!(record = %record, "this commit was voided by another writer; claiming again");
+                let staged: Vec<String> = objects.into_iter().map(|o| o.staged).collect();
+                retry.run("discard", || self.log.discard(&staged))?;
+                continue;
+            }
+            retry.run("publish", || self.log.complete(&objects))?;
+            let mut outcome = FlushOutcome::default();
+            for file in &files {
+                count(&mut outcome, file);
+                remove_local(&spool_path(file));
+            }
+            for (partition, (start, last)) in ranges {
+                let next = if start <= last { last + 1 } else { start };
+                if let Ok(mut f) = self.floors.lock() {
+                    f.insert(partition, next);
+                }
+                outcome
+                    .committable
+                    .push((self.topic.clone(), partition, next));
+            }
+            return Ok(outcome);
         }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        for (i, file) in alerts.into_iter().enumerate() {
-            let name = format!(
-                "part-alerts-{}-{:012}-{i:04}.parquet",
-                self.log.writer(),
-                self.seq
-            );
-            let rel = final_rel(&file, &name);
-            let local = spool_path(&file);
-            retry.run("upload alerts", || self.log.upload(&local, &rel))?;
-            count(&mut outcome, &file);
-            remove_local(&local);
-        }
-        Ok(outcome)
+        Err(SinkError::Store(format!(
+            "no commit after {MAX_ROUNDS} rounds: other writers kept voiding this one's records"
+        )))
     }
 
-    /// Claims `[start, last]` of a partition with `files`; when another
-    /// writer holds the claim, adopts it and claims what is left past its
-    /// end. Returns the next offset no claim covers.
-    #[allow(clippy::too_many_arguments)]
-    fn claim_range(
+    /// Uploads `files` as this commit's staged objects, side by side, and
+    /// names the final key of each.
+    fn upload(
+        &self,
+        files: &[ClosedFile],
+        round: &str,
+        retry: &Retry,
+    ) -> Result<Vec<ClaimedObject>, SinkError> {
+        let writer = self.log.writer();
+        let numbered: Vec<(usize, &ClosedFile)> = files.iter().enumerate().collect();
+        in_lanes(numbered, self.upload_lanes, |(i, file)| {
+            let staged = format!("_staging/{writer}/{:012}{round}-{i:04}.parquet", self.seq);
+            let name = format!("part-{writer}-{:012}{round}-{i:04}.parquet", self.seq);
+            let local = spool_path(file);
+            retry.run("upload", || self.log.upload(&local, &staged))?;
+            Ok(ClaimedObject {
+                staged,
+                final_key: final_rel(file, &name),
+            })
+        })
+    }
+
+    /// Claims `[start, last]` of a partition for `record`; past another
+    /// writer's committed claims, which it publishes, and void ones. Returns
+    /// where its claim starts (past `last`: all of it was another's) and,
+    /// when another's claim covered some of it, the last offset it covered.
+    fn claim_partition(
         &self,
         partition: i32,
         mut start: i64,
         last: i64,
-        mut files: Vec<ClosedFile>,
+        record: &str,
         retry: &Retry,
-        props: &(dyn Fn(&str) -> WriterProperties + Sync),
-        outcome: &mut FlushOutcome,
-    ) -> Result<i64, SinkError> {
-        loop {
-            let mut objects = Vec::with_capacity(files.len());
-            for (i, file) in files.iter().enumerate() {
-                let staged = format!(
-                    "_staging/{}/{:012}-{partition:05}-{start:020}-{i:04}.parquet",
-                    self.log.writer(),
-                    self.seq
-                );
-                let name = format!(
-                    "part-{}-{partition:05}-{start:020}-{i:04}.parquet",
-                    self.topic
-                );
-                let local = spool_path(file);
-                retry.run("upload", || self.log.upload(&local, &staged))?;
-                objects.push(ClaimedObject {
-                    staged,
-                    final_key: final_rel(file, &name),
-                });
-            }
+    ) -> Result<(i64, Option<i64>), SinkError> {
+        let mut attempt = 0;
+        let mut cut = None;
+        while start <= last {
             let claim = Claim {
                 version: 1,
                 topic: self.topic.clone(),
                 partition,
                 start,
-                end: last.max(start - 1),
+                attempt,
+                end: last,
                 writer: self.log.writer().to_owned(),
-                objects,
+                commit: record.to_owned(),
             };
-            match retry.run("claim", || self.log.try_claim(&claim))? {
-                ClaimOutcome::Won => {
-                    retry.run("publish", || self.log.complete(&claim))?;
-                    for file in &files {
-                        count(outcome, file);
-                        remove_local(&spool_path(file));
-                    }
-                    return Ok(claim.end + 1);
-                }
-                ClaimOutcome::Lost(theirs) => {
+            let ClaimOutcome::Lost(theirs) = retry.run("claim", || self.log.try_claim(&claim))?
+            else {
+                break;
+            };
+            match retry.run("resolve", || self.log.resolve(&theirs.commit))? {
+                CommitRecord::Committed { objects } => {
                     tracing::warn!(
                         partition,
                         start,
                         their_end = theirs.end,
                         their_writer = %theirs.writer,
-                        "another writer claimed these offsets first; adopting its claim"
+                        "another writer committed these offsets first; adopting its claim"
                     );
                     self.metrics.claims_lost.inc();
-                    retry.run("publish", || self.log.complete(&theirs))?;
-                    let ours: Vec<String> = claim.objects.into_iter().map(|o| o.staged).collect();
-                    retry.run("discard", || self.log.discard(&ours))?;
+                    retry.run("publish", || self.log.complete(&objects))?;
+                    cut = Some(theirs.end);
                     start = theirs.end + 1;
-                    if last < start {
-                        for file in &files {
-                            remove_local(&spool_path(file));
-                        }
-                        return Ok(start);
-                    }
-                    // Keep only our rows past their end, and claim again.
-                    let mut kept = Vec::new();
-                    for file in files {
-                        let local = spool_path(&file);
-                        if let Some(f) = restage_after(&file, &local, theirs.end, props)? {
-                            kept.push(f);
-                        }
-                        remove_local(&local);
-                    }
-                    files = kept;
+                    attempt = 0;
                 }
+                CommitRecord::Void => attempt += 1,
             }
         }
+        Ok((start, cut))
     }
+}
+
+/// Rounds of claiming a commit may take when other writers void its record
+/// (each void means a walker judged its writer gone); beyond, it fails.
+const MAX_ROUNDS: usize = 8;
+
+/// Runs `f` over `items` on up to `lanes` threads; the first error wins.
+fn in_lanes<T: Send, R: Send>(
+    items: Vec<T>,
+    lanes: usize,
+    f: impl Fn(T) -> Result<R, SinkError> + Sync,
+) -> Result<Vec<R>, SinkError> {
+    let lanes = lanes.min(items.len()).max(1);
+    let mut split: Vec<Vec<T>> = (0..lanes).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        split[i % lanes].push(item);
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = split
+            .into_iter()
+            .map(|lane| s.spawn(move || lane.into_iter().map(f).collect::<Result<Vec<R>, _>>()))
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.extend(
+                h.join()
+                    .map_err(|_| SinkError::Store("a commit thread panicked".into()))??,
+            );
+        }
+        Ok(out)
+    })
 }
 
 fn count(outcome: &mut FlushOutcome, file: &ClosedFile) {
@@ -354,13 +361,14 @@ fn remove_local(path: &Path) {
     }
 }
 
-/// Writes the rows of `file` past offset `end` to a new spooled file beside
-/// it; `None` when it holds none.
-fn restage_after(
+/// Writes the rows of `file` that no cut covers (a row of partition P at an
+/// offset up to `cuts[P]` is another writer's) to a new spooled file beside
+/// it; `None` when none is left. Alerts, with no offsets, are all kept.
+fn restage_without(
     file: &ClosedFile,
     local: &Path,
-    end: i64,
-    props: &(dyn Fn(&str) -> WriterProperties + Sync),
+    cuts: &BTreeMap<i32, i64>,
+    props: &dyn Fn(&str) -> WriterProperties,
 ) -> Result<Option<ClosedFile>, SinkError> {
     let parquet_err = |path: &Path| {
         let path = path.to_owned();
@@ -378,17 +386,28 @@ fn restage_after(
     let mut rows = 0;
     for batch in reader {
         let batch = batch?;
-        let Some(offsets) = batch
+        let offsets = batch
             .column_by_name("src_offset")
-            .and_then(|c| c.as_primitive_opt::<Int64Type>())
-        else {
-            continue;
+            .and_then(|c| c.as_primitive_opt::<Int64Type>());
+        let partitions = batch
+            .column_by_name("src_partition")
+            .and_then(|c| c.as_primitive_opt::<Int32Type>());
+        let kept = match (offsets, partitions) {
+            (Some(offsets), Some(partitions)) => {
+                let keep: BooleanArray = offsets
+                    .iter()
+                    .zip(partitions.iter())
+                    .map(|(o, p)| {
+                        let covered = p
+                            .and_then(|p| cuts.get(&p))
+                            .is_some_and(|cut| o.is_some_and(|o| o <= *cut));
+                        Some(!covered)
+                    })
+                    .collect();
+                filter_record_batch(&batch, &keep)?
+            }
+            _ => batch,
         };
-        let keep: BooleanArray = offsets
-            .iter()
-            .map(|o| Some(o.is_some_and(|o| o > end)))
-            .collect();
-        let kept = filter_record_batch(&batch, &keep)?;
         if kept.num_rows() == 0 {
             continue;
         }
@@ -414,7 +433,6 @@ fn restage_after(
     rename.staged = staged;
     Ok(Some(ClosedFile {
         table: file.table,
-        source: file.source,
         root: file.root.clone(),
         rows,
         bytes,

@@ -32,9 +32,6 @@ use crate::metrics::Metrics;
 /// A staged file that is complete and fsynced, waiting for the commit.
 pub struct ClosedFile {
     pub table: &'static str,
-    /// The Kafka partition of its rows, when files are kept per partition
-    /// (a shared lake); `None` for alerts and in a local directory.
-    pub source: Option<i32>,
     /// The directory `rename` is relative to.
     pub root: PathBuf,
     pub rows: usize,
@@ -283,7 +280,6 @@ impl OpenFile {
         let bytes = file.metadata().map_err(SinkError::io(&path))?.len();
         Ok(ClosedFile {
             table: key.table,
-            source: key.source,
             root: root.to_owned(),
             rows: self.rows,
             bytes,
