@@ -14,9 +14,11 @@ pub mod alertmanager;
 pub mod claims;
 pub mod dataset_key;
 pub mod journal;
+mod props;
 pub mod retry;
 pub mod schema;
 pub mod shared;
+mod sizes;
 pub mod staging;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,19 +29,19 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use datafusion::arrow::array::RecordBatch;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::metadata::SortingColumn;
-use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
-use datafusion::parquet::schema::types::ColumnPath;
+use datafusion::parquet::file::properties::WriterProperties;
 
 use crate::config::SinkConfig;
 use crate::detect::Alert;
 use crate::error::SinkError;
-use crate::event::{DeadLetter, KafkaCoords, Prepared, Record};
+use crate::event::{DeadLetter, KafkaCoords, Record};
 use crate::metrics::Metrics;
 use journal::{Journal, Offsets};
+pub use props::invocations_writer_props;
 use retry::Retry;
 use shared::{Floors, SharedSink};
+pub use sizes::prepared_size;
+use sizes::{dead_letter_size, record_size};
 use staging::Staging;
 
 pub const INVOCATIONS: &str = "invocations";
@@ -261,8 +263,8 @@ impl ParquetSink {
             staging: Staging::new(&root, max_open, metrics.clone()),
             retry: Retry::new(Duration::from_secs(cfg.stall_timeout_secs), metrics.clone()),
             props_invocations: invocations_writer_props(cfg),
-            props_dead_letter: writer_props(cfg, &schema::DEAD_LETTER_SORT_KEY),
-            props_alerts: writer_props(cfg, &schema::ALERTS_SORT_KEY),
+            props_dead_letter: props::dead_letter_props(cfg),
+            props_alerts: props::alerts_props(cfg),
             root,
             cfg: cfg.clone(),
             journal,
@@ -533,112 +535,6 @@ impl ParquetSink {
             .flush_seconds
             .observe(started.elapsed().as_secs_f64());
     }
-}
-
-/// Columns whose values are (nearly) unique per row: a dictionary would only
-/// cost hashing every value and then fall back to plain encoding anyway.
-const UNIQUE_COLUMNS: [&str; 7] = [
-    "event_id",
-    "ts",
-    "tool_call_id",
-    "input",
-    "output_sha256",
-    "output_preview",
-    "src_offset",
-];
-
-/// The properties `invocations` files are written with, for benchmarks that
-/// must encode as the sink does.
-pub fn invocations_writer_props(cfg: &SinkConfig) -> WriterProperties {
-    writer_props(cfg, &schema::INVOCATIONS_SORT_KEY)
-}
-
-fn writer_props(cfg: &SinkConfig, sort_key: &[usize]) -> WriterProperties {
-    let level = ZstdLevel::try_new(cfg.zstd_level).unwrap_or_default();
-    let mut builder = WriterProperties::builder();
-    for column in UNIQUE_COLUMNS {
-        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
-    }
-    builder
-        .set_compression(Compression::ZSTD(level))
-        // Page-level statistics also write the column and offset indexes.
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(cfg.row_group_rows))
-        .set_sorting_columns(Some(
-            sort_key
-                .iter()
-                .map(|&i| SortingColumn {
-                    column_idx: i as i32,
-                    descending: false,
-                    nulls_first: false,
-                })
-                .collect(),
-        ))
-        .set_created_by(format!("agentaudit {}", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
-/// The memory a prepared message holds, for the budget of the queue it waits
-/// in: counted as the buffer counts it.
-pub fn prepared_size(p: &Prepared) -> usize {
-    match p {
-        Prepared::Record(r) => record_size(r),
-        Prepared::DeadLetter(d) => dead_letter_size(d),
-    }
-}
-
-fn dead_letter_size(d: &DeadLetter) -> usize {
-    d.raw.len() + d.detail.len() + 128
-}
-
-/// The memory a buffered record holds, for the budget: the struct twice (the
-/// `Vec` it sits in may have doubled) plus every string's heap. An estimate
-/// that runs low is memory over budget, so it counts generously.
-fn record_size(r: &Record) -> usize {
-    let e = &r.event;
-    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
-    let output = e
-        .output
-        .as_ref()
-        .map_or(0, |o| o.sha256.capacity() + opt(&o.preview));
-    let approval = e
-        .approval
-        .as_ref()
-        .map_or(0, |a| opt(&a.id) + opt(&a.approver));
-    let attributes: usize = e
-        .attributes
-        .iter()
-        .map(|(k, v)| k.capacity() + v.capacity() + 48)
-        .sum();
-    2 * std::mem::size_of::<Record>()
-        + e.event_id.capacity()
-        + e.tenant.capacity()
-        + e.agent_id.capacity()
-        + e.environment.capacity()
-        + e.tool.capacity()
-        + [
-            &e.actor,
-            &e.workflow_id,
-            &e.tool_call_id,
-            &e.tool_type,
-            &e.agent_version,
-            &e.mcp_server,
-            &e.mcp_server_version,
-            &e.credential_id,
-            &e.error_type,
-            &r.input_json,
-            &r.attributes_json,
-        ]
-        .into_iter()
-        .map(opt)
-        .sum::<usize>()
-        + output
-        + approval
-        + attributes
-        + r.redactions
-            .iter()
-            .map(|s| s.capacity() + 24)
-            .sum::<usize>()
 }
 
 #[cfg(test)]
