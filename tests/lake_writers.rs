@@ -314,3 +314,21 @@ fn a_claim_whose_writer_died_before_its_commit_record_is_voided_and_read_again()
     exactly_once(&offsets_stored(&lake), 79);
     assert_eq!(log.walk(TOPIC, 0, Some(0)).expect("walk"), Some(80));
 }
+
+#[test]
+fn an_upload_to_a_store_that_is_gone_stalls_the_sink_then_fails_it() {
+    let server = S3Server::start();
+    server.create_bucket("lake");
+    let corpus = Corpus::generate(50, 24);
+    let spool = tempfile::tempdir().unwrap();
+    // stall_timeout_secs = 5: retried with backoff for 5 s, then given up.
+    let (mut sink, metrics) = sink(&server, "s3://lake/gone", spool.path());
+    push(&mut sink, &corpus, 0..=49);
+    drop(server);
+    let started = std::time::Instant::now();
+    let err = sink.flush().expect_err("nothing can be uploaded");
+    assert!(err.to_string().contains("object store"), "{err}");
+    assert!(metrics.sink_retries.get() > 0, "the upload was not retried");
+    assert_eq!(metrics.sink_stalled.get(), 1, "/readyz would not say 503");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
