@@ -7,6 +7,7 @@
 
 pub mod fields;
 pub mod markers;
+pub mod otlp;
 
 use std::borrow::Cow;
 use std::fmt;

@@ -1,0 +1,274 @@
+//! OTLP owns reading an OpenTelemetry export request — one Kafka message
+//! from the Collector's `kafka` exporter, `otlp_proto` or `otlp_json` — and
+//! turning each tool-execution span in it into a v1 event, with the GenAI
+//! semantic conventions' names, so that the v1 decoder checks it (limits,
+//! identifiers, the output digest) exactly as it checks a v1 message.
+//!
+//! Kept: spans with `gen_ai.operation.name = execute_tool`, and MCP
+//! `tools/call` spans (`mcp.method.name`). Other spans (model calls,
+//! `invoke_agent`) are counted and skipped. A tool span that lacks what v1
+//! requires fails on its own, named by trace and span id; the rest of its
+//! message stands.
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use prost::Message;
+use serde_json::{Map, Value};
+
+/// How the spans of a message are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpEncoding {
+    Proto,
+    Json,
+}
+
+/// Bounds and choices of the mapping.
+#[derive(Debug, Clone)]
+pub struct OtlpOptions {
+    /// Spans per message beyond which the rest of the message is refused.
+    pub max_spans: usize,
+    /// Attributes per span beyond which the span is refused.
+    pub max_attributes: usize,
+    /// The resource or span attribute naming the tenant…
+    pub tenant_attribute: String,
+    /// …and the tenant when neither carries it.
+    pub tenant_fallback: Option<String>,
+}
+
+impl Default for OtlpOptions {
+    fn default() -> Self {
+        OtlpOptions {
+            max_spans: 10_000,
+            max_attributes: 256,
+            tenant_attribute: "tenant.id".into(),
+            tenant_fallback: None,
+        }
+    }
+}
+
+/// What one span of a message became.
+#[derive(Debug)]
+pub enum SpanItem {
+    /// A tool call, as a v1 JSON event for the v1 decoder.
+    Tool(Vec<u8>),
+    /// A tool span that cannot be an event: `trace_id/span_id` and why.
+    Refused { span: String, why: String },
+    /// Not a tool call (a model call, `invoke_agent`, …).
+    Skipped,
+}
+
+/// Why a whole message is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotOtlp(pub String);
+
+/// Reads `bytes` as an export request and maps each of its spans.
+pub fn spans(
+    bytes: &[u8],
+    encoding: OtlpEncoding,
+    opts: &OtlpOptions,
+) -> Result<Vec<SpanItem>, NotOtlp> {
+    let request = match encoding {
+        OtlpEncoding::Proto => ExportTraceServiceRequest::decode(bytes)
+            .map_err(|e| NotOtlp(format!("not an OTLP protobuf export request: {e}")))?,
+        OtlpEncoding::Json => serde_json::from_slice(bytes)
+            .map_err(|e| NotOtlp(format!("not an OTLP JSON export request: {e}")))?,
+    };
+    let total: usize = request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum();
+    if total > opts.max_spans {
+        return Err(NotOtlp(format!(
+            "{total} spans in one message, over the limit of {}",
+            opts.max_spans
+        )));
+    }
+    let mut out = Vec::with_capacity(total);
+    for rs in &request.resource_spans {
+        let resource: &[KeyValue] = rs.resource.as_ref().map_or(&[], |r| &r.attributes);
+        for ss in &rs.scope_spans {
+            for span in &ss.spans {
+                out.push(map_span(span, resource, opts));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+}
+
+fn text(v: &AnyValue) -> Option<String> {
+    match v.value.as_ref()? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        any_value::Value::IntValue(i) => Some(i.to_string()),
+        any_value::Value::DoubleValue(d) => Some(d.to_string()),
+        any_value::Value::BoolValue(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// An attribute value as JSON: arrays and key-value lists nest, bytes are
+/// base64, as OTLP JSON writes them.
+fn json(v: &AnyValue) -> Value {
+    use base64::Engine as _;
+    match v.value.as_ref() {
+        None => Value::Null,
+        Some(any_value::Value::StringValue(s)) => Value::String(s.clone()),
+        Some(any_value::Value::BoolValue(b)) => Value::Bool(*b),
+        Some(any_value::Value::IntValue(i)) => Value::from(*i),
+        Some(any_value::Value::DoubleValue(d)) => Value::from(*d),
+        Some(any_value::Value::ArrayValue(a)) => Value::Array(a.values.iter().map(json).collect()),
+        Some(any_value::Value::KvlistValue(l)) => Value::Object(
+            l.values
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(Value::Null, json)))
+                .collect(),
+        ),
+        Some(any_value::Value::BytesValue(b)) => {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+        }
+    }
+}
+
+fn is_tool_span(attrs: &[KeyValue]) -> bool {
+    let says = |key: &str, want: &str| attr(attrs, key).and_then(text).is_some_and(|v| v == want);
+    says("gen_ai.operation.name", "execute_tool") || says("mcp.method.name", "tools/call")
+}
+
+/// Attributes the mapping consumes; the rest go to `attributes`.
+const MAPPED: [&str; 13] = [
+    "gen_ai.operation.name",
+    "gen_ai.tool.name",
+    "gen_ai.tool.call.id",
+    "gen_ai.tool.type",
+    "gen_ai.tool.call.arguments",
+    "gen_ai.tool.call.result",
+    "gen_ai.agent.id",
+    "gen_ai.agent.name",
+    "gen_ai.conversation.id",
+    "error.type",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "mcp.method.name",
+];
+
+fn map_span(span: &Span, resource: &[KeyValue], opts: &OtlpOptions) -> SpanItem {
+    let attrs = &span.attributes;
+    if !is_tool_span(attrs) {
+        return SpanItem::Skipped;
+    }
+    let id = format!(
+        "{}/{}",
+        hex::encode(&span.trace_id),
+        hex::encode(&span.span_id)
+    );
+    let refuse = |why: String| SpanItem::Refused {
+        span: id.clone(),
+        why,
+    };
+    if attrs.len() > opts.max_attributes {
+        return refuse(format!(
+            "{} attributes, over the limit of {}",
+            attrs.len(),
+            opts.max_attributes
+        ));
+    }
+    if span.trace_id.len() != 16 || span.span_id.len() != 8 {
+        return refuse("trace or span id missing or malformed".into());
+    }
+    let get = |key: &str| attr(attrs, key).and_then(text);
+    let mut e = Map::new();
+    e.insert("event_id".into(), Value::String(id.clone()));
+    let start_ms = i64::try_from(span.start_time_unix_nano / 1_000_000).unwrap_or(i64::MAX);
+    e.insert("ts".into(), Value::from(start_ms));
+    if span.end_time_unix_nano >= span.start_time_unix_nano && span.end_time_unix_nano > 0 {
+        let ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1_000_000;
+        e.insert("latency_ms".into(), Value::from(ms));
+    }
+    let tenant = attr(attrs, &opts.tenant_attribute)
+        .or_else(|| attr(resource, &opts.tenant_attribute))
+        .and_then(text)
+        .or_else(|| opts.tenant_fallback.clone());
+    if let Some(t) = tenant {
+        e.insert("tenant".into(), Value::String(t));
+    }
+    let agent = get("gen_ai.agent.id")
+        .or_else(|| get("gen_ai.agent.name"))
+        .or_else(|| attr(resource, "service.name").and_then(text));
+    if let Some(a) = agent {
+        e.insert("agent_id".into(), Value::String(a));
+    }
+    if let Some(env) = attr(resource, "deployment.environment.name").and_then(text) {
+        e.insert("environment".into(), Value::String(env));
+    }
+    if let Some(tool) = get("gen_ai.tool.name") {
+        e.insert("tool".into(), Value::String(tool));
+    }
+    for (from, to) in [
+        ("gen_ai.tool.call.id", "tool_call_id"),
+        ("gen_ai.tool.type", "tool_type"),
+        ("gen_ai.conversation.id", "workflow_id"),
+    ] {
+        if let Some(v) = get(from) {
+            e.insert(to.into(), Value::String(v));
+        }
+    }
+    for (from, to) in [
+        ("gen_ai.usage.input_tokens", "tokens_in"),
+        ("gen_ai.usage.output_tokens", "tokens_out"),
+    ] {
+        if let Some(v) = attr(attrs, from).map(json).filter(Value::is_number) {
+            e.insert(to.into(), v);
+        }
+    }
+    // Arguments and result: structured, or a JSON string of them.
+    let structured = |v: &AnyValue| match json(v) {
+        Value::String(s) => serde_json::from_str::<Value>(&s).unwrap_or(Value::String(s)),
+        other => other,
+    };
+    if let Some(v) = attr(attrs, "gen_ai.tool.call.arguments") {
+        e.insert("input".into(), structured(v));
+    }
+    if let Some(v) = attr(attrs, "gen_ai.tool.call.result") {
+        e.insert("output".into(), structured(v));
+    }
+    let failed = span
+        .status
+        .as_ref()
+        .is_some_and(|s| s.code == StatusCode::Error as i32);
+    e.insert(
+        "status".into(),
+        Value::String(if failed { "error" } else { "ok" }.into()),
+    );
+    if failed {
+        let error_type = get("error.type")
+            .or_else(|| span.status.as_ref().map(|s| s.message.clone()))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "_OTHER".into());
+        e.insert("error_type".into(), Value::String(error_type));
+    }
+    let rest: Map<String, Value> = attrs
+        .iter()
+        .filter(|kv| !MAPPED.contains(&kv.key.as_str()) && kv.key != opts.tenant_attribute)
+        .map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(Value::Null, json)))
+        .collect();
+    if !rest.is_empty() {
+        e.insert("attributes".into(), Value::Object(rest));
+    }
+    match serde_json::to_vec(&Value::Object(e)) {
+        Ok(bytes) => SpanItem::Tool(bytes),
+        Err(err) => refuse(format!("cannot be written as an event: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests;
