@@ -177,20 +177,26 @@ impl Detector {
             .filter(|(_, a)| a.last_bucket + hold < own_watermark(a))
             .map(|(k, _)| *k)
             .collect();
-        let mut resolved: Vec<Alert> = due
+        let resolved = due
             .into_iter()
             .filter_map(|k| self.active.remove(&k))
             .map(|a| a.alert)
             .collect();
-        resolved.sort_by(|a, b| {
-            (a.detected_at_ms, a.rule, &a.tenant, &a.agent_id, &a.tool).cmp(&(
-                b.detected_at_ms,
-                b.rule,
-                &b.tenant,
-                &b.agent_id,
-                &b.tool,
-            ))
-        });
-        out.extend(resolved.into_iter().map(AlertChange::Resolved));
+        resolve_in_order(resolved, out);
     }
+}
+
+/// Reports `alerts` resolved in a fixed order (detection time, then rule
+/// and names), so that replays of the same events say the same thing.
+pub(super) fn resolve_in_order(mut alerts: Vec<Alert>, out: &mut Vec<AlertChange>) {
+    alerts.sort_by(|a, b| {
+        (a.detected_at_ms, a.rule, &a.tenant, &a.agent_id, &a.tool).cmp(&(
+            b.detected_at_ms,
+            b.rule,
+            &b.tenant,
+            &b.agent_id,
+            &b.tool,
+        ))
+    });
+    out.extend(alerts.into_iter().map(AlertChange::Resolved));
 }
