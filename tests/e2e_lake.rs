@@ -12,13 +12,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agentaudit::lake::Lake;
 use common::s3::S3Server;
 use common::tansu::{create_topic, free_port, required_env, start_tansu};
-use common::{Corpus, Serve, produce_foreign};
+use common::{Corpus, Serve, assert_report_matches, produce_foreign, tool_report};
 
 const HASH_KEY: &str = "e2e-lake-digest-key-0123456789";
 
@@ -151,45 +150,22 @@ fn three_instances_write_one_lake_on_s3_exactly_once_through_a_sigkill_and_a_lat
 
     let secrets_path = dir.path().join("secrets.txt");
     std::fs::write(&secrets_path, corpus.secrets.join("\n")).unwrap();
-    let out = Command::new(&python)
-        .args([
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/lake_check.py"),
+    let report = tool_report(
+        &python,
+        "lake_check.py",
+        &[
             &s3.endpoint,
             "lake/agentaudit",
             secrets_path.to_str().unwrap(),
-        ])
-        .envs(s3.env())
-        .output()
-        .expect("run lake_check.py");
-    assert!(
-        out.status.success(),
-        "lake_check.py: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &s3.env(),
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    let valid = corpus.valid_ids.len() as u64;
-    assert_eq!(report["invocations"].as_u64(), Some(valid), "{report}");
-    assert_eq!(
-        report["distinct_event_ids"].as_u64(),
-        Some(valid),
-        "{report}"
-    );
-    assert_eq!(
-        report["dead_letters"].as_u64(),
-        Some(corpus.malformed as u64),
-        "{report}"
-    );
+    assert_report_matches(&report, &corpus);
     assert_eq!(
         report["distinct_dead_offsets"].as_u64(),
         Some(corpus.malformed as u64),
         "{report}"
     );
-    assert_eq!(
-        report["partition_columns"],
-        serde_json::json!(["dt", "hour"]),
-        "{report}"
-    );
-    assert_eq!(report["leaked"], serde_json::json!([]), "{report}");
     // Every event is in the lake once, by id, as the corpus planted it.
     let ids = agentaudit::query::run_blocking(
         &lake,

@@ -7,11 +7,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::tansu::{create_topic, free_port, required_env, start_tansu};
-use common::{Corpus, Serve, assert_dataset_matches, produce_foreign};
+use common::{
+    Corpus, Serve, assert_dataset_matches, assert_report_matches, produce_foreign, tool_report,
+};
 
 #[test]
 fn foreign_client_through_tansu_lands_once_and_duckdb_reads_it() {
@@ -24,7 +25,6 @@ fn foreign_client_through_tansu_lands_once_and_duckdb_reads_it() {
 
     let corpus = Corpus::generate(2000, 3);
     let dir = tempfile::tempdir().unwrap();
-    let tools = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools");
     let brokers = format!("127.0.0.1:{port}");
     produce_foreign(&python, &brokers, topic, &corpus.messages, dir.path());
 
@@ -38,37 +38,13 @@ fn foreign_client_through_tansu_lands_once_and_duckdb_reads_it() {
 
     let secrets_path = dir.path().join("secrets.txt");
     std::fs::write(&secrets_path, corpus.secrets.join("\n")).unwrap();
-    let out = Command::new(&python)
-        .args([
-            &format!("{tools}/duckdb_check.py"),
-            data.to_str().unwrap(),
-            secrets_path.to_str().unwrap(),
-        ])
-        .output()
-        .expect("run duckdb_check.py");
-    assert!(
-        out.status.success(),
-        "duckdb_check.py: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = tool_report(
+        &python,
+        "duckdb_check.py",
+        &[data.to_str().unwrap(), secrets_path.to_str().unwrap()],
+        &[],
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    let valid = corpus.valid_ids.len() as u64;
-    assert_eq!(report["invocations"].as_u64(), Some(valid), "{report}");
-    assert_eq!(
-        report["distinct_event_ids"].as_u64(),
-        Some(valid),
-        "{report}"
-    );
-    assert_eq!(
-        report["dead_letters"].as_u64(),
-        Some(corpus.malformed as u64),
-        "{report}"
-    );
-    assert_eq!(
-        report["partition_columns"],
-        serde_json::json!(["dt", "hour"]),
-        "{report}"
-    );
+    assert_report_matches(&report, &corpus);
     assert!(
         report["ts_type"]
             .as_str()
@@ -76,5 +52,4 @@ fn foreign_client_through_tansu_lands_once_and_duckdb_reads_it() {
             .starts_with("TIMESTAMP"),
         "{report}"
     );
-    assert_eq!(report["leaked"], serde_json::json!([]), "{report}");
 }

@@ -348,7 +348,9 @@ impl ParquetSink {
         if buffer.rows == 0 {
             return Ok(());
         }
-        self.keep_unclaimed(&mut buffer);
+        if let Some(shared) = self.shared.as_mut() {
+            shared.keep_unclaimed(&mut buffer);
+        }
         for (key, rows) in &buffer.invocations {
             let batch = schema::invocations_batch(rows)?;
             self.append_batch(*key, batch, rows.iter().map(|r| &r.coords))?;
@@ -366,26 +368,6 @@ impl ParquetSink {
             *slot = (*slot).max(last);
         }
         Ok(())
-    }
-
-    /// `append` on a shared lake: rows below their partition's floor are
-    /// in the lake under another writer's claim already, and are dropped.
-    fn keep_unclaimed(&mut self, buffer: &mut PendingRows) {
-        let Some(shared) = self.shared.as_mut() else {
-            return;
-        };
-        for rows in buffer.invocations.values_mut() {
-            rows.retain(|r| shared.keep(r.coords.partition, r.coords.offset));
-        }
-        for rows in buffer.dead_letters.values_mut() {
-            rows.retain(|r| shared.keep(r.coords.partition, r.coords.offset));
-        }
-        buffer
-            .pending
-            .retain(|(_, partition), last| shared.keep(*partition, *last));
-        // A partition emptied by the floor must not stage an empty file.
-        buffer.invocations.retain(|_, rows| !rows.is_empty());
-        buffer.dead_letters.retain(|_, rows| !rows.is_empty());
     }
 
     fn append_batch<'a>(

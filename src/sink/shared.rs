@@ -126,17 +126,35 @@ impl SharedSink {
             .and_then(|f| f.get(&partition).copied())
     }
 
-    /// Whether a row at `offset` of `partition` is still to be written: not
-    /// below the floor (another writer's claim holds it). Notes where this
-    /// commit's rows of the partition begin.
-    pub fn keep(&mut self, partition: i32, offset: i64) -> bool {
-        if self.floor(partition).is_some_and(|f| offset < f) {
-            self.metrics.skipped_durable.inc();
-            return false;
+    /// Drops the rows of `buffer` below their partition's floor (another
+    /// writer's claim holds them) and notes where this commit's rows of each
+    /// partition begin. The floors are read once per buffer, not per row.
+    pub(super) fn keep_unclaimed(&mut self, buffer: &mut super::PendingRows) {
+        let floors = self.floors.lock().map(|f| f.clone()).unwrap_or_default();
+        let mut skipped = 0;
+        let first = &mut self.first;
+        let mut keep = |partition: i32, offset: i64| {
+            if floors.get(&partition).is_some_and(|f| offset < *f) {
+                skipped += 1;
+                return false;
+            }
+            let slot = first.entry(partition).or_insert(offset);
+            *slot = (*slot).min(offset);
+            true
+        };
+        for rows in buffer.invocations.values_mut() {
+            rows.retain(|r| keep(r.coords.partition, r.coords.offset));
         }
-        let first = self.first.entry(partition).or_insert(offset);
-        *first = (*first).min(offset);
-        true
+        for rows in buffer.dead_letters.values_mut() {
+            rows.retain(|r| keep(r.coords.partition, r.coords.offset));
+        }
+        buffer
+            .pending
+            .retain(|(_, partition), last| floors.get(partition).is_none_or(|f| *last >= *f));
+        // A partition emptied by the floor must not stage an empty file.
+        buffer.invocations.retain(|_, rows| !rows.is_empty());
+        buffer.dead_letters.retain(|_, rows| !rows.is_empty());
+        self.metrics.skipped_durable.inc_by(skipped);
     }
 
     /// Claims and publishes the closed staged files of one commit: each

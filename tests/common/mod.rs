@@ -340,3 +340,52 @@ pub fn assert_dataset_matches(data_dir: &Path, corpus: &Corpus) {
     }
     assert!(!corpus.secrets.is_empty(), "the corpus plants secrets");
 }
+
+/// Runs the reader script `tests/tools/{script}` with `args` and `env`
+/// added, and returns the JSON report it prints.
+pub fn tool_report(
+    python: &str,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> serde_json::Value {
+    let out = Command::new(python)
+        .arg(format!(
+            "{}/tests/tools/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
+/// What every reader's report must say of a dataset of `corpus`: each valid
+/// event once, every malformed message dead-lettered, the Hive partition
+/// columns, and no planted secret.
+pub fn assert_report_matches(report: &serde_json::Value, corpus: &Corpus) {
+    let valid = corpus.valid_ids.len() as u64;
+    assert_eq!(report["invocations"].as_u64(), Some(valid), "{report}");
+    assert_eq!(
+        report["distinct_event_ids"].as_u64(),
+        Some(valid),
+        "{report}"
+    );
+    assert_eq!(
+        report["dead_letters"].as_u64(),
+        Some(corpus.malformed as u64),
+        "{report}"
+    );
+    assert_eq!(
+        report["partition_columns"],
+        serde_json::json!(["dt", "hour"]),
+        "{report}"
+    );
+    assert_eq!(report["leaked"], serde_json::json!([]), "{report}");
+}
