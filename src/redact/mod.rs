@@ -362,6 +362,22 @@ impl Redactor {
                         map.insert(key, v);
                     }
                 }
+                // A name/value pair — OTLP attributes (`{"key": "api_key",
+                // "value": {"stringValue": …}}`), header lists (`{"name":
+                // "Authorization", "value": …}`) — says by its name that its
+                // value is secret, as a key would.
+                let secret_pair = ["key", "name"].iter().any(|k| {
+                    map.get(*k)
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| self.is_secret_key(n))
+                });
+                if secret_pair
+                    && let Some(slot) = map.get_mut("value")
+                    && !slot.is_null()
+                {
+                    *slot = Value::String(format!("[REDACTED:{SECRET_KEY_RULE}]"));
+                    hits.set(Hits::KEY_RULE as usize);
+                }
                 let mut dropped = Vec::new();
                 for (key, slot) in map.iter_mut() {
                     if self.is_secret_key(key) {

@@ -354,6 +354,34 @@ fn dead_letters_are_redacted_before_truncation() {
     assert!(!dl.raw.contains("opensesame"), "{}", dl.raw);
 }
 
+/// An OTLP span names its attributes in name/value pairs, as header lists
+/// do: a secret name redacts the pair's value, in dead letters (a refused
+/// span is kept as OTLP JSON) and in `input` alike.
+#[test]
+fn name_value_pairs_with_a_secret_name_are_redacted() {
+    let r = Redactor::new(&RedactConfig::default()).unwrap();
+    let failure = DecodeFailure {
+        reason: DeadLetterReason::TooLarge,
+        detail: "span …: 300 attributes".into(),
+    };
+    let span = br#"{"spanId":"0102030405060708","attributes":[{"key":"gen_ai.tool.name","value":{"stringValue":"lookup"}},{"key":"api_key","value":{"stringValue":"hunter2-opaque"}}]}"#;
+    let dl = r.redact_dead_letter(Some(span), failure, coords(), 0);
+    assert!(!dl.raw.contains("hunter2"), "{}", dl.raw);
+    assert!(dl.raw.contains("lookup"), "other values stay: {}", dl.raw);
+    assert_eq!(dl.redactions, vec![SECRET_KEY_RULE.to_owned()]);
+
+    let event = crate::decode::decode(
+        Some(br#"{"event_id":"e1","ts":1795852800000,"tenant":"t","agent_id":"a","environment":"production","tool":"http_get","status":"ok","input":{"headers":[{"name":"Authorization","value":"opaque-session-42"},{"name":"Accept","value":"text/html"}]}}"#),
+        1_795_852_800_000,
+        &crate::decode::DecodeLimits::default(),
+    )
+    .expect("v1");
+    let record = r.redact_event(event, coords(), 0);
+    let input = record.input_json.unwrap_or_default();
+    assert!(!input.contains("opaque-session-42"), "{input}");
+    assert!(input.contains("text/html"), "{input}");
+}
+
 /// Dead letters get the same redaction as good events (issue 11): the
 /// key-name rule on JSON cut short, and field rules at their event paths.
 #[test]
