@@ -5,10 +5,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use agentaudit::config::RedactConfig;
-use agentaudit::decode::{DecodeLimits, decode};
+use agentaudit::decode::{DecodeLimits, InputFormat, MessageDecoder, decode};
 use agentaudit::event::KafkaCoords;
 use agentaudit::redact::{Hits, Redactor};
 use agentaudit::sink::schema;
+use agentaudit::traffic::otlp;
 use agentaudit::traffic::{GenOptions, Generator};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -47,6 +48,28 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             for p in &payloads {
                 black_box(decode(Some(p), now, &limits).ok());
+            }
+        })
+    });
+    // The same calls as OTLP export requests of 32 spans: per tool call,
+    // beside v1's decode above.
+    let otlp: Vec<Vec<u8>> = payloads
+        .chunks(32)
+        .map(|chunk| {
+            let events: Vec<serde_json::Value> = chunk
+                .iter()
+                .filter_map(|p| serde_json::from_slice(p).ok())
+                .collect();
+            otlp::encode(&otlp::export_request(&events), InputFormat::OtlpProto)
+        })
+        .collect();
+    let decoder = MessageDecoder::default();
+    g.bench_function("decode_otlp_proto", |b| {
+        b.iter(|| {
+            for m in &otlp {
+                decoder.decode(Some(m), InputFormat::OtlpProto, now, &mut |piece| {
+                    black_box(piece);
+                });
             }
         })
     });

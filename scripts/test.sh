@@ -9,12 +9,18 @@
 #     duckdb (reads the dataset with Hive partitioning), moto's server (an
 #     S3 API on loopback, for the lake on object storage) and pyarrow (its
 #     S3 filesystem feeds DuckDB the lake: DuckDB's httpfs extension is a
-#     download from DuckDB's own site, not a registry), from PyPI.
+#     download from DuckDB's own site, not a registry), and the OpenTelemetry
+#     Python SDK with its OTLP encoder (a span producer that is not ours),
+#     from PyPI.
 # and, system-wide from Debian when missing (apt-get update; apt-get install):
 #   - prometheus and prometheus-alertmanager (promtool ships with prometheus),
 #     for the rule checks and the end-to-end alerting test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The debug test binaries and their dependencies take several GB; say how
+# much room there is, so that a link failing on a full disk is plain.
+echo "test.sh: free space: $(df -h --output=avail . | tail -1 | tr -d ' ') here"
 
 TOOLS="${AGENTAUDIT_TOOLS:-$HOME/.cache/agentaudit-tools}"
 mkdir -p "$TOOLS"
@@ -38,6 +44,10 @@ fi
 if ! "$VENV/bin/python" -c 'import pyarrow.fs' 2>/dev/null; then
   echo "test.sh: installing pyarrow into $VENV (pip)…"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check pyarrow
+fi
+if ! "$VENV/bin/python" -c 'import opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.common.trace_encoder' 2>/dev/null; then
+  echo "test.sh: installing the OpenTelemetry Python SDK and its OTLP encoder into $VENV (pip)…"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check opentelemetry-sdk opentelemetry-exporter-otlp-proto-common
 fi
 export MOTO_SERVER_BIN="$VENV/bin/moto_server"
 export AGENTAUDIT_PYTHON="$VENV/bin/python"

@@ -143,10 +143,12 @@ pub enum DeadLetterReason {
     InvalidTimestamp,
     TimestampOutOfRange,
     TimestampInFuture,
+    /// An `otlp_*` topic's message that is not an OTLP trace export request.
+    InvalidOtlp,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 12] = [
+    pub const ALL: [DeadLetterReason; 13] = [
         DeadLetterReason::Empty,
         DeadLetterReason::TooLarge,
         DeadLetterReason::InvalidUtf8,
@@ -159,6 +161,7 @@ impl DeadLetterReason {
         DeadLetterReason::InvalidTimestamp,
         DeadLetterReason::TimestampOutOfRange,
         DeadLetterReason::TimestampInFuture,
+        DeadLetterReason::InvalidOtlp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -175,6 +178,7 @@ impl DeadLetterReason {
             DeadLetterReason::InvalidTimestamp => "invalid_timestamp",
             DeadLetterReason::TimestampOutOfRange => "timestamp_out_of_range",
             DeadLetterReason::TimestampInFuture => "timestamp_in_future",
+            DeadLetterReason::InvalidOtlp => "invalid_otlp",
         }
     }
 }
@@ -211,4 +215,17 @@ pub struct DeadLetter {
 pub enum Prepared {
     Record(Record),
     DeadLetter(DeadLetter),
+    /// A message that yields no row (an OTLP request of model spans only):
+    /// its offset is consumed and committed like any other.
+    Consumed(KafkaCoords),
+}
+
+impl Prepared {
+    pub fn coords(&self) -> &KafkaCoords {
+        match self {
+            Prepared::Record(r) => &r.coords,
+            Prepared::DeadLetter(d) => &d.coords,
+            Prepared::Consumed(c) => c,
+        }
+    }
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use agentaudit::config::{Config, Overrides, parse_kafka_option};
+use agentaudit::config::{
+    Config, InputFormat, Overrides, TopicInput, parse_kafka_option, parse_topic_input,
+};
 use agentaudit::query::Format;
 use agentaudit::traffic::scenario::Scenario;
 
@@ -33,6 +35,10 @@ struct KafkaArgs {
     brokers: Option<String>,
     #[arg(long, env = "AGENTAUDIT_TOPIC")]
     topic: Option<String>,
+    /// How the topic's messages are encoded: v1 (JSON events), or the
+    /// OpenTelemetry Collector's kafka exporter's otlp_proto or otlp_json.
+    #[arg(long, env = "AGENTAUDIT_INPUT_FORMAT")]
+    input_format: Option<InputFormat>,
     /// librdkafka property passed through, e.g. -X security.protocol=SASL_SSL.
     #[arg(short = 'X', value_parser = parse_kafka_option)]
     kafka_option: Vec<(String, String)>,
@@ -46,6 +52,10 @@ enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         kafka: KafkaArgs,
+        /// Another topic to read at once, with its format: TOPIC=FORMAT,
+        /// e.g. --extra-topic otlp_spans=otlp_proto (repeatable).
+        #[arg(long = "extra-topic", value_parser = parse_topic_input)]
+        extra_topics: Vec<TopicInput>,
         #[arg(long, env = "AGENTAUDIT_GROUP")]
         group: Option<String>,
         #[arg(long, env = "AGENTAUDIT_DATA_DIR")]
@@ -198,6 +208,11 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long, default_value_t = 512)]
         memory_budget_mib: usize,
+        /// Also measure the same events shipped as OpenTelemetry spans in
+        /// this format (otlp_proto or otlp_json), in spans per second beside
+        /// the v1 figure.
+        #[arg(long, default_value = "v1")]
+        input_format: InputFormat,
         /// Run the pipeline with detection switched off (for the comparison).
         #[arg(long)]
         no_detect: bool,
@@ -220,6 +235,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve {
             config,
             kafka,
+            extra_topics,
             group,
             data_dir,
             listen,
@@ -235,6 +251,8 @@ fn main() -> anyhow::Result<()> {
                 Overrides {
                     brokers: kafka.brokers,
                     topic: kafka.topic,
+                    input_format: kafka.input_format,
+                    extra_topics,
                     group,
                     kafka_options: kafka.kafka_option,
                     data_dir,
@@ -360,6 +378,7 @@ fn main() -> anyhow::Result<()> {
                         count: Some(events),
                         rate: None,
                         keyed: true,
+                        format: kafka.input_format.unwrap_or_default(),
                     };
                     agentaudit::traffic::produce(&producer, &topic, &mut g, pace, &stop)?
                 }
@@ -444,6 +463,7 @@ fn main() -> anyhow::Result<()> {
             partitions,
             data_dir,
             memory_budget_mib,
+            input_format,
             no_detect,
             baseline_keys,
         } => {
@@ -455,6 +475,7 @@ fn main() -> anyhow::Result<()> {
                 memory_budget_bytes: memory_budget_mib * 1024 * 1024,
                 detect: !no_detect,
                 object_store: Default::default(),
+                input_format,
             })?;
             println!("{report}");
             if !no_detect {

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub skipped_durable: IntCounter,
     pub claims_lost: IntCounter,
     pub dead_letters: IntCounterVec,
+    pub otlp_spans_skipped: IntCounterVec,
     pub redactions: IntCounterVec,
     pub unknown_fields: IntCounter,
     pub rows_written: IntCounterVec,
@@ -149,6 +150,12 @@ impl Metrics {
                 "agentaudit_dead_letters_total",
                 "Messages dead-lettered, by reason",
                 &["reason"],
+            ),
+            otlp_spans_skipped: counter_vec(
+                &r,
+                "agentaudit_otlp_spans_skipped_total",
+                "OpenTelemetry spans read and skipped as not tool calls, by GenAI operation (chat, invoke_agent, …; other and none for the rest)",
+                &["operation"],
             ),
             redactions: counter_vec(
                 &r,

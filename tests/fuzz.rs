@@ -4,13 +4,18 @@
 //! mixed UTF-8), and nothing stored ever holds a planted secret, wherever it
 //! is planted and however it is encoded.
 //!
+//! OTLP input gets the same: decode never panics on arbitrary or mutated
+//! export requests, and a secret planted in a span, whether it becomes a
+//! row or a dead letter, is never stored.
+//!
 //! The test command runs a bounded number of cases; a longer run:
 //! `cargo test --test fuzz -- --ignored`.
 
 use std::sync::{Arc, LazyLock};
 
 use agentaudit::config::RedactConfig;
-use agentaudit::decode::{DecodeLimits, OutputKey, decode};
+use agentaudit::decode::otlp::OtlpOptions;
+use agentaudit::decode::{DecodeLimits, InputFormat, MessageDecoder, OutputKey, Piece, decode};
 use agentaudit::event::KafkaCoords;
 use agentaudit::redact::Redactor;
 use proptest::prelude::*;
@@ -27,15 +32,19 @@ static LIMITS: LazyLock<DecodeLimits> = LazyLock::new(|| DecodeLimits {
     ..DecodeLimits::default()
 });
 
-/// Decodes and redacts `bytes` as the consumer thread does; returns all that
-/// would be stored, as text.
-fn stored(bytes: &[u8]) -> String {
-    let coords = KafkaCoords {
+fn coords() -> KafkaCoords {
+    KafkaCoords {
         topic: Arc::from("fuzz"),
         partition: 0,
         offset: 0,
         kafka_ts_ms: None,
-    };
+    }
+}
+
+/// Decodes and redacts `bytes` as the consumer thread does; returns all that
+/// would be stored, as text.
+fn stored(bytes: &[u8]) -> String {
+    let coords = coords();
     match decode(Some(bytes), NOW, &LIMITS) {
         Ok(event) => format!("{:?}", REDACTOR.redact_event(event, coords, NOW)),
         Err(failure) => format!(
@@ -342,5 +351,229 @@ proptest! {
         before in separator(),
     ) {
         check_planted(&secret, place, encoding, before);
+    }
+}
+
+// OTLP input.
+
+static OTLP: LazyLock<MessageDecoder> = LazyLock::new(|| MessageDecoder {
+    limits: LIMITS.clone(),
+    // Low, so that a span with a few extra attributes is refused and its
+    // dead letter is fuzzed too.
+    otlp: OtlpOptions {
+        max_attributes: 12,
+        ..OtlpOptions::default()
+    },
+});
+
+/// Decodes and redacts an OTLP message as the consumer thread does.
+fn stored_otlp(bytes: &[u8], format: InputFormat) -> String {
+    let mut out = String::new();
+    OTLP.decode(Some(bytes), format, NOW, &mut |piece| {
+        let text = match piece {
+            Piece::Event(e) => format!("{:?}", REDACTOR.redact_event(e, coords(), NOW)),
+            Piece::Failed { failure, raw } => format!(
+                "{:?}",
+                REDACTOR.redact_dead_letter(raw.as_deref(), failure, coords(), NOW)
+            ),
+            Piece::Skipped(operation) => operation.to_owned(),
+        };
+        out.push_str(&text);
+        out.push('\n');
+    });
+    out
+}
+
+mod spans {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    pub fn kv(key: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+        }
+    }
+
+    /// Where in a span a secret is planted.
+    pub const PLACES: &[&str] = &[
+        "arguments",
+        "arguments key",
+        "result",
+        "attribute value",
+        "attribute key",
+        "tool name",
+        "conversation id",
+        "error type",
+        "service name",
+        "tenant",
+        "refused span attribute",
+        "refused span name",
+    ];
+
+    /// A message of one model span and one tool span carrying `value` at
+    /// `place` (a refused span has more attributes than the limit).
+    pub fn request(place: &str, value: &str) -> ExportTraceServiceRequest {
+        let mut attrs = vec![
+            kv("gen_ai.operation.name", "execute_tool"),
+            kv("gen_ai.tool.name", "lookup"),
+            kv("gen_ai.agent.id", "bot"),
+        ];
+        let mut resource = vec![
+            kv("tenant.id", "acme"),
+            kv("deployment.environment.name", "production"),
+        ];
+        let mut name = "execute_tool lookup".to_owned();
+        match place {
+            "arguments" => attrs.push(kv(
+                "gen_ai.tool.call.arguments",
+                &serde_json::json!({ "note": value }).to_string(),
+            )),
+            "arguments key" => attrs.push(kv(
+                "gen_ai.tool.call.arguments",
+                &serde_json::json!({ value: 1 }).to_string(),
+            )),
+            "result" => attrs.push(kv("gen_ai.tool.call.result", value)),
+            "attribute value" => attrs.push(kv("app.note", value)),
+            "attribute key" => attrs.push(kv(value, "x")),
+            "tool name" => attrs[1] = kv("gen_ai.tool.name", value),
+            "conversation id" => attrs.push(kv("gen_ai.conversation.id", value)),
+            "error type" => attrs.push(kv("error.type", value)),
+            "service name" => {
+                attrs.remove(2);
+                resource.push(kv("service.name", value));
+            }
+            "tenant" => resource[0] = kv("tenant.id", value),
+            "refused span attribute" | "refused span name" => {
+                for i in 0..12 {
+                    attrs.push(kv(&format!("app.k{i}"), "v"));
+                }
+                if place == "refused span name" {
+                    name = format!("execute_tool {value}");
+                } else {
+                    attrs.push(kv("app.note", value));
+                }
+            }
+            other => panic!("no place {other}"),
+        }
+        let span = |id: u8, attributes: Vec<KeyValue>, name: String| Span {
+            trace_id: vec![0x11; 16],
+            span_id: vec![id; 8],
+            name,
+            start_time_unix_nano: 1_795_852_700_000_000_000,
+            end_time_unix_nano: 1_795_852_700_100_000_000,
+            attributes,
+            ..Span::default()
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: resource,
+                    ..Resource::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![
+                        span(1, vec![kv("gen_ai.operation.name", "chat")], "chat".into()),
+                        span(2, attrs, name),
+                    ],
+                    ..ScopeSpans::default()
+                }],
+                ..ResourceSpans::default()
+            }],
+        }
+    }
+}
+
+fn check_otlp_planted(secret: &str, place: &str, json: bool) {
+    use prost::Message;
+    let request = spans::request(place, secret);
+    let (bytes, format) = if json {
+        (
+            serde_json::to_vec(&request).expect("OTLP JSON"),
+            InputFormat::OtlpJson,
+        )
+    } else {
+        (request.encode_to_vec(), InputFormat::OtlpProto)
+    };
+    let out = stored_otlp(&bytes, format);
+    assert!(
+        !out.contains(secret),
+        "{secret} planted in {place} (json: {json}) was stored: {out}"
+    );
+}
+
+/// A value no detector knows, under a name that says it is secret.
+fn check_otlp_opaque_under_a_secret_name(opaque: &str, refused: bool) {
+    use prost::Message;
+    let mut request = spans::request(
+        if refused {
+            "refused span attribute"
+        } else {
+            "attribute value"
+        },
+        "x",
+    );
+    let span = &mut request.resource_spans[0].scope_spans[0].spans[1];
+    span.attributes.push(spans::kv("api_key", opaque));
+    let out = stored_otlp(&request.encode_to_vec(), InputFormat::OtlpProto);
+    assert!(
+        !out.contains(opaque),
+        "{opaque} under api_key (refused: {refused}) was stored: {out}"
+    );
+}
+
+/// A valid request with bytes overwritten: protobuf that is wrong in
+/// every way short of random.
+fn check_otlp_mutated(flips: &[(usize, u8)]) {
+    use prost::Message;
+    let mut bytes = spans::request("arguments", "x").encode_to_vec();
+    for (at, b) in flips {
+        let n = bytes.len();
+        bytes[at % n] = *b;
+    }
+    stored_otlp(&bytes, InputFormat::OtlpProto);
+    let mut text = serde_json::to_vec(&spans::request("arguments", "x")).expect("JSON");
+    for (at, b) in flips {
+        let n = text.len();
+        text[at % n] = *b;
+    }
+    stored_otlp(&text, InputFormat::OtlpJson);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn otlp_decode_never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        stored_otlp(&bytes, InputFormat::OtlpProto);
+        stored_otlp(&bytes, InputFormat::OtlpJson);
+    }
+
+    #[test]
+    fn otlp_decode_never_panics_on_mutated_requests(
+        flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8)
+    ) {
+        check_otlp_mutated(&flips);
+    }
+
+    #[test]
+    fn a_secret_planted_in_a_span_is_never_stored(
+        secret in secret(),
+        place in prop::sample::select(spans::PLACES.to_vec()),
+        json in any::<bool>(),
+    ) {
+        check_otlp_planted(&secret, place, json);
+    }
+
+    #[test]
+    fn an_opaque_value_under_a_secret_name_is_never_stored(
+        opaque in "[a-z0-9]{16}",
+        refused in any::<bool>(),
+    ) {
+        check_otlp_opaque_under_a_secret_name(&opaque, refused);
     }
 }

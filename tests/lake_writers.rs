@@ -214,7 +214,12 @@ fn a_claim_left_unpublished_by_a_killed_writer_is_completed_by_the_next_one() {
     assert_eq!(log.walk(TOPIC, 0, None).expect("walk"), Some(60));
     exactly_once(&offsets_stored(&lake), 59);
     let floors = next.shared_floors().unwrap();
-    floors.lock().unwrap().insert(0, 60);
+    floors
+        .lock()
+        .unwrap()
+        .entry(TOPIC.into())
+        .or_default()
+        .insert(0, 60);
 
     // It re-reads from the committed offset: rows below the floor are
     // already in the lake and are not written again.
@@ -307,7 +312,13 @@ fn a_claim_whose_writer_died_before_its_commit_record_is_voided_and_read_again()
 
     // The next owner reads the offsets again and claims them at the next
     // attempt.
-    next.shared_floors().unwrap().lock().unwrap().insert(0, 0);
+    next.shared_floors()
+        .unwrap()
+        .lock()
+        .unwrap()
+        .entry(TOPIC.into())
+        .or_default()
+        .insert(0, 0);
     push(&mut next, &corpus, 0..=79);
     let out = next.flush().expect("flush");
     assert_eq!(out.committable, vec![(TOPIC.to_owned(), 0, 80)]);

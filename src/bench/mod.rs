@@ -13,6 +13,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 
 use crate::config::Config;
+use crate::decode::InputFormat;
+use crate::event::DeadLetterReason;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineError};
 use crate::sink::{DEAD_LETTER, INVOCATIONS};
@@ -33,6 +35,18 @@ pub struct BenchOptions {
     pub detect: bool,
     /// S3 settings over the `AWS_*` environment, for an `s3://` data_dir.
     pub object_store: crate::lake::ObjectStoreConfig,
+    /// Also measure the same events shipped as OpenTelemetry spans in this
+    /// format (`otlp_proto`, `otlp_json`), beside the v1 figure.
+    pub input_format: InputFormat,
+}
+
+/// The pipeline over the same events as OTLP export requests.
+pub struct OtlpRun {
+    pub format: InputFormat,
+    pub messages: u64,
+    /// Spans (tool calls) per second: the unit the v1 figure counts too.
+    pub spans_per_sec: f64,
+    pub cpu_per_span_secs: f64,
 }
 
 pub struct BenchReport {
@@ -53,6 +67,7 @@ pub struct BenchReport {
     pub pipeline_cpu_per_event_secs: f64,
     /// The same pipeline into the S3 lake, when `--data-dir` is one.
     pub lake: Option<PipelineRun>,
+    pub otlp: Option<OtlpRun>,
 }
 
 impl fmt::Display for BenchReport {
@@ -140,6 +155,29 @@ impl fmt::Display for BenchReport {
                 lake.cpu_per_event_secs * us
             )?;
         }
+        if let Some(o) = &self.otlp {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "pipeline, {} input   {:.0} spans/s ({} messages of ~{} spans)",
+                o.format.as_str(),
+                o.spans_per_sec,
+                o.messages,
+                self.events / o.messages.max(1)
+            )?;
+            writeln!(
+                f,
+                "ratio {}/v1 per call  {:.2}",
+                o.format.as_str(),
+                o.spans_per_sec / self.pipeline_eps.max(1e-9)
+            )?;
+            write!(
+                f,
+                "CPU per span, {}     {:.2} µs",
+                o.format.as_str(),
+                o.cpu_per_span_secs * us
+            )?;
+        }
         Ok(())
     }
 }
@@ -207,16 +245,22 @@ fn runtime(e: impl fmt::Display) -> PipelineError {
 pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
     // An external broker keeps earlier runs' topics: each run gets its own.
     // The embedded broker lives as long as `_embedded`.
-    let (topic, brokers, _embedded) = match &opts.brokers {
+    let otlp_format = (opts.input_format != InputFormat::V1).then_some(opts.input_format);
+    let (topic, otlp_topic, brokers, _embedded) = match &opts.brokers {
         Some(b) => {
-            let topic = format!("bench-events-{}", chrono::Utc::now().timestamp_millis());
+            let now = chrono::Utc::now().timestamp_millis();
+            let topic = format!("bench-events-{now}");
+            let otlp_topic = format!("bench-spans-{now}");
             create_topic(b, &topic, opts.partitions)?;
-            (topic, b.clone(), None)
+            if otlp_format.is_some() {
+                create_topic(b, &otlp_topic, opts.partitions)?;
+            }
+            (topic, otlp_topic, b.clone(), None)
         }
         None => {
-            let topic = "bench-events".to_owned();
-            let broker = EmbeddedBroker::start(&topic, opts.partitions)?;
-            (topic, broker.bootstrap_servers(), Some(broker))
+            let (topic, otlp_topic) = ("bench-events".to_owned(), "bench-spans".to_owned());
+            let broker = EmbeddedBroker::start_with(&[&topic, &otlp_topic], opts.partitions)?;
+            (topic, otlp_topic, broker.bootstrap_servers(), Some(broker))
         }
     };
     let topic = topic.as_str();
@@ -234,7 +278,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         ),
     ];
     let producer = crate::traffic::producer(&brokers, &batching)?;
-    let mut generator = Generator::new(GenOptions {
+    let gen_options = GenOptions {
         malformed_ratio: 0.001,
         // Events are 10 ms apart: end an hour ago, so none is dead-lettered
         // as being from the future (`decode.max_future_secs`).
@@ -242,7 +286,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
             - i64::try_from(opts.events.saturating_mul(10)).unwrap_or(i64::MAX / 4)
             - 3_600_000,
         ..GenOptions::default()
-    });
+    };
+    let mut generator = Generator::new(gen_options.clone());
     let stop = AtomicBool::new(false);
     // Unkeyed, so the events spread over every partition: the embedded
     // broker keeps only the newest 5 MiB of each partition.
@@ -250,8 +295,35 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         count: Some(opts.events),
         rate: None,
         keyed: false,
+        format: crate::decode::InputFormat::V1,
     };
     crate::traffic::produce(&producer, topic, &mut generator, pace, &stop)?;
+    // The same events again (same seed), as OTLP export requests.
+    let otlp_messages = match otlp_format {
+        Some(format) => {
+            eprintln!("pre-filling the same events as {}…", format.as_str());
+            let mut generator = Generator::new(gen_options);
+            let mut batcher =
+                crate::traffic::otlp::Batcher::new(format, crate::traffic::SPANS_PER_MESSAGE);
+            let mut messages = 0u64;
+            let mut ship = |payload: &[u8]| {
+                messages += 1;
+                crate::traffic::send(&producer, &otlp_topic, None, payload)
+            };
+            for _ in 0..opts.events {
+                let g = generator.next_message();
+                if let Some((_, payload)) = batcher.push(&g.key, &g.payload) {
+                    ship(&payload)?;
+                }
+            }
+            for (_, payload) in batcher.drain() {
+                ship(&payload)?;
+            }
+            messages
+        }
+        None => 0,
+    };
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(120)).map_err(runtime)?;
     drop(producer);
 
     eprintln!("raw consume…");
@@ -307,7 +379,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         let run = pipeline_run(
             opts,
             &brokers,
-            topic,
+            (topic, InputFormat::V1, opts.events),
             "bench-pipeline-s3",
             url.clone().into(),
         )?;
@@ -318,7 +390,33 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
     };
     eprintln!("pipeline to {}…", local_dir.display());
     clear_bench_dir(&local_dir).map_err(PipelineError::Runtime)?;
-    let local = pipeline_run(opts, &brokers, topic, "bench-pipeline", local_dir)?;
+    let local = pipeline_run(
+        opts,
+        &brokers,
+        (topic, InputFormat::V1, opts.events),
+        "bench-pipeline",
+        local_dir.clone(),
+    )?;
+    let otlp = match otlp_format {
+        Some(format) => {
+            eprintln!("pipeline over {} spans…", format.as_str());
+            clear_bench_dir(&local_dir).map_err(PipelineError::Runtime)?;
+            let run = pipeline_run(
+                opts,
+                &brokers,
+                (&otlp_topic, format, otlp_messages),
+                "bench-pipeline-otlp",
+                local_dir,
+            )?;
+            Some(OtlpRun {
+                format,
+                messages: otlp_messages,
+                spans_per_sec: run.eps,
+                cpu_per_span_secs: run.cpu_per_event_secs,
+            })
+        }
+        None => None,
+    };
     Ok(BenchReport {
         events: opts.events,
         mean_event_bytes: bytes as f64 / opts.events.max(1) as f64,
@@ -332,11 +430,12 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         floor_cpu_per_event_secs: floor_cpu_secs / opts.events.max(1) as f64,
         pipeline_cpu_per_event_secs: local.cpu_per_event_secs,
         lake,
+        otlp,
     })
 }
 
-/// One pipeline run over the pre-filled topic, as consumer group `group`,
-/// into `data_dir`.
+/// One pipeline run over a pre-filled topic, as consumer group `group`,
+/// into `data_dir`; `opts.events` rows are expected either way.
 pub struct PipelineRun {
     pub eps: f64,
     pub parquet_bytes: u64,
@@ -348,12 +447,13 @@ pub struct PipelineRun {
 fn pipeline_run(
     opts: &BenchOptions,
     brokers: &str,
-    topic: &str,
+    (topic, format, messages): (&str, InputFormat, u64),
     group: &str,
     data_dir: PathBuf,
 ) -> Result<PipelineRun, PipelineError> {
     let mut cfg = Config::default();
     cfg.kafka.topic = topic.into();
+    cfg.kafka.input_format = format;
     cfg.kafka.group = group.into();
     cfg.sink.data_dir = data_dir;
     cfg.sink.object_store = opts.object_store.clone();
@@ -373,14 +473,22 @@ fn pipeline_run(
     }
     let started = Instant::now();
     let pipeline_cpu_start = process_cpu_secs();
-    let head_start = metrics.consumed.get();
+    // Rows, not messages: an OTLP message holds many.
+    let rows_seen = |m: &Metrics| {
+        m.decoded.get()
+            + DeadLetterReason::ALL
+                .iter()
+                .map(|r| m.dead_letters.with_label_values(&[r.as_str()]).get())
+                .sum::<u64>()
+    };
+    let head_start = rows_seen(&metrics);
     let written = |m: &Metrics| {
         m.rows_written.with_label_values(&[INVOCATIONS]).get()
             + m.rows_written.with_label_values(&[DEAD_LETTER]).get()
     };
     // Rows are counted only once durable; the last partial buffer is made
     // durable by the flush that stopping performs, which is timed too.
-    while metrics.consumed.get() < opts.events && !running.finished() {
+    while metrics.consumed.get() < messages && !running.finished() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let consumed_secs = started.elapsed().as_secs_f64();

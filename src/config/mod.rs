@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::decode::DecodeLimits;
+pub use crate::decode::InputFormat;
 use crate::error::ConfigError;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -28,11 +29,26 @@ pub struct KafkaConfig {
     /// Bootstrap servers; absent means "start the embedded broker".
     pub brokers: Option<String>,
     pub topic: String,
+    /// How the messages of `topic` are encoded: v1 JSON events, or the
+    /// OpenTelemetry Collector's `otlp_proto` / `otlp_json` trace exports.
+    pub input_format: InputFormat,
+    /// More topics the same consumer reads, each with its own format: say
+    /// a v1 topic and the Collector's `otlp_spans` at once.
+    pub extra_topics: Vec<TopicInput>,
     pub group: String,
     /// Partitions of the topic the embedded broker creates.
     pub embedded_partitions: i32,
     /// librdkafka properties passed through as they are (`-X key=value`).
     pub options: BTreeMap<String, String>,
+}
+
+/// One consumed topic and how its messages are encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicInput {
+    pub topic: String,
+    #[serde(default)]
+    pub input_format: InputFormat,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +61,34 @@ pub struct DecodeConfig {
     /// Clock skew allowed: `ts` further than this after arrival is
     /// dead-lettered, so a producer cannot drag event time ahead.
     pub max_future_secs: i64,
+    /// How OpenTelemetry spans become events (`otlp_*` input formats).
+    pub otlp: OtlpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// Spans in one Kafka message beyond which the message is dead-lettered.
+    pub max_spans_per_message: usize,
+    /// Attributes on one span beyond which the span is dead-lettered.
+    pub max_attributes_per_span: usize,
+    /// The span or resource attribute that names the tenant.
+    pub tenant_attribute: String,
+    /// The tenant of spans that carry no `tenant_attribute`; without it
+    /// such a span is dead-lettered (`missing_field: tenant`).
+    pub tenant_fallback: Option<String>,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        let d = crate::decode::otlp::OtlpOptions::default();
+        OtlpConfig {
+            max_spans_per_message: d.max_spans,
+            max_attributes_per_span: d.max_attributes,
+            tenant_attribute: d.tenant_attribute,
+            tenant_fallback: d.tenant_fallback,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -127,6 +171,8 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: None,
             topic: "agent-events".into(),
+            input_format: InputFormat::V1,
+            extra_topics: Vec::new(),
             group: "agentaudit".into(),
             embedded_partitions: 4,
             options: BTreeMap::new(),
@@ -143,6 +189,7 @@ impl Default for DecodeConfig {
             max_attributes: d.max_attributes,
             output_preview_chars: d.output_preview_chars,
             max_future_secs: d.max_future_ms / 1000,
+            otlp: OtlpConfig::default(),
         }
     }
 }
@@ -433,6 +480,29 @@ impl Config {
         }
     }
 
+    pub fn otlp_options(&self) -> crate::decode::otlp::OtlpOptions {
+        let o = &self.decode.otlp;
+        crate::decode::otlp::OtlpOptions {
+            max_spans: o.max_spans_per_message,
+            max_attributes: o.max_attributes_per_span,
+            tenant_attribute: o.tenant_attribute.clone(),
+            tenant_fallback: o.tenant_fallback.clone(),
+            stored_attributes: self.decode.max_attributes,
+            attribute_value_chars: DecodeLimits::default().max_attribute_value_chars,
+        }
+    }
+
+    /// Every consumed topic with its format, `kafka.topic` first.
+    pub fn inputs(&self) -> Vec<TopicInput> {
+        let first = TopicInput {
+            topic: self.kafka.topic.clone(),
+            input_format: self.kafka.input_format,
+        };
+        std::iter::once(first)
+            .chain(self.kafka.extra_topics.iter().cloned())
+            .collect()
+    }
+
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.serve
             .listen
@@ -445,6 +515,51 @@ impl Config {
         let k = &self.kafka;
         if k.topic.trim().is_empty() {
             return Err(ConfigError::invalid("kafka.topic", "must not be empty"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for input in self.inputs() {
+            if input.topic.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "kafka.extra_topics",
+                    "a topic name must not be empty",
+                ));
+            }
+            if !seen.insert(input.topic.clone()) {
+                return Err(ConfigError::invalid(
+                    "kafka.extra_topics",
+                    format!("`{}` is listed twice", input.topic),
+                ));
+            }
+        }
+        if k.extra_topics.len() > 15 {
+            return Err(ConfigError::invalid(
+                "kafka.extra_topics",
+                "at most 15 topics besides kafka.topic",
+            ));
+        }
+        if !k.extra_topics.is_empty()
+            && matches!(
+                crate::lake::Location::parse(&self.sink.data_dir),
+                Ok(crate::lake::Location::S3 { .. })
+            )
+        {
+            return Err(ConfigError::invalid(
+                "kafka.extra_topics",
+                "a shared lake takes one topic per group of instances: run another group (its own kafka.group) for the other topic, writing the same lake",
+            ));
+        }
+        let o = &self.decode.otlp;
+        if o.max_spans_per_message == 0 || o.max_attributes_per_span == 0 {
+            return Err(ConfigError::invalid(
+                "decode.otlp",
+                "max_spans_per_message and max_attributes_per_span must be at least 1",
+            ));
+        }
+        if o.tenant_attribute.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "decode.otlp.tenant_attribute",
+                "must not be empty",
+            ));
         }
         if k.group.trim().is_empty() {
             return Err(ConfigError::invalid("kafka.group", "must not be empty"));
@@ -592,4 +707,4 @@ mod overrides;
 #[cfg(test)]
 mod tests;
 
-pub use overrides::{Overrides, parse_kafka_option};
+pub use overrides::{Overrides, parse_kafka_option, parse_topic_input};

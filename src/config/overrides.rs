@@ -9,6 +9,9 @@ use super::*;
 pub struct Overrides {
     pub brokers: Option<String>,
     pub topic: Option<String>,
+    pub input_format: Option<InputFormat>,
+    /// Replace `kafka.extra_topics` when not empty.
+    pub extra_topics: Vec<TopicInput>,
     pub group: Option<String>,
     pub kafka_options: Vec<(String, String)>,
     pub data_dir: Option<PathBuf>,
@@ -30,6 +33,12 @@ impl Config {
         }
         if let Some(t) = o.topic {
             cfg.kafka.topic = t;
+        }
+        if let Some(f) = o.input_format {
+            cfg.kafka.input_format = f;
+        }
+        if !o.extra_topics.is_empty() {
+            cfg.kafka.extra_topics = o.extra_topics;
         }
         if let Some(g) = o.group {
             cfg.kafka.group = g;
@@ -61,4 +70,18 @@ pub fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
         _ => Err(format!("`{s}` is not KEY=VALUE")),
     }
+}
+
+/// Parses a `--extra-topic NAME=FORMAT` (FORMAT: v1, otlp_proto, otlp_json).
+pub fn parse_topic_input(s: &str) -> Result<TopicInput, String> {
+    let (topic, format) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not TOPIC=FORMAT"))?;
+    if topic.trim().is_empty() {
+        return Err(format!("`{s}` names no topic"));
+    }
+    Ok(TopicInput {
+        topic: topic.trim().to_owned(),
+        input_format: format.trim().parse()?,
+    })
 }

@@ -48,3 +48,50 @@ fn bad_custom_pattern_is_refused() {
             .contains("pattern `x`")
     );
 }
+
+#[test]
+fn topics_and_their_formats_come_from_the_file_and_the_flags() {
+    let cfg = Config::from_toml(
+        "[kafka]\ntopic = \"agent-events\"\n\n[[kafka.extra_topics]]\ntopic = \"otlp_spans\"\ninput_format = \"otlp_proto\"\n",
+    )
+    .unwrap();
+    cfg.validate().expect("valid");
+    let inputs = cfg.inputs();
+    assert_eq!(inputs.len(), 2);
+    assert_eq!(inputs[0].input_format, InputFormat::V1);
+    assert_eq!(
+        (inputs[1].topic.as_str(), inputs[1].input_format),
+        ("otlp_spans", InputFormat::OtlpProto)
+    );
+    // An unknown format is refused with its line.
+    let err = Config::from_toml("[kafka]\ninput_format = \"otlp_xml\"\n").unwrap_err();
+    assert!(err.starts_with("line 2:"), "{err}");
+    // A topic listed twice, and more topics on a shared lake, are refused.
+    let twice = Config::from_toml(
+        "[kafka]\ntopic = \"a\"\n[[kafka.extra_topics]]\ntopic = \"a\"\ninput_format = \"otlp_json\"\n",
+    )
+    .unwrap();
+    assert!(twice.validate().unwrap_err().to_string().contains("twice"));
+    let shared = Config::from_toml(
+        "[kafka]\ntopic = \"a\"\n[[kafka.extra_topics]]\ntopic = \"b\"\n[sink]\ndata_dir = \"s3://bucket/lake\"\n",
+    )
+    .unwrap();
+    assert!(
+        shared
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("one topic per group")
+    );
+    // Flags: --input-format and --extra-topic NAME=FORMAT.
+    let o = Overrides {
+        input_format: Some(InputFormat::OtlpJson),
+        extra_topics: vec![parse_topic_input("more=v1").unwrap()],
+        ..Overrides::default()
+    };
+    let cfg = Config::load(None, o).unwrap();
+    assert_eq!(cfg.kafka.input_format, InputFormat::OtlpJson);
+    assert_eq!(cfg.kafka.extra_topics[0].topic, "more");
+    assert!(parse_topic_input("more").is_err());
+    assert!(parse_topic_input("more=avro").is_err());
+}

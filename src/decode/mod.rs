@@ -6,8 +6,11 @@
 //! never panics on input and never echoes payload text in a failure detail.
 
 pub mod fields;
+pub mod input;
 pub mod markers;
 pub mod otlp;
+
+pub use input::{InputFormat, MessageDecoder, Piece};
 
 use std::borrow::Cow;
 use std::fmt;

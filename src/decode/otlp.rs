@@ -17,6 +17,8 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
 use serde_json::{Map, Value};
 
+use crate::event::DeadLetterReason;
+
 /// How the spans of a message are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OtlpEncoding {
@@ -35,6 +37,13 @@ pub struct OtlpOptions {
     pub tenant_attribute: String,
     /// …and the tenant when neither carries it.
     pub tenant_fallback: Option<String>,
+    /// The remaining attributes are stored as v1 `attributes`, within v1's
+    /// caps: at most this many (the first by key)…
+    pub stored_attributes: usize,
+    /// …each value at most this many characters; a longer value is
+    /// replaced by a note of its length, never cut (a cut could leave half
+    /// a secret that no detector recognises).
+    pub attribute_value_chars: usize,
 }
 
 impl Default for OtlpOptions {
@@ -44,6 +53,8 @@ impl Default for OtlpOptions {
             max_attributes: 256,
             tenant_attribute: "tenant.id".into(),
             tenant_fallback: None,
+            stored_attributes: 64,
+            attribute_value_chars: 1024,
         }
     }
 }
@@ -51,17 +62,65 @@ impl Default for OtlpOptions {
 /// What one span of a message became.
 #[derive(Debug)]
 pub enum SpanItem {
-    /// A tool call, as a v1 JSON event for the v1 decoder.
-    Tool(Vec<u8>),
-    /// A tool span that cannot be an event: `trace_id/span_id` and why.
-    Refused { span: String, why: String },
-    /// Not a tool call (a model call, `invoke_agent`, …).
-    Skipped,
+    /// A tool call, as a v1 JSON event for the v1 decoder; `span` is its
+    /// `trace_id/span_id`.
+    Tool { span: String, json: Vec<u8> },
+    /// A tool span that cannot be an event: `trace_id/span_id`, why, and
+    /// the span as OTLP JSON for the dead letter (redacted there).
+    Refused {
+        span: String,
+        reason: DeadLetterReason,
+        why: String,
+        raw: Vec<u8>,
+    },
+    /// Not a tool call (a model call, `invoke_agent`, …), by its operation:
+    /// one of [`SKIPPED_OPERATIONS`], so a metric label stays bounded.
+    Skipped(&'static str),
 }
 
-/// Why a whole message is refused.
+/// The GenAI operations (semantic conventions' `gen_ai.operation.name`
+/// well-known values) a skipped span is counted under; anything else is
+/// `other`, and a span with no operation at all `none`.
+pub const SKIPPED_OPERATIONS: [&str; 10] = [
+    "chat",
+    "generate_content",
+    "text_completion",
+    "embeddings",
+    "retrieval",
+    "create_agent",
+    "invoke_agent",
+    "invoke_workflow",
+    "other",
+    "none",
+];
+
+fn skipped_operation(attrs: &[KeyValue]) -> &'static str {
+    match attr(attrs, "gen_ai.operation.name").and_then(text) {
+        None => "none",
+        Some(op) => SKIPPED_OPERATIONS[..8]
+            .iter()
+            .find(|known| **known == op)
+            .copied()
+            .unwrap_or("other"),
+    }
+}
+
+/// Why a whole message is refused: not an export request, or one with
+/// more spans than the limit.
 #[derive(Debug, PartialEq, Eq)]
-pub struct NotOtlp(pub String);
+pub struct NotOtlp {
+    pub why: String,
+    pub too_many_spans: bool,
+}
+
+impl NotOtlp {
+    fn malformed(why: String) -> NotOtlp {
+        NotOtlp {
+            why,
+            too_many_spans: false,
+        }
+    }
+}
 
 /// Reads `bytes` as an export request and maps each of its spans.
 pub fn spans(
@@ -71,9 +130,9 @@ pub fn spans(
 ) -> Result<Vec<SpanItem>, NotOtlp> {
     let request = match encoding {
         OtlpEncoding::Proto => ExportTraceServiceRequest::decode(bytes)
-            .map_err(|e| NotOtlp(format!("not an OTLP protobuf export request: {e}")))?,
+            .map_err(|e| NotOtlp::malformed(format!("not an OTLP protobuf export request: {e}")))?,
         OtlpEncoding::Json => serde_json::from_slice(bytes)
-            .map_err(|e| NotOtlp(format!("not an OTLP JSON export request: {e}")))?,
+            .map_err(|e| NotOtlp::malformed(format!("not an OTLP JSON export request: {e}")))?,
     };
     let total: usize = request
         .resource_spans
@@ -82,10 +141,13 @@ pub fn spans(
         .map(|s| s.spans.len())
         .sum();
     if total > opts.max_spans {
-        return Err(NotOtlp(format!(
-            "{total} spans in one message, over the limit of {}",
-            opts.max_spans
-        )));
+        return Err(NotOtlp {
+            why: format!(
+                "{total} spans in one message, over the limit of {}",
+                opts.max_spans
+            ),
+            too_many_spans: true,
+        });
     }
     let mut out = Vec::with_capacity(total);
     for rs in &request.resource_spans {
@@ -164,26 +226,36 @@ const MAPPED: [&str; 13] = [
 fn map_span(span: &Span, resource: &[KeyValue], opts: &OtlpOptions) -> SpanItem {
     let attrs = &span.attributes;
     if !is_tool_span(attrs) {
-        return SpanItem::Skipped;
+        return SpanItem::Skipped(skipped_operation(attrs));
     }
     let id = format!(
         "{}/{}",
         hex::encode(&span.trace_id),
         hex::encode(&span.span_id)
     );
-    let refuse = |why: String| SpanItem::Refused {
+    let refuse = |reason: DeadLetterReason, why: String| SpanItem::Refused {
         span: id.clone(),
+        reason,
         why,
+        // The span as the Collector's JSON encoding writes it; the
+        // dead-letter path redacts and truncates it.
+        raw: serde_json::to_vec(span).unwrap_or_default(),
     };
     if attrs.len() > opts.max_attributes {
-        return refuse(format!(
-            "{} attributes, over the limit of {}",
-            attrs.len(),
-            opts.max_attributes
-        ));
+        return refuse(
+            DeadLetterReason::TooLarge,
+            format!(
+                "{} attributes, over the limit of {}",
+                attrs.len(),
+                opts.max_attributes
+            ),
+        );
     }
     if span.trace_id.len() != 16 || span.span_id.len() != 8 {
-        return refuse("trace or span id missing or malformed".into());
+        return refuse(
+            DeadLetterReason::InvalidField,
+            "trace or span id missing or malformed".into(),
+        );
     }
     let get = |key: &str| attr(attrs, key).and_then(text);
     let mut e = Map::new();
@@ -256,18 +328,59 @@ fn map_span(span: &Span, resource: &[KeyValue], opts: &OtlpOptions) -> SpanItem 
             .unwrap_or_else(|| "_OTHER".into());
         e.insert("error_type".into(), Value::String(error_type));
     }
-    let rest: Map<String, Value> = attrs
-        .iter()
-        .filter(|kv| !MAPPED.contains(&kv.key.as_str()) && kv.key != opts.tenant_attribute)
-        .map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(Value::Null, json)))
-        .collect();
+    let rest = remaining_attributes(attrs, opts);
     if !rest.is_empty() {
         e.insert("attributes".into(), Value::Object(rest));
     }
     match serde_json::to_vec(&Value::Object(e)) {
-        Ok(bytes) => SpanItem::Tool(bytes),
-        Err(err) => refuse(format!("cannot be written as an event: {err}")),
+        Ok(json) => SpanItem::Tool { span: id, json },
+        Err(err) => refuse(
+            DeadLetterReason::InvalidField,
+            format!("cannot be written as an event: {err}"),
+        ),
     }
+}
+
+/// Key of the note saying how many attributes were left out by the cap.
+const DROPPED_KEY: &str = "agentaudit.dropped_attributes";
+
+/// The attributes the mapping did not consume, as v1 `attributes` (string
+/// values: scalars as text, arrays and lists as JSON), within v1's caps.
+fn remaining_attributes(attrs: &[KeyValue], opts: &OtlpOptions) -> Map<String, Value> {
+    let mut rest: Vec<(&str, String)> = attrs
+        .iter()
+        .filter(|kv| !MAPPED.contains(&kv.key.as_str()) && kv.key != opts.tenant_attribute)
+        .filter(|kv| !kv.key.is_empty() && kv.key.chars().count() <= 128 && kv.key != DROPPED_KEY)
+        .map(|kv| {
+            let value = kv.value.as_ref().map_or(Value::Null, json);
+            let text = match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let chars = text.chars().count();
+            let text = if chars > opts.attribute_value_chars {
+                format!("[OMITTED: {chars} characters, over the limit]")
+            } else {
+                text
+            };
+            (kv.key.as_str(), text)
+        })
+        .collect();
+    rest.sort_by(|a, b| a.0.cmp(b.0));
+    rest.dedup_by(|a, b| a.0 == b.0);
+    let keep = opts.stored_attributes.saturating_sub(1);
+    let mut out = Map::new();
+    if rest.len() > opts.stored_attributes {
+        out.insert(
+            DROPPED_KEY.into(),
+            Value::String((rest.len() - keep).to_string()),
+        );
+        rest.truncate(keep);
+    }
+    for (k, v) in rest {
+        out.insert(k.to_owned(), Value::String(v));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -106,14 +106,14 @@ impl Detector {
     }
 
     /// Forgets the active alerts of tenants whose calls last came from a
-    /// partition of `topic` not in `owned`, and returns them: after a
+    /// (topic, partition) not in `owned`, and returns them: after a
     /// rebalance that partition's new owner raises and resolves them, and
     /// here they would hang, since this instance no longer sees its clock.
     /// They are neither resolved (the condition may well hold) nor stored.
-    pub fn release_partitions(&mut self, topic: &str, owned: &[i32]) -> Vec<Alert> {
+    pub fn release_partitions(&mut self, owned: &[(String, i32)]) -> Vec<Alert> {
         let kept: std::collections::HashSet<u64> = owned
             .iter()
-            .map(|p| self.hasher.hash_one((17u8, topic, *p)))
+            .map(|(topic, p)| self.hasher.hash_one((17u8, topic.as_str(), *p)))
             .collect();
         let released: std::collections::HashSet<u64> = self
             .source_clocks

@@ -54,10 +54,14 @@ pub async fn serve(mut cfg: Config, demo: Option<Demo>) -> Result<(), PipelineEr
     let health = Arc::new(crate::serve::Health::default());
     let embedded = match &cfg.kafka.brokers {
         Some(_) => None,
-        None => Some(crate::source::embedded::EmbeddedBroker::start(
-            &cfg.kafka.topic,
-            cfg.kafka.embedded_partitions,
-        )?),
+        None => {
+            let inputs = cfg.inputs();
+            let topics: Vec<&str> = inputs.iter().map(|i| i.topic.as_str()).collect();
+            Some(crate::source::embedded::EmbeddedBroker::start_with(
+                &topics,
+                cfg.kafka.embedded_partitions,
+            )?)
+        }
     };
     let brokers = match (&cfg.kafka.brokers, &embedded) {
         (Some(b), _) => b.clone(),
@@ -90,6 +94,7 @@ pub async fn serve(mut cfg: Config, demo: Option<Demo>) -> Result<(), PipelineEr
         Some(rate) => {
             let producer = crate::traffic::producer(&brokers, &[])?;
             let topic = cfg.kafka.topic.clone();
+            let format = cfg.kafka.input_format;
             let stop = demo_stop.clone();
             println!("agentaudit: demo traffic at {rate} events/s into `{topic}`");
             Some(std::thread::spawn(move || {
@@ -108,6 +113,7 @@ pub async fn serve(mut cfg: Config, demo: Option<Demo>) -> Result<(), PipelineEr
                     count: None,
                     rate: Some(rate),
                     keyed: true,
+                    format,
                 };
                 crate::traffic::produce(&producer, &topic, &mut g, pace, &stop)
             }))

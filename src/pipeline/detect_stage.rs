@@ -34,7 +34,7 @@ pub(super) struct DetectStage {
     /// first assigned: the tenants a partition carries are this instance's
     /// to watch only while it owns the partition.
     warm_on_assign: Option<WarmOnAssign>,
-    /// The topic consumed, whose partitions assignments name.
+    /// The topic a shared lake is written from, whose partitions are warmed.
     topic: String,
 }
 
@@ -49,17 +49,18 @@ impl DetectStage {
     /// A new assignment: the alerts of tenants on partitions no longer ours
     /// go to their new owner (their gauges go, unresolved), and on a shared
     /// lake the baselines of partitions new to us are warmed from it.
-    pub(super) fn on_assigned(&mut self, assigned: &[i32], metrics: &Metrics) {
-        for a in self.detector.release_partitions(&self.topic, assigned) {
+    pub(super) fn on_assigned(&mut self, assigned: &[(String, i32)], metrics: &Metrics) {
+        for a in self.detector.release_partitions(assigned) {
             self.drop_gauge(&a, metrics);
         }
         let Some(w) = self.warm_on_assign.as_mut() else {
             return;
         };
+        // A shared lake is written from one topic (config refuses more).
         let new: Vec<i32> = assigned
             .iter()
-            .copied()
-            .filter(|p| !w.warmed.contains(p))
+            .filter(|(t, p)| *t == self.topic && !w.warmed.contains(p))
+            .map(|(_, p)| *p)
             .collect();
         if new.is_empty() {
             return;

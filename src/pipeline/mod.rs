@@ -12,7 +12,7 @@ use std::time::Duration;
 use rdkafka::consumer::CommitMode;
 
 use crate::config::Config;
-use crate::decode::{self, DecodeLimits};
+use crate::decode::{InputFormat, MessageDecoder, Piece};
 use crate::detect::SharedPolicy;
 use crate::detect::policy::PolicyError;
 use crate::error::{ConfigError, SinkError, SourceError};
@@ -57,39 +57,69 @@ pub enum PipelineError {
 /// encoding. The counters it bumps all precede the writer's `consumed`.
 struct Preparer {
     redactor: Arc<Redactor>,
-    limits: DecodeLimits,
+    decoder: MessageDecoder,
+    /// Each consumed topic's format.
+    formats: Vec<(Arc<str>, InputFormat)>,
     metrics: Arc<Metrics>,
 }
 
 impl Preparer {
-    fn prepare(&self, m: RawMessage<'_>) -> (Prepared, usize) {
+    /// Appends the message's rows to `out` (or a marker consuming its
+    /// offset when it has none) and returns the bytes they hold.
+    fn prepare(&self, m: RawMessage<'_>, out: &mut Vec<Prepared>) -> usize {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let prepared = match decode::decode(m.payload, now_ms, &self.limits) {
-            Ok(event) => {
-                self.metrics.decoded.inc();
-                if event.unknown_fields > 0 {
-                    self.metrics
-                        .unknown_fields
-                        .inc_by(u64::from(event.unknown_fields));
-                }
-                let record = self.redactor.redact_event(event, m.coords, now_ms);
-                self.count_redactions(&record.redactions);
-                Prepared::Record(record)
-            }
-            Err(failure) => {
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&[failure.reason.as_str()])
-                    .inc();
-                let dl = self
-                    .redactor
-                    .redact_dead_letter(m.payload, failure, m.coords, now_ms);
-                self.count_redactions(&dl.redactions);
-                Prepared::DeadLetter(dl)
-            }
-        };
-        let bytes = crate::sink::prepared_size(&prepared);
-        (prepared, bytes)
+        let format = self
+            .formats
+            .iter()
+            .find(|(t, _)| *t == m.coords.topic)
+            .map_or(InputFormat::V1, |(_, f)| *f);
+        let before = out.len();
+        let mut bytes = 0;
+        self.decoder
+            .decode(m.payload, format, now_ms, &mut |piece| {
+                let prepared = match piece {
+                    Piece::Event(event) => {
+                        self.metrics.decoded.inc();
+                        if event.unknown_fields > 0 {
+                            self.metrics
+                                .unknown_fields
+                                .inc_by(u64::from(event.unknown_fields));
+                        }
+                        let record = self.redactor.redact_event(event, m.coords.clone(), now_ms);
+                        self.count_redactions(&record.redactions);
+                        Prepared::Record(record)
+                    }
+                    Piece::Failed { failure, raw } => {
+                        self.metrics
+                            .dead_letters
+                            .with_label_values(&[failure.reason.as_str()])
+                            .inc();
+                        let dl = self.redactor.redact_dead_letter(
+                            raw.as_deref(),
+                            failure,
+                            m.coords.clone(),
+                            now_ms,
+                        );
+                        self.count_redactions(&dl.redactions);
+                        Prepared::DeadLetter(dl)
+                    }
+                    Piece::Skipped(operation) => {
+                        self.metrics
+                            .otlp_spans_skipped
+                            .with_label_values(&[operation])
+                            .inc();
+                        return;
+                    }
+                };
+                bytes += crate::sink::prepared_size(&prepared);
+                out.push(prepared);
+            });
+        if out.len() == before {
+            let marker = Prepared::Consumed(m.coords);
+            bytes += crate::sink::prepared_size(&marker);
+            out.push(marker);
+        }
+        bytes
     }
 
     fn count_redactions(&self, detectors: &[String]) {
@@ -207,7 +237,7 @@ impl Writer {
         reply: Option<SyncSender<Result<(), String>>>,
     ) -> Result<(), PipelineError> {
         let nothing_to_commit = commit.is_none() || self.uncommitted_since.is_none();
-        if self.rows.rows() == 0 && reply.is_none() && nothing_to_commit {
+        if self.rows.is_empty() && reply.is_none() && nothing_to_commit {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.rows);
@@ -234,9 +264,19 @@ impl Writer {
     fn process(&mut self, batch: Vec<Prepared>) {
         // One policy per batch: a reload lands between batches, never inside.
         let policy = self.detect.as_ref().and_then(DetectStage::current_policy);
-        let consumed = batch.len() as u64;
+        // Messages, not rows: the rows of one message sit together.
+        let mut consumed = 0u64;
+        // The source interns each topic's name once, so its address names it.
+        let mut last: Option<(*const u8, i32, i64)> = None;
         for item in batch {
+            let c = item.coords();
+            let here = (Arc::as_ptr(&c.topic).cast::<u8>(), c.partition, c.offset);
+            if last != Some(here) {
+                consumed += 1;
+                last = Some(here);
+            }
             match item {
+                Prepared::Consumed(coords) => self.rows.mark_consumed(&coords),
                 Prepared::Record(record) => {
                     if let Some(d) = self.detect.as_mut() {
                         d.observe(&record, policy.as_deref());
@@ -263,7 +303,6 @@ struct FlushThread {
     sink: ParquetSink,
     consumer: Arc<KafkaConsumer>,
     durable: Durable,
-    topic: String,
     metrics: Arc<Metrics>,
     /// The largest staged file's size, for the writer's roll decision.
     staged_bytes: Arc<AtomicU64>,
@@ -307,10 +346,12 @@ impl FlushThread {
                 "flushed"
             );
         }
-        if let Ok(mut d) = self.durable.lock()
-            && let Some(offsets) = self.sink.durable_offsets().get(&self.topic)
-        {
-            d.extend(offsets.iter().map(|(p, o)| (*p, *o)));
+        if let Ok(mut d) = self.durable.lock() {
+            for (topic, offsets) in self.sink.durable_offsets() {
+                d.entry(topic.clone())
+                    .or_default()
+                    .extend(offsets.iter().map(|(p, o)| (*p, *o)));
+            }
         }
         source::commit(&self.consumer, &outcome.committable, mode, &self.metrics);
         Ok(())
@@ -386,23 +427,21 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     };
     let mut limits = cfg.decode_limits();
     limits.output_key = Some(crate::decode::OutputKey::new(key.as_bytes()));
+    let decoder = MessageDecoder {
+        limits,
+        otlp: cfg.otlp_options(),
+    };
     cfg.redact.hash_key = Some(key);
     let cfg = &cfg;
     let redactor = Arc::new(Redactor::new(&cfg.redact)?);
     // On a shared lake the floors are the sink's own, set at each
     // assignment by walking the claims; locally, the journal's.
-    let durable: Durable = sink.shared_floors().unwrap_or_else(|| {
-        Arc::new(Mutex::new(
-            sink.durable_offsets()
-                .get(&cfg.kafka.topic)
-                .cloned()
-                .unwrap_or_default(),
-        ))
-    });
+    let durable: Durable = sink
+        .shared_floors()
+        .unwrap_or_else(|| Arc::new(Mutex::new(sink.durable_offsets().clone())));
     let floor_lookup: Option<FloorLookup> = sink.claim_log().map(|log| {
-        let topic = cfg.kafka.topic.clone();
-        Box::new(move |partition, committed| {
-            log.walk(&topic, partition, committed)
+        Box::new(move |topic: &str, partition, committed| {
+            log.walk(topic, partition, committed)
                 .map_err(|e| e.to_string())
         }) as FloorLookup
     });
@@ -418,7 +457,6 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
         sink,
         consumer: consumer.clone(),
         durable,
-        topic: cfg.kafka.topic.clone(),
         metrics: metrics.clone(),
     };
     // A rendezvous: the writer waits to hand rows over until the previous
@@ -436,10 +474,15 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     };
     let preparer = Preparer {
         redactor,
-        limits,
+        decoder,
+        formats: cfg
+            .inputs()
+            .into_iter()
+            .map(|i| (Arc::from(i.topic.as_str()), i.input_format))
+            .collect(),
         metrics: metrics.clone(),
     };
-    let prepare: Prepare = Box::new(move |m| preparer.prepare(m));
+    let prepare: Prepare = Box::new(move |m, out| preparer.prepare(m, out));
     let writer = Writer {
         detect,
         rows: PendingRows::default(),
@@ -476,61 +519,66 @@ pub fn start(cfg: &Config, brokers: &str, metrics: Arc<Metrics>) -> Result<Runni
     })
 }
 
-/// Checks that the journal's offset floor belongs to the cluster and topic
-/// now consumed, and records the cluster id with the next commit. Against
-/// the embedded broker, which starts empty every time, a stale floor is
-/// reset; against real brokers it refuses to start.
+/// Checks that the journal's offset floor of each consumed topic belongs
+/// to the cluster and topic now consumed, and records the cluster id with
+/// the next commit. Against the embedded broker, which starts empty every
+/// time, a stale floor is reset; against real brokers it refuses to start.
 fn verify_kafka(
     sink: &mut ParquetSink,
     consumer: &KafkaConsumer,
     cfg: &Config,
     durable: &Durable,
 ) -> Result<(), PipelineError> {
-    let topic = &cfg.kafka.topic;
-    let floor = sink
-        .durable_offsets()
-        .get(topic)
-        .cloned()
-        .unwrap_or_default();
-    let identity = match source::identity::read(
-        consumer,
-        topic,
-        floor.keys().copied(),
-        Duration::from_secs(30),
-    ) {
-        Ok(identity) => identity,
-        // Nothing to verify yet; the id is recorded at a later start.
-        Err(e) if floor.is_empty() => {
-            tracing::warn!(error = %e, "cannot read the Kafka cluster id yet");
-            source::identity::KafkaIdentity::default()
-        }
-        Err(e) => {
-            return Err(PipelineError::Runtime(format!(
-                "cannot verify that the dataset's offsets belong to these brokers: {e}"
-            )));
-        }
-    };
     let recorded = sink.recorded_cluster().map(str::to_owned);
-    let cluster = identity.cluster_id.clone().or(recorded.clone());
-    match source::identity::floor_mismatch(recorded.as_deref(), &floor, topic, &identity) {
-        None => sink.bind_cluster(cluster, None),
-        Some(why) if cfg.kafka.brokers.is_none() => {
-            tracing::warn!(
-                reason = %why,
-                "the embedded broker starts empty: the dataset's offset floor is reset"
-            );
-            sink.bind_cluster(identity.cluster_id, Some(topic));
-            if let Ok(mut d) = durable.lock() {
-                d.clear();
+    let mut cluster = recorded.clone();
+    for input in cfg.inputs() {
+        let topic = &input.topic;
+        let floor = sink
+            .durable_offsets()
+            .get(topic)
+            .cloned()
+            .unwrap_or_default();
+        let identity = match source::identity::read(
+            consumer,
+            topic,
+            floor.keys().copied(),
+            Duration::from_secs(30),
+        ) {
+            Ok(identity) => identity,
+            // Nothing to verify yet; the id is recorded at a later start.
+            Err(e) if floor.is_empty() => {
+                tracing::warn!(error = %e, topic, "cannot read the Kafka cluster id yet");
+                source::identity::KafkaIdentity::default()
+            }
+            Err(e) => {
+                return Err(PipelineError::Runtime(format!(
+                    "cannot verify that the dataset's offsets of `{topic}` belong to these brokers: {e}"
+                )));
+            }
+        };
+        match source::identity::floor_mismatch(recorded.as_deref(), &floor, topic, &identity) {
+            None => cluster = identity.cluster_id.or(cluster),
+            Some(why) if cfg.kafka.brokers.is_none() => {
+                tracing::warn!(
+                    reason = %why,
+                    topic,
+                    "the embedded broker starts empty: the dataset's offset floor is reset"
+                );
+                sink.bind_cluster(identity.cluster_id.clone(), Some(topic));
+                cluster = identity.cluster_id;
+                if let Ok(mut d) = durable.lock() {
+                    d.remove(topic);
+                }
+            }
+            Some(why) => {
+                let journal = crate::sink::journal::journal_path(&cfg.sink.data_dir);
+                return Err(PipelineError::ForeignKafka(
+                    why,
+                    journal.display().to_string(),
+                ));
             }
         }
-        Some(why) => {
-            let journal = crate::sink::journal::journal_path(&cfg.sink.data_dir);
-            return Err(PipelineError::ForeignKafka(
-                why,
-                journal.display().to_string(),
-            ));
-        }
     }
+    sink.bind_cluster(cluster, None);
     Ok(())
 }

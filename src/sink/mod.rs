@@ -96,14 +96,9 @@ pub struct PendingRows {
 
 impl PendingRows {
     fn note(&mut self, coords: &KafkaCoords, bytes: usize) {
-        let slot = self
-            .pending
-            .entry((coords.topic.clone(), coords.partition))
-            .or_insert(coords.offset);
-        *slot = (*slot).max(coords.offset);
+        self.mark_consumed(coords);
         self.bytes += bytes;
         self.rows += 1;
-        self.oldest.get_or_insert_with(Instant::now);
     }
 
     pub fn push_record(&mut self, r: Record) {
@@ -116,6 +111,23 @@ impl PendingRows {
         self.note(&d.coords, dead_letter_size(&d));
         let key = PartitionKey::for_time(DEAD_LETTER, d.ingested_at_ms);
         self.dead_letters.entry(key).or_default().push(d);
+    }
+
+    /// A message that yielded no row: its offset is committed with these
+    /// rows all the same, so a partition whose tail is skipped spans shows
+    /// no lag.
+    pub fn mark_consumed(&mut self, coords: &KafkaCoords) {
+        let slot = self
+            .pending
+            .entry((coords.topic.clone(), coords.partition))
+            .or_insert(coords.offset);
+        *slot = (*slot).max(coords.offset);
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    /// Nothing to write and no offset to commit.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0 && self.pending.is_empty()
     }
 
     /// Alerts carry no Kafka offsets of their own: they are durable with the

@@ -29,11 +29,12 @@ use crate::error::SinkError;
 use crate::lake::Lake;
 use crate::metrics::Metrics;
 
-/// Next offset no claim covers, per partition of the topic: the start of
-/// this writer's next claim, and the floor below which a message is in the
-/// lake already. Set by the consumer at each assignment (`ClaimLog::walk`)
-/// and by the sink after each claim.
-pub type Floors = Arc<Mutex<BTreeMap<i32, i64>>>;
+/// Next offset no claim covers, per partition of the topic (keyed by topic
+/// like the consumer's `Durable`, which it is): the start of this writer's
+/// next claim, and the floor below which a message is in the lake already.
+/// Set by the consumer at each assignment (`ClaimLog::walk`) and by the
+/// sink after each claim.
+pub type Floors = Arc<Mutex<super::journal::Offsets>>;
 
 pub struct SharedSink {
     pub log: ClaimLog,
@@ -123,14 +124,19 @@ impl SharedSink {
         self.floors
             .lock()
             .ok()
-            .and_then(|f| f.get(&partition).copied())
+            .and_then(|f| f.get(&self.topic)?.get(&partition).copied())
     }
 
     /// Drops the rows of `buffer` below their partition's floor (another
     /// writer's claim holds them) and notes where this commit's rows of each
     /// partition begin. The floors are read once per buffer, not per row.
     pub(super) fn keep_unclaimed(&mut self, buffer: &mut super::PendingRows) {
-        let floors = self.floors.lock().map(|f| f.clone()).unwrap_or_default();
+        let floors = self
+            .floors
+            .lock()
+            .ok()
+            .and_then(|f| f.get(&self.topic).cloned())
+            .unwrap_or_default();
         let mut skipped = 0;
         let first = &mut self.first;
         let mut keep = |partition: i32, offset: i64| {
@@ -237,7 +243,9 @@ impl SharedSink {
             for (partition, (start, last)) in ranges {
                 let next = if start <= last { last + 1 } else { start };
                 if let Ok(mut f) = self.floors.lock() {
-                    f.insert(partition, next);
+                    f.entry(self.topic.clone())
+                        .or_default()
+                        .insert(partition, next);
                 }
                 outcome
                     .committable

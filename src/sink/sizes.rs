@@ -9,6 +9,7 @@ pub fn prepared_size(p: &Prepared) -> usize {
     match p {
         Prepared::Record(r) => record_size(r),
         Prepared::DeadLetter(d) => dead_letter_size(d),
+        Prepared::Consumed(_) => std::mem::size_of::<Prepared>(),
     }
 }
 

@@ -16,11 +16,19 @@ pub struct EmbeddedBroker {
 impl EmbeddedBroker {
     /// Starts a one-broker cluster and creates `topic` with `partitions`.
     pub fn start(topic: &str, partitions: i32) -> Result<EmbeddedBroker, SourceError> {
+        EmbeddedBroker::start_with(&[topic], partitions)
+    }
+
+    /// Starts a one-broker cluster and creates each of `topics` with
+    /// `partitions`.
+    pub fn start_with(topics: &[&str], partitions: i32) -> Result<EmbeddedBroker, SourceError> {
         let cluster =
             MockCluster::new(1).map_err(SourceError::kafka("starting the embedded broker"))?;
-        cluster
-            .create_topic(topic, partitions, 1)
-            .map_err(SourceError::kafka(format!("creating topic {topic}")))?;
+        for topic in topics {
+            cluster
+                .create_topic(topic, partitions, 1)
+                .map_err(SourceError::kafka(format!("creating topic {topic}")))?;
+        }
         Ok(EmbeddedBroker { cluster })
     }
 

@@ -37,9 +37,12 @@ pub struct RawMessage<'a> {
     pub payload: Option<&'a [u8]>,
 }
 
-/// Turns a polled message into what the writer takes, with the bytes it
-/// holds (batches and the queue are bounded by those bytes).
-pub type Prepare = Box<dyn FnMut(RawMessage<'_>) -> (Prepared, usize) + Send>;
+/// Turns a polled message into what the writer takes, appended to the
+/// batch: one row or more (an OTLP message holds many spans), or a marker
+/// that only consumes the offset. Returns the bytes they hold (batches and
+/// the queue are bounded by those bytes). A message's rows are never split
+/// across batches, so they are made durable, and committed, together.
+pub type Prepare = Box<dyn FnMut(RawMessage<'_>, &mut Vec<Prepared>) -> usize + Send>;
 
 /// What flows from the consumer thread to the writer thread.
 pub enum ToWriter {
@@ -48,17 +51,19 @@ pub enum ToWriter {
     Barrier(SyncSender<Result<(), String>>),
     /// Like `Barrier`, then end the writer: the consumer is stopping.
     Finish(SyncSender<Result<(), String>>),
-    /// These partitions are now ours (before any of their messages).
-    Assigned(Vec<i32>),
+    /// These (topic, partition)s are now ours (before any of their messages).
+    Assigned(Vec<(String, i32)>),
 }
 
-/// Next offset already durable in the dataset, per partition of our topic.
-pub type Durable = Arc<Mutex<BTreeMap<i32, i64>>>;
+/// Next offset already durable in the dataset, per partition, per topic.
+pub type Durable = Arc<Mutex<BTreeMap<String, BTreeMap<i32, i64>>>>;
 
-/// At assignment, where the dataset ends for a partition, given the group's
-/// committed offset (`None`: it has none): on a shared lake, another writer
-/// may have made rows durable past the committed offset (`ClaimLog::walk`).
-pub type FloorLookup = Box<dyn Fn(i32, Option<i64>) -> Result<Option<i64>, String> + Send + Sync>;
+/// At assignment, where the dataset ends for a partition of a topic, given
+/// the group's committed offset (`None`: it has none): on a shared lake,
+/// another writer may have made rows durable past the committed offset
+/// (`ClaimLog::walk`).
+pub type FloorLookup =
+    Box<dyn Fn(&str, i32, Option<i64>) -> Result<Option<i64>, String> + Send + Sync>;
 
 /// How often a floor lookup is tried before the consumer gives up: reading
 /// on without the floor could store a message twice.
@@ -71,7 +76,7 @@ pub struct SourceContext {
     assignments: AtomicU64,
     /// Partitions revoked since the poll loop last looked: it drops what it
     /// polled from them and has not handed over.
-    revoked: Mutex<Vec<i32>>,
+    revoked: Mutex<Vec<(String, i32)>>,
     assigned: AtomicBool,
     /// Set once the final flush is done: a revoke during close has nothing
     /// left to flush.
@@ -103,7 +108,7 @@ impl SourceContext {
             let mut delay = Duration::from_millis(200);
             let mut attempt = 1;
             let floor = loop {
-                match lookup(e.partition(), from) {
+                match lookup(e.topic(), e.partition(), from) {
                     Ok(floor) => break floor,
                     Err(why) if attempt < FLOOR_ATTEMPTS => {
                         tracing::warn!(partition = e.partition(), error = %why, "floor lookup failed; retrying");
@@ -118,9 +123,10 @@ impl SourceContext {
                 }
             };
             if let Ok(mut d) = self.durable.lock() {
+                let of_topic = d.entry(e.topic().to_owned()).or_default();
                 match floor {
-                    Some(f) => d.insert(e.partition(), f),
-                    None => d.remove(&e.partition()),
+                    Some(f) => of_topic.insert(e.partition(), f),
+                    None => of_topic.remove(&e.partition()),
                 };
             }
             if let Some(f) = floor
@@ -170,7 +176,11 @@ impl ConsumerContext for SourceContext {
             self.assigned.store(false, Ordering::SeqCst);
             self.metrics.partitions_assigned.set(0);
             if let Ok(mut revoked) = self.revoked.lock() {
-                revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+                revoked.extend(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition())),
+                );
             }
             if self.writer_done.load(Ordering::SeqCst) {
                 return;
@@ -187,7 +197,11 @@ impl ConsumerContext for SourceContext {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
             self.look_up_floors(consumer, tpl);
-            let partitions = tpl.elements().iter().map(|e| e.partition()).collect();
+            let partitions = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
             if !self.writer_done.load(Ordering::SeqCst) {
                 // Only fails when the writer is gone, which stops us anyway.
                 let _ = self.to_writer.send(ToWriter::Assigned(partitions));
@@ -231,7 +245,8 @@ fn queue_capacity(budget: usize) -> usize {
 pub struct Source {
     pub consumer: Arc<KafkaConsumer>,
     to_writer: SyncSender<ToWriter>,
-    topic: Arc<str>,
+    /// The subscribed topics, shared by every row's coordinates.
+    topics: Vec<Arc<str>>,
     durable: Durable,
     metrics: Arc<Metrics>,
 }
@@ -302,16 +317,22 @@ impl Source {
         let consumer: KafkaConsumer = cc
             .create_with_context(context)
             .map_err(SourceError::kafka("creating the consumer"))?;
+        let topics: Vec<Arc<str>> = cfg
+            .inputs()
+            .iter()
+            .map(|i| Arc::from(i.topic.as_str()))
+            .collect();
+        let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
         consumer
-            .subscribe(&[&cfg.kafka.topic])
+            .subscribe(&names)
             .map_err(SourceError::kafka(format!(
                 "subscribing to {}",
-                cfg.kafka.topic
+                names.join(", ")
             )))?;
         let source = Source {
             consumer: Arc::new(consumer),
             to_writer,
-            topic: Arc::from(cfg.kafka.topic.as_str()),
+            topics,
             durable,
             metrics,
         };
@@ -329,12 +350,13 @@ impl Source {
         let Source {
             consumer,
             to_writer,
-            topic,
+            topics,
             durable,
             metrics,
         } = self;
         let mut seen_assignments = u64::MAX;
-        let mut skip_below: BTreeMap<i32, i64> = BTreeMap::new();
+        // Per subscribed topic, in `topics`' order.
+        let mut skip_below: Vec<BTreeMap<i32, i64>> = vec![BTreeMap::new(); topics.len()];
         let mut batch = Vec::with_capacity(BATCH_MESSAGES);
         let mut batch_bytes = 0usize;
         let send = |batch: &mut Vec<Prepared>, batch_bytes: &mut usize| {
@@ -361,7 +383,11 @@ impl Source {
             let generation = consumer.context().assignments.load(Ordering::SeqCst);
             if generation != seen_assignments {
                 seen_assignments = generation;
-                skip_below = durable.lock().map(|d| d.clone()).unwrap_or_default();
+                if let Ok(d) = durable.lock() {
+                    for (t, floors) in topics.iter().zip(skip_below.iter_mut()) {
+                        *floors = d.get(&**t).cloned().unwrap_or_default();
+                    }
+                }
             }
             let timeout = if batch.is_empty() {
                 Duration::from_millis(100)
@@ -383,7 +409,12 @@ impl Source {
                 // a partition another consumer owns. Dropped, they are
                 // fetched again from the committed offset by the owner.
                 let before = batch.len();
-                batch.retain(|p| !revoked.contains(&prepared_partition(p)));
+                batch.retain(|p| {
+                    let (topic, partition) = prepared_partition(p);
+                    !revoked
+                        .iter()
+                        .any(|(t, rp)| *rp == partition && **t == *topic)
+                });
                 let dropped = before - batch.len();
                 if dropped > 0 {
                     tracing::info!(
@@ -406,21 +437,27 @@ impl Source {
                 Some(Ok(m)) => {
                     let partition = m.partition();
                     let offset = m.offset();
-                    if skip_below.get(&partition).is_some_and(|&d| offset < d) {
+                    // Only subscribed topics are ever fetched.
+                    let Some(t) = topics.iter().position(|t| **t == *m.topic()) else {
+                        tracing::warn!(topic = m.topic(), "a message from a topic not subscribed");
+                        continue;
+                    };
+                    if skip_below[t].get(&partition).is_some_and(|&d| offset < d) {
                         metrics.skipped_durable.inc();
                         continue;
                     }
-                    let (prepared, bytes) = prepare(RawMessage {
-                        coords: KafkaCoords {
-                            topic: topic.clone(),
-                            partition,
-                            offset,
-                            kafka_ts_ms: m.timestamp().to_millis(),
+                    batch_bytes += prepare(
+                        RawMessage {
+                            coords: KafkaCoords {
+                                topic: topics[t].clone(),
+                                partition,
+                                offset,
+                                kafka_ts_ms: m.timestamp().to_millis(),
+                            },
+                            payload: m.payload(),
                         },
-                        payload: m.payload(),
-                    });
-                    batch_bytes += bytes;
-                    batch.push(prepared);
+                        &mut batch,
+                    );
                     if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
                         send(&mut batch, &mut batch_bytes)?;
                     }
@@ -434,11 +471,9 @@ impl Source {
     }
 }
 
-fn prepared_partition(p: &Prepared) -> i32 {
-    match p {
-        Prepared::Record(r) => r.coords.partition,
-        Prepared::DeadLetter(d) => d.coords.partition,
-    }
+fn prepared_partition(p: &Prepared) -> (&str, i32) {
+    let c = p.coords();
+    (&c.topic, c.partition)
 }
 
 /// Commits the given next offsets for `topic`.

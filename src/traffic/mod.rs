@@ -7,10 +7,11 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 pub mod hard_cases;
+pub mod otlp;
 mod produce;
 pub mod scenario;
 use hard_cases::{SideCall, World};
-pub use produce::{Pace, produce, producer, send, write_jsonl};
+pub use produce::{Pace, SPANS_PER_MESSAGE, produce, producer, send, write_jsonl};
 use scenario::{GroundTruth, Scenario};
 
 const TENANTS: &[&str] = &[

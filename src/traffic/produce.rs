@@ -9,6 +9,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use super::Generator;
+use crate::decode::InputFormat;
 use crate::error::SourceError;
 
 /// A producer tuned for throughput, with `extra` librdkafka properties.
@@ -64,7 +65,14 @@ pub struct Pace {
     /// Key messages by tenant (per-tenant ordering) instead of spreading them
     /// over all partitions.
     pub keyed: bool,
+    /// v1 events one per message, or OTLP export requests of many spans
+    /// (`count` and `rate` then count spans).
+    pub format: InputFormat,
 }
+
+/// Spans per OTLP message `produce` ships: a Collector batch of a busy
+/// agent fleet, a few kB to a few tens of kB per message.
+pub const SPANS_PER_MESSAGE: usize = 32;
 
 /// Produces messages until `pace.count` or `stop`. Returns how many were
 /// handed to the producer; all of them are delivered when this returns.
@@ -75,7 +83,14 @@ pub fn produce(
     pace: Pace,
     stop: &AtomicBool,
 ) -> Result<u64, SourceError> {
-    let Pace { count, rate, keyed } = pace;
+    let Pace {
+        count,
+        rate,
+        keyed,
+        format,
+    } = pace;
+    let mut batcher =
+        (format != InputFormat::V1).then(|| super::otlp::Batcher::new(format, SPANS_PER_MESSAGE));
     let started = Instant::now();
     let mut sent = 0u64;
     while count.is_none_or(|c| sent < c) && !stop.load(Ordering::Relaxed) {
@@ -88,8 +103,17 @@ pub fn produce(
             }
         }
         let g = generator.next_message();
-        send(producer, topic, keyed.then_some(g.key.as_str()), &g.payload)?;
         sent += 1;
+        let Some(b) = batcher.as_mut() else {
+            send(producer, topic, keyed.then_some(g.key.as_str()), &g.payload)?;
+            continue;
+        };
+        if let Some((key, payload)) = b.push(&g.key, &g.payload) {
+            send(producer, topic, keyed.then_some(key.as_str()), &payload)?;
+        }
+    }
+    for (key, payload) in batcher.as_mut().map(|b| b.drain()).unwrap_or_default() {
+        send(producer, topic, keyed.then_some(key.as_str()), &payload)?;
     }
     producer
         .flush(Duration::from_secs(60))

@@ -91,8 +91,8 @@ fn events(items: &[SpanItem]) -> Vec<Result<Event, String>> {
     items
         .iter()
         .filter_map(|i| match i {
-            SpanItem::Tool(bytes) => Some(
-                decode(Some(bytes), i64::MAX / 2, &DecodeLimits::default())
+            SpanItem::Tool { json, .. } => Some(
+                decode(Some(json), i64::MAX / 2, &DecodeLimits::default())
                     .map_err(|f| f.detail.clone()),
             ),
             _ => None,
@@ -102,7 +102,10 @@ fn events(items: &[SpanItem]) -> Vec<Result<Event, String>> {
 
 fn check(items: &[SpanItem]) {
     assert_eq!(items.len(), 5);
-    assert!(matches!(items[0], SpanItem::Skipped), "the model call");
+    assert!(
+        matches!(items[0], SpanItem::Skipped("chat")),
+        "the model call, counted as chat"
+    );
     let evs = events(items);
     assert_eq!(evs.len(), 4);
     let search = evs[0].as_ref().expect("search_kb");
@@ -183,9 +186,17 @@ fn what_is_not_otlp_or_over_a_limit_is_refused_never_a_panic() {
     };
     let items = spans(&bytes, OtlpEncoding::Proto, &few_attributes).expect("OTLP");
     match &items[1] {
-        SpanItem::Refused { span, why } => {
+        SpanItem::Refused {
+            span,
+            reason,
+            why,
+            raw,
+        } => {
             assert!(span.ends_with(&"02".repeat(8)), "{span}");
             assert!(why.contains("attributes"), "{why}");
+            assert_eq!(*reason, crate::event::DeadLetterReason::TooLarge);
+            let raw: serde_json::Value = serde_json::from_slice(raw).expect("the span as JSON");
+            assert!(raw.get("spanId").is_some(), "{raw}");
         }
         other => panic!("{other:?}"),
     }
@@ -201,4 +212,111 @@ fn what_is_not_otlp_or_over_a_limit_is_refused_never_a_panic() {
     let items = spans(&r.encode_to_vec(), OtlpEncoding::Proto, &fallback).expect("OTLP");
     let evs = events(&items);
     assert_eq!(evs[0].as_ref().map(|e| e.tenant.as_str()), Ok("unassigned"));
+}
+
+#[test]
+fn remaining_attributes_are_strings_within_v1s_caps_and_never_cut() {
+    let mut r = request();
+    let span = &mut r.resource_spans[0].scope_spans[0].spans[1];
+    span.attributes.push(KeyValue {
+        key: "server.port".into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(8443)),
+        }),
+    });
+    let long = format!("{}AKIAIOSFODNN7EXAMPLE", "x".repeat(1015));
+    span.attributes.push(kv("app.a_note", &long));
+    for i in 0..70 {
+        span.attributes.push(kv(&format!("app.k{i:02}"), "v"));
+    }
+    let items = spans(
+        &r.encode_to_vec(),
+        OtlpEncoding::Proto,
+        &OtlpOptions::default(),
+    )
+    .expect("OTLP");
+    let search = events(&items).remove(0).expect("capped, not refused");
+    assert_eq!(search.attributes.len(), 64, "v1's cap");
+    let get = |k: &str| {
+        search
+            .attributes
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(get("agentaudit.dropped_attributes"), Some("10"));
+    assert!(
+        get("app.a_note").is_some_and(|v| v.starts_with("[OMITTED: 1035 characters")),
+        "a long value is replaced whole, never cut mid-secret: {:?}",
+        get("app.a_note")
+    );
+    assert!(
+        !search.attributes.iter().any(|(_, v)| v.contains("AKIA")),
+        "no part of the long value survives"
+    );
+}
+
+#[test]
+fn the_message_decoder_names_the_span_and_keeps_the_rest_of_its_message() {
+    use crate::decode::input::{InputFormat, MessageDecoder, Piece};
+    let decoder = MessageDecoder::default();
+    let bytes = request().encode_to_vec();
+    let mut pieces = Vec::new();
+    decoder.decode(
+        Some(&bytes),
+        InputFormat::OtlpProto,
+        i64::MAX / 2,
+        &mut |p| pieces.push(p),
+    );
+    assert_eq!(pieces.len(), 5);
+    assert!(matches!(pieces[0], Piece::Skipped("chat")));
+    assert_eq!(
+        pieces
+            .iter()
+            .filter(|p| matches!(p, Piece::Event(_)))
+            .count(),
+        3
+    );
+    match &pieces[4] {
+        Piece::Failed { failure, raw } => {
+            assert_eq!(failure.reason, crate::event::DeadLetterReason::MissingField);
+            assert!(
+                failure
+                    .detail
+                    .starts_with(&format!("span {}/{}", "ab".repeat(16), "05".repeat(8))),
+                "{}",
+                failure.detail
+            );
+            assert!(failure.detail.contains("tool"), "{}", failure.detail);
+            assert!(
+                raw.is_some(),
+                "the span's own event is kept for the dead letter"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Not OTLP at all: one piece, the whole message.
+    let mut pieces = Vec::new();
+    decoder.decode(
+        Some(b"{\"event_id\":1"),
+        InputFormat::OtlpJson,
+        0,
+        &mut |p| pieces.push(p),
+    );
+    assert!(matches!(
+        &pieces[..],
+        [Piece::Failed { failure, raw: Some(_) }] if failure.reason == crate::event::DeadLetterReason::InvalidOtlp
+    ));
+    // A tombstone is empty, and a v1 topic decodes v1.
+    let mut pieces = Vec::new();
+    decoder.decode(None, InputFormat::OtlpProto, 0, &mut |p| pieces.push(p));
+    assert!(
+        matches!(&pieces[..], [Piece::Failed { failure, .. }] if failure.reason == crate::event::DeadLetterReason::Empty)
+    );
+    let mut pieces = Vec::new();
+    decoder.decode(Some(&bytes), InputFormat::V1, 0, &mut |p| pieces.push(p));
+    assert!(
+        matches!(&pieces[..], [Piece::Failed { .. }]),
+        "protobuf is no v1 event"
+    );
 }

@@ -97,7 +97,7 @@ fn a_partition_moved_away_takes_its_tenants_alerts_along_unresolved() {
     let before = d.active_alerts();
     assert!(before >= 2);
     // The next assignment keeps partition 0 only.
-    let released = d.release_partitions("t", &[0]);
+    let released = d.release_partitions(&[("t".into(), 0)]);
     assert_eq!(
         released
             .iter()
@@ -107,7 +107,10 @@ fn a_partition_moved_away_takes_its_tenants_alerts_along_unresolved() {
     );
     assert_eq!(d.active_alerts(), before - 1);
     // Keeping every partition releases nothing.
-    assert!(d.release_partitions("t", &[0, 1]).is_empty());
+    assert!(
+        d.release_partitions(&[("t".into(), 0), ("t".into(), 1)])
+            .is_empty()
+    );
     // Nor does anything resolve them here later: they are the new owner's.
     let mut out = Vec::new();
     d.advance(&mut out);
