@@ -105,6 +105,13 @@ pub enum QueryError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write the result to {path}: {source}")]
+    Export {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing the result: {0}")]
+    Io(#[from] std::io::Error),
     #[error("parameter `{0}` is used by the query but was not given (--param {0}=…)")]
     MissingParam(String),
     #[error("bad --param `{0}`: expected NAME=VALUE")]

@@ -2,7 +2,7 @@
 //! and keep them as partitioned Parquet that can be queried with SQL.
 //!
 //! The data flows one way — `source → decode → redact → sink` — and `query`
-//! reads what the sink wrote. `pipeline` wires the rooms together; `serve`
+//! (and `incident`, through it) reads what the sink wrote. `pipeline` wires the rooms together; `serve`
 //! exposes health and metrics while it runs.
 
 pub mod bench;
@@ -11,6 +11,8 @@ pub mod decode;
 pub mod detect;
 pub mod error;
 pub mod event;
+pub mod hook;
+pub mod incident;
 pub mod lake;
 pub mod metrics;
 pub mod pipeline;

@@ -1,5 +1,6 @@
 //! The `agentaudit` command line: parses flags and hands over to the library.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -24,8 +25,24 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Audit trail, redaction and SQL for AI agent tool calls shipped through Kafka"
 )]
 struct Cli {
+    /// Log lines as text (colour only on a terminal) or as JSON objects,
+    /// one per line, for a log shipper.
+    #[arg(
+        long,
+        global = true,
+        env = "AGENTAUDIT_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -94,7 +111,69 @@ enum Command {
         params: Vec<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Write the result to this file, whole or not at all (a temporary
+        /// file beside it, renamed over it), instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// A local directory or s3://bucket/prefix (AWS_* settings apply).
+        #[arg(long, env = "AGENTAUDIT_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Read `[sink.object_store]` settings from this config file.
+        #[arg(long, env = "AGENTAUDIT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Write the responder's report of one alert (or of a tenant or agent
+    /// around a time) as Markdown and self-contained HTML, each section
+    /// with the SQL that made it.
+    Incident {
+        /// The alert's id: `alert_id` in the alerts table, and in the
+        /// annotations of what Alertmanager shows.
+        #[arg(required_unless_present = "tenant")]
+        alert_id: Option<String>,
+        /// Instead of an alert: this tenant…
+        #[arg(long, conflicts_with = "alert_id", requires = "around")]
+        tenant: Option<String>,
+        /// …or one of its agents…
+        #[arg(long, requires = "tenant")]
+        agent: Option<String>,
+        /// …around this time (RFC 3339).
+        #[arg(long, requires = "tenant")]
+        around: Option<String>,
+        /// Minutes before and after the alert's window the report covers.
+        #[arg(long, default_value_t = 30)]
+        margin_minutes: i64,
+        /// Days before that which say what is usual.
+        #[arg(long, default_value_t = 7)]
+        history_days: i64,
+        /// Where the .md and .html files go.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        #[arg(long, env = "AGENTAUDIT_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Read `[sink.object_store]` settings from this config file.
+        #[arg(long, env = "AGENTAUDIT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// The kill switch's receiver: take Alertmanager webhooks and run a
+    /// command per firing alert with the agent and credential as its last
+    /// two arguments; each action becomes a row of the `actions` table.
+    RevokeHook {
+        /// Address to listen on; loopback unless you say otherwise.
+        #[arg(long, default_value = "127.0.0.1:9466")]
+        listen: std::net::SocketAddr,
+        /// The program to run, e.g. a script calling your identity
+        /// provider's CLI; never run through a shell.
+        #[arg(long)]
+        command: PathBuf,
+        /// Arguments before AGENT CREDENTIAL (repeatable).
+        #[arg(long = "command-arg")]
+        command_args: Vec<String>,
+        /// The shared secret Alertmanager sends as `Authorization: Bearer`.
+        #[arg(long, env = "AGENTAUDIT_HOOK_SECRET", hide_env_values = true)]
+        secret: String,
+        /// A command still running after this many seconds is killed.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
         #[arg(long, env = "AGENTAUDIT_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
         /// Read `[sink.object_store]` settings from this config file.
@@ -223,14 +302,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AGENTAUDIT_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     match cli.command {
         Command::Serve {
             config,
@@ -278,6 +351,7 @@ fn main() -> anyhow::Result<()> {
             file,
             params,
             format,
+            out,
             data_dir,
             config,
         } => {
@@ -293,12 +367,109 @@ fn main() -> anyhow::Result<()> {
             };
             let params = agentaudit::query::parse_params(&params)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let out = runtime.block_on(async {
+            if out.is_none() && format.is_binary() && std::io::stdout().is_terminal() {
+                anyhow::bail!(
+                    "--format {format:?} is binary: give --out FILE, or redirect standard output"
+                );
+            }
+            let batches = runtime.block_on(async {
                 let ctx = agentaudit::query::session(&lake).await?;
-                let batches = agentaudit::query::run(&ctx, &sql, &params).await?;
-                agentaudit::query::render(&batches, format)
+                agentaudit::query::run(&ctx, &sql, &params).await
             })?;
-            print!("{out}");
+            match &out {
+                Some(path) => agentaudit::query::write_file(&batches, format, path)?,
+                None => {
+                    let mut stdout = std::io::stdout().lock();
+                    agentaudit::query::write(&batches, format, &mut stdout)?;
+                    stdout.flush()?;
+                }
+            }
+        }
+        Command::Incident {
+            alert_id,
+            tenant,
+            agent,
+            around,
+            margin_minutes,
+            history_days,
+            out_dir,
+            data_dir,
+            config,
+        } => {
+            use agentaudit::incident::{Span, Subject};
+            let subject = match (alert_id, tenant, around) {
+                (Some(id), _, _) => Subject::Alert(id),
+                (None, Some(tenant), Some(at)) => Subject::Around {
+                    tenant,
+                    agent,
+                    at_ms: chrono::DateTime::parse_from_rfc3339(&at)
+                        .with_context(|| format!("--around {at}: expected RFC 3339"))?
+                        .timestamp_millis(),
+                },
+                _ => anyhow::bail!("give an ALERT_ID, or --tenant with --around"),
+            };
+            anyhow::ensure!(
+                margin_minutes > 0 && history_days > 0,
+                "--margin-minutes and --history-days must be positive"
+            );
+            let span = Span {
+                margin_ms: margin_minutes * 60_000,
+                history_ms: history_days * 86_400_000,
+            };
+            let store = match &config {
+                Some(p) => Config::from_file(p)?.sink.object_store,
+                None => Default::default(),
+            };
+            let lake = agentaudit::lake::Lake::open(&data_dir, &store)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let report = runtime.block_on(async {
+                let ctx = agentaudit::query::session(&lake).await?;
+                agentaudit::incident::build(&ctx, &subject, span).await
+            })?;
+            let stem = agentaudit::incident::file_stem(&subject);
+            for (ext, text) in [
+                ("md", agentaudit::incident::markdown(&report)),
+                ("html", agentaudit::incident::html(&report)),
+            ] {
+                let path = out_dir.join(format!("{stem}.{ext}"));
+                agentaudit::query::atomically(&path, |w| Ok(w.write_all(text.as_bytes())?))?;
+                println!("{}", path.display());
+            }
+        }
+        Command::RevokeHook {
+            listen,
+            command,
+            command_args,
+            secret,
+            timeout_secs,
+            data_dir,
+            config,
+        } => {
+            anyhow::ensure!(
+                secret.len() >= 16,
+                "--secret (AGENTAUDIT_HOOK_SECRET) must be at least 16 characters"
+            );
+            anyhow::ensure!(
+                command.is_file(),
+                "--command {}: no such program",
+                command.display()
+            );
+            let store = match &config {
+                Some(p) => Config::from_file(p)?.sink.object_store,
+                None => Default::default(),
+            };
+            let lake = agentaudit::lake::Lake::open(&data_dir, &store)?;
+            let cfg = agentaudit::hook::HookConfig {
+                listen,
+                command,
+                command_args,
+                secret,
+                timeout: std::time::Duration::from_secs(timeout_secs.max(1)),
+                lake,
+            };
+            let metrics = std::sync::Arc::new(agentaudit::metrics::Metrics::new());
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(agentaudit::hook::serve(cfg, metrics))?;
         }
         Command::Gen {
             kafka,
@@ -493,4 +664,20 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Logs go to standard error: as text, coloured only when that is a
+/// terminal (a file or a pipe gets no escape codes), or as JSON lines.
+/// Events carry no payload text either way: decode and redact log names
+/// and limits only.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTAUDIT_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
 }

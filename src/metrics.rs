@@ -11,12 +11,16 @@ use prometheus::{
 
 pub struct Metrics {
     pub registry: Registry,
+    /// Every metric family this registry exports, with or without series.
+    pub family_names: Vec<String>,
     pub consumed: IntCounter,
     pub decoded: IntCounter,
     pub skipped_durable: IntCounter,
     pub claims_lost: IntCounter,
     pub dead_letters: IntCounterVec,
     pub otlp_spans_skipped: IntCounterVec,
+    pub hook_actions: IntCounterVec,
+    pub hook_refused: IntCounterVec,
     pub redactions: IntCounterVec,
     pub unknown_fields: IntCounter,
     pub rows_written: IntCounterVec,
@@ -77,14 +81,32 @@ pub struct Metrics {
 /// share the series `partition="other"`.
 pub const MAX_PARTITION_SERIES: i64 = 1024;
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+/// The registry being built, and the name of every family registered in it:
+/// `gather` leaves out a labelled family until it has a series, and the
+/// dashboards' test checks their queries against all of them.
+#[derive(Default)]
+struct Registrar {
+    registry: Registry,
+    names: std::cell::RefCell<Vec<String>>,
+}
+
+impl Registrar {
+    fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        for d in c.desc() {
+            self.names.borrow_mut().push(d.fq_name.clone());
+        }
+        self.registry.register(c)
+    }
+}
+
+fn counter(r: &Registrar, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     r.register(Box::new(c.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     c
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+fn counter_vec(r: &Registrar, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     r.register(Box::new(c.clone()))
@@ -92,14 +114,14 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     c
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+fn gauge(r: &Registrar, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     r.register(Box::new(g.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     g
 }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+fn gauge_vec(r: &Registrar, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     r.register(Box::new(g.clone()))
@@ -111,7 +133,7 @@ impl Metrics {
     /// Builds the registry. Metric definitions are constants, so a failure
     /// here is a programming error, not an input error.
     pub fn new() -> Metrics {
-        let r = Registry::new();
+        let r = Registrar::default();
         let flush_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "agentaudit_flush_seconds",
@@ -156,6 +178,18 @@ impl Metrics {
                 "agentaudit_otlp_spans_skipped_total",
                 "OpenTelemetry spans read and skipped as not tool calls, by GenAI operation (chat, invoke_agent, …; other and none for the rest)",
                 &["operation"],
+            ),
+            hook_actions: counter_vec(
+                &r,
+                "agentaudit_hook_actions_total",
+                "revoke-hook: alerts received, by outcome (ran, failed, skipped, repeat_skipped, resolved_ignored)",
+                &["outcome"],
+            ),
+            hook_refused: counter_vec(
+                &r,
+                "agentaudit_hook_requests_refused_total",
+                "revoke-hook: webhook requests refused, by reason (unauthorised, malformed, too_many_alerts)",
+                &["reason"],
             ),
             redactions: counter_vec(
                 &r,
@@ -437,7 +471,8 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("metric agentaudit_baseline_expected_calls: {e}"));
                 g
             },
-            registry: r,
+            family_names: r.names.take(),
+            registry: r.registry,
         }
     }
 

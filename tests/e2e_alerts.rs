@@ -7,75 +7,13 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agentaudit::source::embedded::EmbeddedBroker;
 use agentaudit::traffic::scenario::{Scenario, benign_policy_toml};
 use agentaudit::traffic::{GenOptions, Generator};
+use common::daemons::{am_alerts, free_port, spawn, wait_for};
 use common::{Serve, http_get, produce_keyed, query};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn binary(name: &str) -> String {
-    for dir in ["/usr/bin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p.display().to_string();
-        }
-    }
-    panic!(
-        "{name} is not installed: scripts/test.sh installs Debian's prometheus and prometheus-alertmanager"
-    );
-}
-
-fn spawn(bin: &str, args: &[String]) -> Daemon {
-    let quiet = std::env::var("AGENTAUDIT_TEST_LOG").is_err();
-    Daemon(
-        Command::new(binary(bin))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(if quiet {
-                Stdio::null()
-            } else {
-                Stdio::inherit()
-            })
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}")),
-    )
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// Alertmanager's active alerts as (alertname, labels).
-fn am_alerts(addr: &str) -> Vec<serde_json::Value> {
-    http_get(addr, "/api/v2/alerts")
-        .filter(|(code, _)| *code == 200)
-        .and_then(|(_, body)| serde_json::from_str::<Vec<serde_json::Value>>(&body).ok())
-        .unwrap_or_default()
-}
 
 fn has_alert(alerts: &[serde_json::Value], name: &str, tenant: &str) -> bool {
     alerts
@@ -144,8 +82,8 @@ fn injected_scenarios_reach_metrics_the_alerts_table_and_alertmanager() {
     ]);
 
     // Prometheus scraping serve and evaluating the shipped rules.
-    let rules =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/prometheus/agentaudit.rules.yml");
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("dashboards/prometheus/agentaudit.rules.yml");
     let prom_addr = format!("127.0.0.1:{}", free_port());
     std::fs::write(
         root.join("prometheus.yml"),

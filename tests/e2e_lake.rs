@@ -25,7 +25,7 @@ const HASH_KEY: &str = "e2e-lake-digest-key-0123456789";
 fn stored(lake: &Lake) -> usize {
     let sql = "SELECT (SELECT count(*) FROM invocations) + (SELECT count(*) FROM dead_letter) AS n";
     let batches = agentaudit::query::run_blocking(lake, sql.into()).expect("query the lake");
-    let text = agentaudit::query::render(&batches, agentaudit::query::Format::Json).unwrap();
+    let text = agentaudit::query::render(&batches, agentaudit::query::Format::Jsonl).unwrap();
     let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     v["n"].as_u64().unwrap_or(0) as usize
 }

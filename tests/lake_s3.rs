@@ -97,7 +97,7 @@ fn answer(lake: &Lake, sql: &str) -> String {
     rt.block_on(async {
         let ctx = agentaudit::query::session(lake).await?;
         let batches = agentaudit::query::run(&ctx, sql, &Default::default()).await?;
-        agentaudit::query::render(&batches, agentaudit::query::Format::Json)
+        agentaudit::query::render(&batches, agentaudit::query::Format::Jsonl)
     })
     .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }

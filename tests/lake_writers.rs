@@ -71,7 +71,7 @@ fn offsets_stored(lake: &Lake) -> BTreeMap<i64, i64> {
     .expect("query the lake");
     let mut out = BTreeMap::new();
     for b in batches {
-        let rows = agentaudit::query::render(&[b], agentaudit::query::Format::Json).unwrap();
+        let rows = agentaudit::query::render(&[b], agentaudit::query::Format::Jsonl).unwrap();
         for line in rows.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             out.insert(v["src_offset"].as_i64().unwrap(), v["n"].as_i64().unwrap());

@@ -397,3 +397,173 @@ fn alert_queries_start_from_an_alert() {
         "{rows:?}"
     );
 }
+
+/// Runs `agentaudit query --file queries/NAME.sql` with `params`, in
+/// `format`, to `out`.
+fn export(data: &Path, name: &str, params: &[(&str, &str)], format: &str, out: &Path) {
+    let file = format!("{}/queries/{name}.sql", env!("CARGO_MANIFEST_DIR"));
+    let mut args = vec![
+        "query".to_owned(),
+        "--data-dir".to_owned(),
+        data.display().to_string(),
+        "--file".to_owned(),
+        file,
+        "--format".to_owned(),
+        format.to_owned(),
+        "--out".to_owned(),
+        out.display().to_string(),
+    ];
+    for (k, v) in params {
+        args.push("--param".into());
+        args.push(format!("{k}={v}"));
+    }
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_agentaudit"))
+        .args(&args)
+        .output()
+        .expect("agentaudit query");
+    assert!(
+        run.status.success(),
+        "{name} as {format}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+/// Rows of a CSV export, read back by arrow's CSV reader with the schema it
+/// infers: every row has every column, quoted as needed.
+fn csv_rows(path: &Path) -> usize {
+    use datafusion::arrow::csv::ReaderBuilder;
+    use datafusion::arrow::csv::reader::Format;
+    let mut file = std::fs::File::open(path).unwrap();
+    let (schema, _) = Format::default()
+        .with_header(true)
+        .infer_schema(&mut file, None)
+        .unwrap();
+    let file = std::fs::File::open(path).unwrap();
+    ReaderBuilder::new(Arc::new(schema))
+        .with_header(true)
+        .build(file)
+        .unwrap()
+        .map(|b| b.expect("a CSV batch").num_rows())
+        .sum()
+}
+
+#[test]
+fn every_shipped_query_exports_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    build_dataset(dir.path());
+    let d = dir.path();
+    let alert_id = query(
+        d,
+        "SELECT alert_id FROM alerts WHERE rule = 'secret_in_tool_input' AND tool = 'http_get'",
+        &[],
+    )[0]["alert_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let since = ("since", "2000-01-01T00:00:00Z");
+    let window = [since, ("until", "2026-12-01T00:00:00Z")];
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "tenant_timeline",
+            vec![("tenant", "acme"), window[0], window[1]],
+        ),
+        (
+            "agent_timeline",
+            vec![("agent", "g1"), window[0], window[1]],
+        ),
+        ("workflow_replay", vec![("workflow", "wf1")]),
+        ("secrets_by_tool", vec![since]),
+        ("error_bursts", vec![since, ("min_count", "3")]),
+        ("tier_a_approvals", vec![since]),
+        ("dead_letters", vec![since]),
+        ("alerts_overview", vec![since]),
+        ("alert_context", vec![("alert_id", alert_id.as_str())]),
+    ];
+    let shipped = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("queries"))
+        .unwrap()
+        .count();
+    assert_eq!(cases.len(), shipped, "a shipped query has no export case");
+    let out_dir = tempfile::tempdir().unwrap();
+    for (name, params) in &cases {
+        let rows = query(d, &sql(name), params).len();
+        assert!(rows > 0, "{name} answers nothing on the dataset");
+        let path = |ext: &str| out_dir.path().join(format!("{name}.{ext}"));
+
+        export(d, name, params, "csv", &path("csv"));
+        assert_eq!(csv_rows(&path("csv")), rows, "{name} as CSV");
+
+        export(d, name, params, "json", &path("json"));
+        let array: Vec<serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(path("json")).unwrap()).unwrap();
+        assert_eq!(array.len(), rows, "{name} as JSON");
+
+        export(d, name, params, "jsonl", &path("jsonl"));
+        let text = std::fs::read_to_string(path("jsonl")).unwrap();
+        assert_eq!(text.lines().count(), rows, "{name} as JSON lines");
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line).expect("a JSON line");
+        }
+
+        export(d, name, params, "parquet", &path("parquet"));
+        let reader = datafusion::parquet::file::reader::SerializedFileReader::new(
+            std::fs::File::open(path("parquet")).unwrap(),
+        )
+        .unwrap();
+        use datafusion::parquet::file::reader::FileReader;
+        assert_eq!(
+            reader.metadata().file_metadata().num_rows() as usize,
+            rows,
+            "{name} as Parquet"
+        );
+
+        export(d, name, params, "table", &path("txt"));
+        let table = std::fs::read_to_string(path("txt")).unwrap();
+        assert!(table.starts_with('+'), "{name} as a table: {table}");
+    }
+    // The first incident query's list column is JSON text in CSV.
+    let csv = std::fs::read_to_string(out_dir.path().join("tenant_timeline.csv")).unwrap();
+    assert!(
+        csv.contains(r#""[""aws_access_key""]""#),
+        "redactions as a JSON list in one quoted cell: {csv}"
+    );
+    // Only the exports are left: the temporary files were renamed.
+    let leftovers: Vec<_> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn an_export_that_fails_leaves_the_old_file_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    build_dataset(dir.path());
+    let out = dir.path().join("answer.csv");
+    std::fs::write(&out, "the previous answer\n").unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_agentaudit"))
+        .args(["query", "--data-dir"])
+        .arg(dir.path())
+        .args(["--format", "csv", "--out"])
+        .arg(&out)
+        .arg("SELECT no_such_column FROM invocations")
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "the previous answer\n"
+    );
+    let missing_dir = dir.path().join("no/such/dir/answer.csv");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_agentaudit"))
+        .args(["query", "--data-dir"])
+        .arg(dir.path())
+        .args(["--format", "json", "--out"])
+        .arg(&missing_dir)
+        .arg("SELECT 1 AS one")
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("cannot write the result to"), "{err}");
+}

@@ -1,7 +1,7 @@
 //! Query owns read-only SQL over the dataset the sink wrote: DataFusion with
 //! the tables `invocations`, `dead_letter` and `alerts`, Hive partition columns `dt`
-//! and `hour` (pruned by filters on them), named `$parameters`, and output as
-//! a table, CSV or JSON lines. Anything that would write is refused.
+//! and `hour` (pruned by filters on them), named `$parameters`, and the
+//! output formats (`output.rs`). Anything that would write is refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -21,12 +21,8 @@ use crate::error::QueryError;
 use crate::lake::Lake;
 use crate::sink::{self, schema};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Csv,
-    Json,
-}
+mod output;
+pub use output::{Format, atomically, render, write, write_file};
 
 /// A session with every table of the dataset in `lake` registered, local
 /// or on S3. Tables with nothing in them yet are registered empty: a query
@@ -41,6 +37,7 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, QueryError> {
         (sink::INVOCATIONS, schema::INVOCATIONS.clone()),
         (sink::DEAD_LETTER, schema::DEAD_LETTER.clone()),
         (sink::ALERTS, schema::ALERTS.clone()),
+        (crate::hook::ACTIONS, crate::hook::actions_schema()),
     ] {
         if !lake.has_table(name).await? {
             let mut fields: Vec<_> = table_schema.fields().iter().cloned().collect();
@@ -122,23 +119,47 @@ pub async fn run(
             .collect();
         df.with_param_values(values)?
     };
-    Ok(df.collect().await?)
+    // An empty result keeps its columns: a header in CSV, a schema in
+    // Parquet.
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let mut batches = df.collect().await?;
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(schema));
+    }
+    Ok(batches)
 }
 
 /// Runs `sql` over the dataset from synchronous code that may itself be
 /// inside an async runtime (start-up, backtests): on its own thread, with its
 /// own runtime.
 pub fn run_blocking(lake: &Lake, sql: String) -> Result<Vec<RecordBatch>, QueryError> {
+    run_blocking_with(lake, sql, BTreeMap::new())
+}
+
+/// `run_blocking` with `$parameters`.
+pub fn run_blocking_with(
+    lake: &Lake,
+    sql: String,
+    params: BTreeMap<String, String>,
+) -> Result<Vec<RecordBatch>, QueryError> {
     let lake = lake.clone();
+    on_own_runtime(async move {
+        let ctx = session(&lake).await?;
+        run(&ctx, &sql, &params).await
+    })
+}
+
+/// Runs `work` to completion on a thread and runtime of its own, so that
+/// synchronous code, inside an async runtime or not, can wait for it.
+pub fn on_own_runtime<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, QueryError>> + Send + 'static,
+) -> Result<T, QueryError> {
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| QueryError::Runtime(e.to_string()))?;
-        rt.block_on(async {
-            let ctx = session(&lake).await?;
-            run(&ctx, &sql, &BTreeMap::new()).await
-        })
+            .map_err(|e| QueryError::Runtime(e.to_string()))?
+            .block_on(work)
     })
     .join()
     .map_err(|_| QueryError::Runtime("the query thread panicked".into()))?
@@ -150,45 +171,6 @@ pub fn read_query_file(path: &Path) -> Result<String, QueryError> {
         path: path.to_owned(),
         source,
     })
-}
-
-/// Renders batches in the requested format.
-pub fn render(batches: &[RecordBatch], format: Format) -> Result<String, QueryError> {
-    use datafusion::arrow::error::ArrowError;
-    let arrow = |e: ArrowError| QueryError::DataFusion(e.into());
-    match format {
-        // A terminal runs what it is sent: control and direction-changing
-        // characters in stored text are shown escaped, never raw.
-        Format::Table => {
-            let text = datafusion::arrow::util::pretty::pretty_format_batches(batches)
-                .map_err(arrow)?
-                .to_string();
-            Ok(escape_deceptive(&text) + "\n")
-        }
-        Format::Csv => {
-            let mut buf = Vec::new();
-            {
-                let mut w = datafusion::arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(&mut buf);
-                for b in batches {
-                    w.write(b).map_err(arrow)?;
-                }
-            }
-            Ok(String::from_utf8_lossy(&buf).into_owned())
-        }
-        Format::Json => {
-            let mut buf = Vec::new();
-            {
-                let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
-                for b in batches {
-                    w.write(b).map_err(arrow)?;
-                }
-                w.finish().map_err(arrow)?;
-            }
-            Ok(String::from_utf8_lossy(&buf).into_owned())
-        }
-    }
 }
 
 /// `text` with every control (but newline), bidirectional and zero-width

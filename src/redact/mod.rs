@@ -509,6 +509,15 @@ impl Redactor {
         }
     }
 
+    /// Free text (a command's output, say) with every secret the detectors
+    /// or the key-name rule recognise replaced, as a dead letter's raw text
+    /// that is not JSON is.
+    pub fn redact_text(&self, text: &str) -> String {
+        let mut hits = Hits::default();
+        let paired = self.redact_secret_pairs(text, &mut hits);
+        self.scan(&paired, &mut hits).unwrap_or(paired)
+    }
+
     /// Builds a dead letter whose raw value is redacted first and truncated
     /// after, so truncation can never cut a secret in half and keep its head.
     pub fn redact_dead_letter(

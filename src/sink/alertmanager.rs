@@ -268,6 +268,9 @@ impl Worker {
                 "observed": format!("{}", a.observed),
                 "expected": format!("{:.2}", a.expected),
                 "sample_event_ids": a.sample_event_ids.join(","),
+                // What the responder runs first: the report of this alert.
+                "alert_id": a.id(),
+                "incident": format!("agentaudit incident {}", a.id()),
             },
             "startsAt": starts.to_rfc3339_opts(SecondsFormat::Millis, true),
         });

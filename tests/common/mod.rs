@@ -2,6 +2,7 @@
 //! truth, a `serve` child process, and dataset queries.
 #![allow(dead_code)]
 
+pub mod daemons;
 pub mod s3;
 pub mod tansu;
 
@@ -284,7 +285,7 @@ pub fn query(data_dir: &Path, sql: &str, params: &[(&str, &str)]) -> Vec<serde_j
         .block_on(async {
             let ctx = agentaudit::query::session(&agentaudit::lake::Lake::local(data_dir)).await?;
             let batches = agentaudit::query::run(&ctx, sql, &params).await?;
-            agentaudit::query::render(&batches, agentaudit::query::Format::Json)
+            agentaudit::query::render(&batches, agentaudit::query::Format::Jsonl)
         })
         .unwrap_or_else(|e| panic!("query failed: {e}\n{sql}"));
     text.lines()

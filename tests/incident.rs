@@ -1,0 +1,135 @@
+//! The responder's report: demo traffic with a planted injection spike,
+//! then `agentaudit incident` on the alert it raised. The report must name
+//! the planted cause (the tool, more than usual or new), carry its chart
+//! inline, fetch nothing, and hold only redacted data.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Serve, query};
+
+fn incident(args: &[&str]) -> (String, String) {
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let run = Command::new(env!("CARGO_BIN_EXE_agentaudit"))
+        .arg("incident")
+        .args(args)
+        .arg("--out-dir")
+        .arg(out_dir.path())
+        .output()
+        .expect("agentaudit incident");
+    assert!(
+        run.status.success(),
+        "incident: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let written: Vec<String> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(written.len(), 2, "{written:?}");
+    let md = std::fs::read_to_string(&written[0]).expect("markdown");
+    let html = std::fs::read_to_string(&written[1]).expect("html");
+    (md, html)
+}
+
+/// Known secret shapes the demo traffic carries in its inputs.
+const SECRET_PREFIXES: [&str; 6] = ["AKIA", "ghp_", "sk_live_", "xoxb-", "-----BEGIN", "eyJ"];
+
+#[test]
+fn the_report_of_a_planted_spike_names_its_cause() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path().to_str().unwrap();
+    let mut serve = Serve::start(&[
+        "--demo",
+        "--demo-rate",
+        "2000",
+        "--scenario",
+        "injection_spike",
+        "--data-dir",
+        dir,
+    ]);
+    serve.wait_until("the planted spike", Duration::from_secs(120), |s| {
+        s.get("/metrics").is_some_and(|(_, body)| {
+            body.lines().any(|l| {
+                l.starts_with("agentaudit_alert_active{")
+                    && l.contains("rule=\"tool_frequency_spike\"")
+                    && l.contains("tool=\"export_csv\"")
+            })
+        })
+    });
+    // Let the spike's calls and a little after them be stored too.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(serve.terminate().success());
+    let alerts = query(
+        data.path(),
+        "SELECT alert_id, tenant, window_start FROM alerts WHERE rule = 'tool_frequency_spike' AND tool = 'export_csv' ORDER BY window_start LIMIT 1",
+        &[],
+    );
+    let id = alerts[0]["alert_id"].as_str().expect("alert id").to_owned();
+    let tenant = alerts[0]["tenant"].as_str().expect("tenant").to_owned();
+
+    let (md, html) = incident(&[&id, "--data-dir", dir]);
+    // Why it fired, with the numbers.
+    assert!(md.contains("tool_frequency_spike"), "{md}");
+    assert!(md.contains("observed"), "{md}");
+    assert!(md.contains("expected (score"), "{md}");
+    // What changed names the planted tool as new or far above usual.
+    let changed = md
+        .split("## What changed")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a What changed section");
+    let row = changed
+        .lines()
+        .find(|l| l.starts_with("| export_csv |"))
+        .unwrap_or_else(|| panic!("export_csv is not in What changed:\n{changed}"));
+    assert!(
+        row.contains("more than usual") || row.contains("new:"),
+        "{row}"
+    );
+    // Every section shows its SQL and how to run it again.
+    for title in [
+        "## The alert",
+        "## Timeline",
+        "## Implicated workflows",
+        "## Credentials and approvals",
+        "## What was redacted",
+    ] {
+        assert!(md.contains(title), "{title} missing");
+    }
+    assert!(md.contains("```sql"), "the SQL is shown");
+    assert!(md.contains("agentaudit query --format csv --param"));
+    // The HTML page is whole: the chart inline, nothing to fetch.
+    assert!(html.contains("<svg"), "the chart is inline");
+    assert!(html.contains("export_csv"));
+    for fetch in ["src=", "href=", "<script", "@import", "url("] {
+        assert!(!html.contains(fetch), "the page would fetch: {fetch}");
+    }
+    // Only redacted data: the demo's secrets appear as detector names.
+    for prefix in SECRET_PREFIXES {
+        assert!(!md.contains(prefix), "{prefix} in the Markdown report");
+        assert!(!html.contains(prefix), "{prefix} in the HTML report");
+    }
+    assert!(md.contains("## What was redacted"));
+
+    // The same tenant around the alert's time, without an alert id.
+    let at = alerts[0]["window_start"].as_str().expect("window start");
+    let at = if at.ends_with('Z') {
+        at.to_owned()
+    } else {
+        format!("{at}Z")
+    };
+    let (md, _) = incident(&["--tenant", &tenant, "--around", &at, "--data-dir", dir]);
+    assert!(md.contains(&format!("tenant {tenant}")), "{md}");
+    assert!(md.contains("export_csv"), "{md}");
+
+    // An unknown alert is refused by name.
+    let run = Command::new(env!("CARGO_BIN_EXE_agentaudit"))
+        .args(["incident", "no-such-alert", "--data-dir", dir])
+        .output()
+        .expect("agentaudit incident");
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("no alert `no-such-alert`"));
+}
