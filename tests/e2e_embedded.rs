@@ -121,3 +121,50 @@ fn demo_with_a_scenario_raises_its_alert() {
     );
     assert_eq!(other_spikes, 0, "benign demo traffic raised a spike");
 }
+
+/// `serve`'s log lines, written to a pipe, over a few seconds of demo
+/// traffic, then a clean stop.
+fn serve_logs(extra: &[&str]) -> String {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agentaudit"))
+        .args(extra)
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("AGENTAUDIT_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().expect("wait").success());
+    reader.join().expect("reader")
+}
+
+#[test]
+fn logs_to_a_pipe_have_no_colour_and_json_logs_are_json() {
+    let text = serve_logs(&[]);
+    assert!(text.lines().count() >= 2, "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in logs written to a pipe: {text:?}"
+    );
+    let json = serve_logs(&["--log-format", "json"]);
+    let mut lines = 0;
+    for line in json.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+        lines += 1;
+    }
+    assert!(lines >= 2, "{json}");
+}
