@@ -44,6 +44,8 @@ pub struct BenchOptions {
 pub struct OtlpRun {
     pub format: InputFormat,
     pub messages: u64,
+    /// Message bytes per span, beside v1's bytes per event.
+    pub mean_span_bytes: f64,
     /// Spans (tool calls) per second: the unit the v1 figure counts too.
     pub spans_per_sec: f64,
     pub cpu_per_span_secs: f64,
@@ -159,11 +161,12 @@ impl fmt::Display for BenchReport {
             writeln!(f)?;
             writeln!(
                 f,
-                "pipeline, {} input   {:.0} spans/s ({} messages of ~{} spans)",
+                "pipeline, {} input   {:.0} spans/s ({} messages of ~{} spans, {:.0} B per span)",
                 o.format.as_str(),
                 o.spans_per_sec,
                 o.messages,
-                self.events / o.messages.max(1)
+                self.events / o.messages.max(1),
+                o.mean_span_bytes
             )?;
             writeln!(
                 f,
@@ -259,7 +262,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
         }
         None => {
             let (topic, otlp_topic) = ("bench-events".to_owned(), "bench-spans".to_owned());
-            let broker = EmbeddedBroker::start_with(&[&topic, &otlp_topic], opts.partitions)?;
+            let broker = EmbeddedBroker::start(&topic, opts.partitions)?;
+            // An OTLP span takes more bytes than its v1 event (attribute
+            // names, resources): twice the partitions keep each under the
+            // embedded broker's 5 MiB.
+            broker.create_topic(&otlp_topic, opts.partitions.saturating_mul(2))?;
             (topic, otlp_topic, broker.bootstrap_servers(), Some(broker))
         }
     };
@@ -305,9 +312,10 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
             let mut generator = Generator::new(gen_options);
             let mut batcher =
                 crate::traffic::otlp::Batcher::new(format, crate::traffic::SPANS_PER_MESSAGE);
-            let mut messages = 0u64;
+            let (mut messages, mut bytes) = (0u64, 0u64);
             let mut ship = |payload: &[u8]| {
                 messages += 1;
+                bytes += payload.len() as u64;
                 crate::traffic::send(&producer, &otlp_topic, None, payload)
             };
             for _ in 0..opts.events {
@@ -319,9 +327,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
             for (_, payload) in batcher.drain() {
                 ship(&payload)?;
             }
-            messages
+            (messages, bytes)
         }
-        None => 0,
+        None => (0, 0),
     };
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(120)).map_err(runtime)?;
     drop(producer);
@@ -404,13 +412,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, PipelineError> {
             let run = pipeline_run(
                 opts,
                 &brokers,
-                (&otlp_topic, format, otlp_messages),
+                (&otlp_topic, format, otlp_messages.0),
                 "bench-pipeline-otlp",
                 local_dir,
             )?;
             Some(OtlpRun {
                 format,
-                messages: otlp_messages,
+                messages: otlp_messages.0,
+                mean_span_bytes: otlp_messages.1 as f64 / opts.events.max(1) as f64,
                 spans_per_sec: run.eps,
                 cpu_per_span_secs: run.cpu_per_event_secs,
             })
@@ -488,8 +497,20 @@ fn pipeline_run(
     };
     // Rows are counted only once durable; the last partial buffer is made
     // durable by the flush that stopping performs, which is timed too.
+    // A topic the embedded broker truncated (5 MiB per partition) never
+    // delivers them all: say so rather than wait for ever.
+    let (mut seen, mut moved_at) = (0, Instant::now());
     while metrics.consumed.get() < messages && !running.finished() {
         std::thread::sleep(Duration::from_millis(5));
+        let now = metrics.consumed.get();
+        if now != seen {
+            (seen, moved_at) = (now, Instant::now());
+        } else if moved_at.elapsed() > Duration::from_secs(30) {
+            let _ = running.stop();
+            return Err(runtime(format!(
+                "consumption stopped at {now} of {messages} messages for 30 s: a partition of the embedded broker holds at most 5 MiB; give more --partitions"
+            )));
+        }
     }
     let consumed_secs = started.elapsed().as_secs_f64();
     running.stop()?;

@@ -134,6 +134,14 @@ pub fn spans(
         OtlpEncoding::Json => serde_json::from_slice(bytes)
             .map_err(|e| NotOtlp::malformed(format!("not an OTLP JSON export request: {e}")))?,
     };
+    // Protobuf skips fields it does not know, so bytes of anything else
+    // can read as a request with nothing in it; the Collector never ships
+    // one, and an audit trail must not swallow a message unseen.
+    if request.resource_spans.is_empty() {
+        return Err(NotOtlp::malformed(
+            "an export request with no resource spans (no OTLP field at all)".into(),
+        ));
+    }
     let total: usize = request
         .resource_spans
         .iter()

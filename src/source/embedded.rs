@@ -24,12 +24,18 @@ impl EmbeddedBroker {
     pub fn start_with(topics: &[&str], partitions: i32) -> Result<EmbeddedBroker, SourceError> {
         let cluster =
             MockCluster::new(1).map_err(SourceError::kafka("starting the embedded broker"))?;
+        let broker = EmbeddedBroker { cluster };
         for topic in topics {
-            cluster
-                .create_topic(topic, partitions, 1)
-                .map_err(SourceError::kafka(format!("creating topic {topic}")))?;
+            broker.create_topic(topic, partitions)?;
         }
-        Ok(EmbeddedBroker { cluster })
+        Ok(broker)
+    }
+
+    /// Creates another topic with `partitions`.
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), SourceError> {
+        self.cluster
+            .create_topic(topic, partitions, 1)
+            .map_err(SourceError::kafka(format!("creating topic {topic}")))
     }
 
     pub fn bootstrap_servers(&self) -> String {

@@ -174,6 +174,10 @@ fn what_is_not_otlp_or_over_a_limit_is_refused_never_a_panic() {
     let opts = OtlpOptions::default();
     assert!(spans(b"{\"event_id\":\"x\"", OtlpEncoding::Json, &opts).is_err());
     assert!(spans(&[0xff, 0x13, 0x00, 0x91], OtlpEncoding::Proto, &opts).is_err());
+    // Bytes protobuf reads as nothing but unknown fields, and `{}`, hold no
+    // request: refused, not swallowed as an empty one.
+    assert!(spans(&[0x08, 0x01], OtlpEncoding::Proto, &opts).is_err());
+    assert!(spans(b"{}", OtlpEncoding::Json, &opts).is_err());
     let tight = OtlpOptions {
         max_spans: 4,
         ..OtlpOptions::default()
