@@ -100,7 +100,7 @@ pub fn markdown(r: &Report) -> String {
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2430;padding:0 1rem}\
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #d0d7de;padding-bottom:.3rem}\
-table{border-collapse:collapse;font-size:.82rem;width:100%}th,td{border:1px solid #d0d7de;padding:.25rem .4rem;text-align:left;vertical-align:top}\
+table{border-collapse:collapse;font-size:.82rem;width:100%;display:block;overflow-x:auto}th,td{border:1px solid #d0d7de;padding:.25rem .4rem;text-align:left;vertical-align:top;max-width:22rem;overflow-wrap:anywhere}\
 th{background:#f3f5f8}tr:nth-child(even) td{background:#fafbfc}.summary{background:#fff4e5;border-left:4px solid #d9480f;padding:.6rem .9rem}\
 pre{background:#f3f5f8;padding:.6rem;overflow-x:auto;font-size:.78rem}.note{color:#57606a;font-size:.85rem}details{margin:.5rem 0}";
 

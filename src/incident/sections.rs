@@ -12,7 +12,8 @@ pub struct Query {
 
 pub const ALERT: &str = "\
 SELECT alert_id, rule, severity, tenant, agent_id, tool, window_start, window_end,
-       observed, expected, score, detail, sample_event_ids
+       observed, round(expected, 2) AS expected, round(score, 2) AS score, detail,
+       sample_event_ids
 FROM alerts
 WHERE alert_id = $alert_id";
 
