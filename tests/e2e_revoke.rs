@@ -73,25 +73,46 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
         s.metric("agentaudit_events_consumed_total") >= 2000.0
     });
     assert!(serve.terminate().success());
+    // Two agents of one tenant, each with a call and its credential.
     let calls = query(
         &data,
         "SELECT tenant, agent_id, credential_id, event_id FROM invocations \
-         WHERE credential_id IS NOT NULL ORDER BY ts DESC LIMIT 3",
+         WHERE credential_id IS NOT NULL AND tenant = 'acme' ORDER BY ts DESC LIMIT 200",
         &[],
     );
-    let tenant = calls[0]["tenant"].as_str().unwrap().to_owned();
-    let agent = calls[0]["agent_id"].as_str().unwrap().to_owned();
-    let credential = calls[0]["credential_id"].as_str().unwrap().to_owned();
-    let ids = calls[0]["event_id"].as_str().unwrap().to_owned();
+    let mut picked: Vec<&serde_json::Value> = Vec::new();
+    for c in &calls {
+        if picked.iter().all(|p| p["agent_id"] != c["agent_id"]) {
+            picked.push(c);
+        }
+    }
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap().to_owned();
+    let tenant = text(picked[0], "tenant");
+    let (agent, credential, ids) = (
+        text(picked[0], "agent_id"),
+        text(picked[0], "credential_id"),
+        text(picked[0], "event_id"),
+    );
+    // The second agent's revocation fails once (the identity provider is
+    // down): Alertmanager's repeat tries it again.
+    let (flaky, flaky_credential, flaky_ids) = (
+        text(picked[1], "agent_id"),
+        text(picked[1], "credential_id"),
+        text(picked[1], "event_id"),
+    );
 
     // The revoking command: records its arguments, prints a key.
     let log = root.join("revocations.log");
+    let failed_once = root.join("failed-once");
     let script = root.join("revoke.sh");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"$1 $2 $AGENTAUDIT_TENANT $AGENTAUDIT_RULE\" >> {}\necho \"revoked {PRINTED_KEY} for $1\"\n",
-            log.display()
+            "#!/bin/sh\necho \"$1 $2 $AGENTAUDIT_TENANT $AGENTAUDIT_RULE\" >> {log}\n\
+             if [ \"$1\" = \"{flaky}\" ] && [ ! -e {mark} ]; then touch {mark}; echo 'identity provider unavailable' >&2; exit 3; fi\n\
+             echo \"revoked {PRINTED_KEY} for $1\"\n",
+            log = log.display(),
+            mark = failed_once.display(),
         ),
     )
     .unwrap();
@@ -157,6 +178,7 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
     });
     let firing = serde_json::json!([
         am_alert(Some(&agent), &tenant, &ids, None),
+        am_alert(Some(&flaky), &tenant, &flaky_ids, None),
         am_alert(None, &tenant, "", None),
     ]);
     assert_eq!(
@@ -177,18 +199,24 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
             })
             .unwrap_or(0.0)
     };
-    wait_for("the revocation", Duration::from_secs(60), || log.exists());
-    // Alertmanager repeats the firing alert every 2 s: the hook skips it.
+    // Alertmanager repeats each firing alert every 2 s: the hook runs the
+    // failed revocation again, and skips the one that succeeded.
+    wait_for("both revocations done", Duration::from_secs(60), || {
+        hook_metric("ran") >= 2.0
+    });
     wait_for("a repeat", Duration::from_secs(60), || {
-        hook_metric("repeat_skipped") >= 1.0
+        hook_metric("repeat_skipped") >= 2.0
     });
     // Resolved: Alertmanager says so, and nothing runs.
-    let resolved = serde_json::json!([am_alert(
-        Some(&agent),
-        &tenant,
-        &ids,
-        Some("2026-11-30T00:00:01Z")
-    )]);
+    let resolved = serde_json::json!([
+        am_alert(Some(&agent), &tenant, &ids, Some("2026-11-30T00:00:01Z")),
+        am_alert(
+            Some(&flaky),
+            &tenant,
+            &flaky_ids,
+            Some("2026-11-30T00:00:01Z")
+        ),
+    ]);
     assert_eq!(
         post(&am_addr, "/api/v2/alerts", None, &resolved.to_string()),
         200
@@ -198,14 +226,20 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
     });
 
     let lines = std::fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<&str> = lines.lines().collect();
+    lines.sort();
+    let mut want = vec![
+        format!("{agent} {credential} {tenant} tool_frequency_spike"),
+        format!("{flaky} {flaky_credential} {tenant} tool_frequency_spike"),
+        format!("{flaky} {flaky_credential} {tenant} tool_frequency_spike"),
+    ];
+    want.sort();
     assert_eq!(
-        lines.lines().collect::<Vec<_>>(),
-        [format!(
-            "{agent} {credential} {tenant} tool_frequency_spike"
-        )],
-        "the command ran once, for the agent and its credential"
+        lines, want,
+        "once per alert, with the agent and its credential; twice for the one that failed first"
     );
-    assert_eq!(hook_metric("ran"), 1.0);
+    assert_eq!(hook_metric("ran"), 2.0);
+    assert_eq!(hook_metric("failed"), 1.0);
     assert_eq!(
         hook_metric("skipped"),
         0.0,
@@ -216,10 +250,24 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
     let actions = query(
         &data,
         "SELECT alert_id, rule, tenant, agent_id, credential_id, exit_code, outcome, output \
-         FROM actions ORDER BY agent_id",
+         FROM actions ORDER BY agent_id, at",
         &[],
     );
-    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions.len(), 3, "{actions:?}");
+    let tries: Vec<(&str, &str)> = actions
+        .iter()
+        .filter(|a| a["agent_id"] == flaky.as_str())
+        .map(|a| {
+            (
+                a["outcome"].as_str().unwrap(),
+                a["output"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(tries.len(), 2, "{actions:?}");
+    assert_eq!(tries[0].0, "failed: exit 3");
+    assert!(tries[0].1.contains("identity provider unavailable"));
+    assert_eq!(tries[1].0, "ran");
     let ran = actions
         .iter()
         .find(|a| a["agent_id"] == agent.as_str())

@@ -139,7 +139,7 @@ fn a_dataset_on_s3_answers_query_and_backtest_as_on_local_disk() {
         .args([
             "query",
             "--format",
-            "json",
+            "jsonl",
             "--data-dir",
             "s3://lake/prod/agentaudit",
         ])

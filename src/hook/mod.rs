@@ -7,7 +7,7 @@
 //! It trusts nothing it is sent: a request must carry the shared secret
 //! (`Authorization: Bearer …`, compared in constant time), bodies and alert
 //! counts are bounded, a resolved alert never runs the command, and an
-//! alert Alertmanager repeats runs it once.
+//! alert Alertmanager repeats runs it once — again only if it failed.
 
 mod actions;
 mod command;
@@ -167,18 +167,27 @@ async fn hook(
             continue;
         }
         let key = format!("{}@{}", alert.fingerprint, alert.starts_at);
-        if !s.first_time(&key) {
+        // One at a time, and the check after the wait: two deliveries of
+        // one alert in flight at once must not both run the command.
+        let _one_at_a_time = s.running.lock().await;
+        if s.is_done(&key) {
             s.metrics
                 .hook_actions
                 .with_label_values(&["repeat_skipped"])
                 .inc();
             continue;
         }
-        let _one_at_a_time = s.running.lock().await;
         let state = s.clone();
         let result = tokio::task::spawn_blocking(move || state.act(&alert)).await;
         match result {
-            Ok(Ok(())) => ran += 1,
+            // A command that failed is tried again when Alertmanager
+            // repeats the alert; each try is a row of its own.
+            Ok(Ok(succeeded)) => {
+                if succeeded {
+                    s.mark_done(key);
+                }
+                ran += 1;
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "recording an action");
                 return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
@@ -192,26 +201,29 @@ async fn hook(
 }
 
 impl HookState {
-    /// True the first time `key` is seen (remembering it, within a bound).
-    fn first_time(&self, key: &str) -> bool {
+    fn is_done(&self, key: &str) -> bool {
+        self.done.lock().map_or(true, |d| d.0.contains(key))
+    }
+
+    /// Remembers `key` as acted on, forgetting the oldest past the bound.
+    fn mark_done(&self, key: String) {
         let Ok(mut done) = self.done.lock() else {
-            return false;
+            return;
         };
         let (set, order) = &mut *done;
-        if !set.insert(key.to_owned()) {
-            return false;
+        if set.insert(key.clone()) {
+            order.push_back(key);
         }
-        order.push_back(key.to_owned());
         while order.len() > MAX_REMEMBERED {
             if let Some(old) = order.pop_front() {
                 set.remove(&old);
             }
         }
-        true
     }
 
-    /// Runs the command for one firing alert and records what happened.
-    fn act(&self, alert: &WebhookAlert) -> Result<(), crate::error::QueryError> {
+    /// Runs the command for one firing alert and records what happened;
+    /// true when nothing is left to do for it (it ran, or was declined).
+    fn act(&self, alert: &WebhookAlert) -> Result<bool, crate::error::QueryError> {
         let label = |k: &str| alert.labels.get(k).cloned().unwrap_or_default();
         let tenant = label("tenant");
         let agent = label("agent");
@@ -241,6 +253,7 @@ impl HookState {
             output: String::new(),
             fingerprint: alert.fingerprint.clone(),
         };
+        let mut settled = true;
         if agent.is_empty() {
             // A tenant-wide alert names no agent to cut off.
             action.outcome = "skipped: the alert names no agent".into();
@@ -265,15 +278,13 @@ impl HookState {
                 .collect();
             action.exit_code = run.exit_code;
             action.outcome = run.outcome.clone();
-            let label = if run.exit_code == Some(0) {
-                "ran"
-            } else {
-                "failed"
-            };
+            settled = run.exit_code == Some(0);
+            let label = if settled { "ran" } else { "failed" };
             self.metrics.hook_actions.with_label_values(&[label]).inc();
             tracing::info!(agent = %agent, outcome = %run.outcome, "revoke-hook ran its command");
         }
-        actions::record(&self.cfg.lake, &action)
+        actions::record(&self.cfg.lake, &action)?;
+        Ok(settled)
     }
 }
 
