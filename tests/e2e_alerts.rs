@@ -12,7 +12,7 @@ use std::time::Duration;
 use agentaudit::source::embedded::EmbeddedBroker;
 use agentaudit::traffic::scenario::{Scenario, benign_policy_toml};
 use agentaudit::traffic::{GenOptions, Generator};
-use common::daemons::{am_alerts, free_port, spawn, wait_for};
+use common::daemons::{am_alerts, free_port, spawn, start_alertmanager, wait_for};
 use common::{Serve, http_get, produce_keyed, query};
 
 fn has_alert(alerts: &[serde_json::Value], name: &str, tenant: &str) -> bool {
@@ -28,25 +28,10 @@ fn injected_scenarios_reach_metrics_the_alerts_table_and_alertmanager() {
 
     // Alertmanager, with a receiver that drops notifications: the test
     // reads its API.
-    let am_port = free_port();
-    let am_addr = format!("127.0.0.1:{am_port}");
-    std::fs::write(
-        root.join("alertmanager.yml"),
+    let (_am, am_addr) = start_alertmanager(
+        root,
         "route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n",
-    )
-    .expect("alertmanager config");
-    let _am = spawn(
-        "prometheus-alertmanager",
-        &[
-            format!("--config.file={}", root.join("alertmanager.yml").display()),
-            format!("--storage.path={}", root.join("am-data").display()),
-            format!("--web.listen-address={am_addr}"),
-            "--cluster.listen-address=".into(),
-        ],
     );
-    wait_for("Alertmanager", Duration::from_secs(60), || {
-        http_get(&am_addr, "/-/ready").is_some_and(|(c, _)| c == 200)
-    });
 
     // The embedded broker, the benign inventory, and serve with small
     // buckets so the test's traffic spans enough of them.

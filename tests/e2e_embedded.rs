@@ -7,7 +7,10 @@ mod common;
 use std::time::Duration;
 
 use agentaudit::source::embedded::EmbeddedBroker;
-use common::{Corpus, Serve, assert_dataset_matches, count};
+use common::{
+    Corpus, Serve, assert_dataset_matches, assert_only_the_planted_spike, count,
+    demo_with_planted_spike,
+};
 
 #[test]
 fn corpus_lands_exactly_once_and_redacted() {
@@ -87,39 +90,9 @@ fn demo_mode_runs_the_whole_product_with_one_command() {
 fn demo_with_a_scenario_raises_its_alert() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().unwrap();
-    let mut serve = Serve::start(&[
-        "--demo",
-        "--demo-rate",
-        "2000",
-        "--scenario",
-        "injection_spike",
-        "--data-dir",
-        data,
-    ]);
-    serve.wait_until(
-        "the injected spike in /metrics",
-        Duration::from_secs(120),
-        |s| {
-            s.get("/metrics").is_some_and(|(_, body)| {
-                body.lines().any(|l| {
-                    l.starts_with("agentaudit_alert_active{")
-                        && l.contains("rule=\"tool_frequency_spike\"")
-                        && l.contains("tool=\"export_csv\"")
-                })
-            })
-        },
-    );
+    let mut serve = demo_with_planted_spike(data, &[]);
     assert!(serve.terminate().success());
-    let spikes = count(
-        dir.path(),
-        "SELECT count(*) AS n FROM alerts WHERE rule = 'tool_frequency_spike' AND tool = 'export_csv'",
-    );
-    assert!(spikes >= 1, "the spike is in the alerts table");
-    let other_spikes = count(
-        dir.path(),
-        "SELECT count(*) AS n FROM alerts WHERE rule = 'tool_frequency_spike' AND tool <> 'export_csv'",
-    );
-    assert_eq!(other_spikes, 0, "benign demo traffic raised a spike");
+    assert_only_the_planted_spike(dir.path(), "benign demo traffic");
 }
 
 /// `serve`'s log lines, written to a pipe, over a few seconds of demo

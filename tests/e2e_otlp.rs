@@ -9,7 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::tansu::{create_topic, free_port, required_env, start_tansu};
-use common::{Corpus, Serve, count, everything_stored, produce_foreign, query};
+use common::{
+    Corpus, Serve, assert_only_the_planted_spike, count, demo_with_planted_spike,
+    everything_stored, produce_foreign, query,
+};
 
 const SECRET: &str = "sk-live-4f3c2a1b9e8d7c6b5a4f3e2d1c0b9a8f";
 
@@ -235,43 +238,12 @@ fn spans_from_the_python_sdk_land_as_rows_beside_a_v1_topic() {
 fn a_spike_planted_in_otlp_traffic_raises_tool_frequency_spike() {
     let data = tempfile::tempdir().expect("tempdir");
     let dir = data.path().to_str().unwrap();
-    let mut serve = Serve::start(&[
-        "--input-format",
-        "otlp_proto",
-        "--topic",
-        "otlp_spans",
-        "--demo",
-        "--demo-rate",
-        "2000",
-        "--scenario",
-        "injection_spike",
-        "--data-dir",
+    let mut serve = demo_with_planted_spike(
         dir,
-    ]);
-    serve.wait_until(
-        "the injected spike in /metrics",
-        Duration::from_secs(120),
-        |s| {
-            s.get("/metrics").is_some_and(|(_, body)| {
-                body.lines().any(|l| {
-                    l.starts_with("agentaudit_alert_active{")
-                        && l.contains("rule=\"tool_frequency_spike\"")
-                        && l.contains("tool=\"export_csv\"")
-                })
-            })
-        },
+        &["--input-format", "otlp_proto", "--topic", "otlp_spans"],
     );
     assert!(serve.terminate().success());
-    let spikes = count(
-        data.path(),
-        "SELECT count(*) AS n FROM alerts WHERE rule = 'tool_frequency_spike' AND tool = 'export_csv'",
-    );
-    assert!(spikes >= 1, "the spike is in the alerts table");
-    let other = count(
-        data.path(),
-        "SELECT count(*) AS n FROM alerts WHERE rule = 'tool_frequency_spike' AND tool <> 'export_csv'",
-    );
-    assert_eq!(other, 0, "benign OTLP demo traffic raised a spike");
+    assert_only_the_planted_spike(data.path(), "benign OTLP demo traffic");
     let stored = count(
         data.path(),
         "SELECT count(*) AS n FROM invocations WHERE src_topic = 'otlp_spans'",

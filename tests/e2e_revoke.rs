@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::daemons::{free_port, spawn, wait_for};
+use common::daemons::{free_port, start_alertmanager, wait_for};
 use common::{Serve, http_get, metric_sum, query};
 
 const SECRET: &str = "kill-switch-shared-secret-0123456789";
@@ -144,7 +144,6 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
     );
 
     // Alertmanager, routing to the hook with the secret, repeating fast.
-    let am_addr = format!("127.0.0.1:{}", free_port());
     // Alertmanager with the shipped route and receiver, repeating fast.
     let secret_file = root.join("hook-secret");
     std::fs::write(&secret_file, SECRET).unwrap();
@@ -163,19 +162,7 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
         .replace("group_interval: 1m", "group_interval: 1s")
         .replace("repeat_interval: 4h", "repeat_interval: 2s");
     assert_ne!(config, shipped);
-    std::fs::write(root.join("alertmanager.yml"), config).unwrap();
-    let _am = spawn(
-        "prometheus-alertmanager",
-        &[
-            format!("--config.file={}", root.join("alertmanager.yml").display()),
-            format!("--storage.path={}", root.join("am-data").display()),
-            format!("--web.listen-address={am_addr}"),
-            "--cluster.listen-address=".into(),
-        ],
-    );
-    wait_for("Alertmanager", Duration::from_secs(60), || {
-        http_get(&am_addr, "/-/ready").is_some_and(|(c, _)| c == 200)
-    });
+    let (_am, am_addr) = start_alertmanager(root, &config);
     let firing = serde_json::json!([
         am_alert(Some(&agent), &tenant, &ids, None),
         am_alert(Some(&flaky), &tenant, &flaky_ids, None),

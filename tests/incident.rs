@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Serve, query};
+use common::{demo_with_planted_spike, query};
 
 fn incident(args: &[&str]) -> (String, String) {
     let out_dir = tempfile::tempdir().expect("tempdir");
@@ -41,24 +41,7 @@ const SECRET_PREFIXES: [&str; 6] = ["AKIA", "ghp_", "sk_live_", "xoxb-", "-----B
 fn the_report_of_a_planted_spike_names_its_cause() {
     let data = tempfile::tempdir().expect("tempdir");
     let dir = data.path().to_str().unwrap();
-    let mut serve = Serve::start(&[
-        "--demo",
-        "--demo-rate",
-        "2000",
-        "--scenario",
-        "injection_spike",
-        "--data-dir",
-        dir,
-    ]);
-    serve.wait_until("the planted spike", Duration::from_secs(120), |s| {
-        s.get("/metrics").is_some_and(|(_, body)| {
-            body.lines().any(|l| {
-                l.starts_with("agentaudit_alert_active{")
-                    && l.contains("rule=\"tool_frequency_spike\"")
-                    && l.contains("tool=\"export_csv\"")
-            })
-        })
-    });
+    let mut serve = demo_with_planted_spike(dir, &[]);
     // Let the spike's calls and a little after them be stored too.
     std::thread::sleep(Duration::from_secs(3));
     assert!(serve.terminate().success());

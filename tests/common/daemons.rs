@@ -61,3 +61,25 @@ pub fn am_alerts(addr: &str) -> Vec<serde_json::Value> {
         .and_then(|(_, body)| serde_json::from_str::<Vec<serde_json::Value>>(&body).ok())
         .unwrap_or_default()
 }
+
+/// Debian's Alertmanager on a free loopback port with `config` (YAML),
+/// its state under `root`; returned once it answers ready, with its
+/// address.
+pub fn start_alertmanager(root: &Path, config: &str) -> (Daemon, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let file = root.join("alertmanager.yml");
+    std::fs::write(&file, config).expect("alertmanager config");
+    let daemon = spawn(
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", file.display()),
+            format!("--storage.path={}", root.join("am-data").display()),
+            format!("--web.listen-address={addr}"),
+            "--cluster.listen-address=".into(),
+        ],
+    );
+    wait_for("Alertmanager", Duration::from_secs(60), || {
+        http_get(&addr, "/-/ready").is_some_and(|(c, _)| c == 200)
+    });
+    (daemon, addr)
+}

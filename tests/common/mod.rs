@@ -390,3 +390,49 @@ pub fn assert_report_matches(report: &serde_json::Value, corpus: &Corpus) {
     );
     assert_eq!(report["leaked"], serde_json::json!([]), "{report}");
 }
+
+/// `serve --demo` (2000 calls/s) with `injection_spike` planted, and
+/// `extra` flags, into `data_dir`, returned once the spike's alert on
+/// `export_csv` is active in /metrics.
+pub fn demo_with_planted_spike(data_dir: &str, extra: &[&str]) -> Serve {
+    let mut args = vec![
+        "--demo",
+        "--demo-rate",
+        "2000",
+        "--scenario",
+        "injection_spike",
+        "--data-dir",
+        data_dir,
+    ];
+    args.extend_from_slice(extra);
+    let serve = Serve::start(&args);
+    serve.wait_until(
+        "the injected spike in /metrics",
+        Duration::from_secs(120),
+        |s| {
+            s.get("/metrics").is_some_and(|(_, body)| {
+                body.lines().any(|l| {
+                    l.starts_with("agentaudit_alert_active{")
+                        && l.contains("rule=\"tool_frequency_spike\"")
+                        && l.contains("tool=\"export_csv\"")
+                })
+            })
+        },
+    );
+    serve
+}
+
+/// The planted spike is in the alerts table, and no other tool spiked
+/// (`what` names the benign traffic in the failure).
+pub fn assert_only_the_planted_spike(data_dir: &Path, what: &str) {
+    let spikes = count(
+        data_dir,
+        "SELECT count(*) AS n FROM alerts WHERE rule = 'tool_frequency_spike' AND tool = 'export_csv'",
+    );
+    assert!(spikes >= 1, "the spike is in the alerts table");
+    let other = count(
+        data_dir,
+        "SELECT count(*) AS n FROM alerts WHERE rule = 'tool_frequency_spike' AND tool <> 'export_csv'",
+    );
+    assert_eq!(other, 0, "{what} raised a spike");
+}
