@@ -59,25 +59,11 @@ fn push(sink: &mut ParquetSink, corpus: &Corpus, offsets: std::ops::RangeInclusi
     }
 }
 
-/// How many rows of each offset the lake holds, both tables together.
-fn offsets_stored(lake: &Lake) -> BTreeMap<i64, i64> {
-    let batches = agentaudit::query::run_blocking(
-        lake,
-        "SELECT src_offset, count(*) AS n FROM \
-           (SELECT src_offset FROM invocations UNION ALL SELECT src_offset FROM dead_letter) \
-         GROUP BY 1"
-            .into(),
-    )
-    .expect("query the lake");
-    let mut out = BTreeMap::new();
-    for b in batches {
-        let rows = agentaudit::query::render(&[b], agentaudit::query::Format::Jsonl).unwrap();
-        for line in rows.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            out.insert(v["src_offset"].as_i64().unwrap(), v["n"].as_i64().unwrap());
-        }
-    }
-    out
+/// How many rows of each offset of partition 0 the lake holds.
+fn offsets_stored(lake: &Lake) -> BTreeMap<i64, u32> {
+    common::lake::offset_counts(lake)
+        .remove(&0)
+        .unwrap_or_default()
 }
 
 /// Every data object of the lake with its e-tag.
@@ -102,9 +88,9 @@ fn objects(lake: &Lake) -> BTreeMap<String, Option<String>> {
     })
 }
 
-fn exactly_once(stored: &BTreeMap<i64, i64>, through: i64) {
+fn exactly_once(stored: &BTreeMap<i64, u32>, through: i64) {
     let missing: Vec<i64> = (0..=through).filter(|o| !stored.contains_key(o)).collect();
-    let twice: Vec<(&i64, &i64)> = stored.iter().filter(|(_, n)| **n != 1).collect();
+    let twice: Vec<(&i64, &u32)> = stored.iter().filter(|(_, n)| **n != 1).collect();
     assert!(
         missing.is_empty(),
         "offsets missing from the lake: {missing:?}"

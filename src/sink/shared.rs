@@ -160,6 +160,9 @@ impl SharedSink {
         // A partition emptied by the floor must not stage an empty file.
         buffer.invocations.retain(|_, rows| !rows.is_empty());
         buffer.dead_letters.retain(|_, rows| !rows.is_empty());
+        if skipped > 0 {
+            tracing::debug!(skipped, floors = ?floors, "rows below their floor are another writer's");
+        }
         self.metrics.skipped_durable.inc_by(skipped);
     }
 
@@ -307,6 +310,7 @@ impl SharedSink {
             };
             let ClaimOutcome::Lost(theirs) = retry.run("claim", || self.log.try_claim(&claim))?
             else {
+                tracing::debug!(partition, start, attempt, end = last, record, "claimed");
                 break;
             };
             match retry.run("resolve", || self.log.resolve(&theirs.commit))? {

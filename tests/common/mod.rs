@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemons;
+pub mod lake;
 pub mod s3;
 pub mod tansu;
 
@@ -62,6 +63,37 @@ pub fn produce_foreign(
     messages: &[Generated],
     scratch: &Path,
 ) {
+    run_produce_py(python, brokers, topic, messages, scratch, &[]);
+}
+
+/// `produce_foreign`, each message a record batch of its own: for tests
+/// that hand partitions from one consumer to another on tansu, which skips
+/// the rest of a batch when a fetch starts inside it (see produce.py).
+pub fn produce_foreign_one_per_batch(
+    python: &str,
+    brokers: &str,
+    topic: &str,
+    messages: &[Generated],
+    scratch: &Path,
+) {
+    run_produce_py(
+        python,
+        brokers,
+        topic,
+        messages,
+        scratch,
+        &["--one-per-batch"],
+    );
+}
+
+fn run_produce_py(
+    python: &str,
+    brokers: &str,
+    topic: &str,
+    messages: &[Generated],
+    scratch: &Path,
+    options: &[&str],
+) {
     let corpus_path = scratch.join(format!("corpus-{}.tsv", rand::random::<u32>()));
     let mut f = std::fs::File::create(&corpus_path).unwrap();
     for m in messages {
@@ -75,6 +107,7 @@ pub fn produce_foreign(
             topic,
             corpus_path.to_str().unwrap(),
         ])
+        .args(options)
         .output()
         .expect("run produce.py");
     assert!(
@@ -154,9 +187,20 @@ impl Serve {
                 std::env::var("AGENTAUDIT_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn agentaudit serve");
+        // Each line of its log, prefixed with the process id: several
+        // instances of one test log side by side. Written to stderr itself,
+        // as the child's own lines were, not to the test's captured output.
+        let pid = child.id();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(std::io::stderr().lock(), "[serve {pid}] {line}");
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let metrics_addr = loop {
