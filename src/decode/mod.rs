@@ -5,18 +5,20 @@
 //! worse for an audit trail than a dead letter an operator can look at. It
 //! never panics on input and never echoes payload text in a failure detail.
 
+mod depth;
 pub mod fields;
 pub mod input;
 pub mod markers;
 pub mod otlp;
+mod wire;
 
+pub use depth::{depth_over, json_depth};
 pub use input::{InputFormat, MessageDecoder, Piece};
 
 use std::borrow::Cow;
 use std::fmt;
 
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
@@ -24,6 +26,7 @@ use crate::event::{
     Approval, ApprovalDecision, DeadLetterReason, DecodeFailure, Event, OutputDigest, Status,
 };
 use fields::Field;
+use wire::{Key, Scalar};
 
 /// Bounds the decoder enforces; anything past them is dead-lettered.
 #[derive(Debug, Clone)]
@@ -167,148 +170,6 @@ fn classify_json_error(err: &serde_json::Error) -> DecodeFailure {
                 err.column()
             ),
         ),
-    }
-}
-
-/// The nesting depth of `bytes` when it is deeper than `max`. Nesting cannot
-/// be deeper than the number of `{` and `[` bytes, and an event has a handful,
-/// which `memchr` finds in a few vectorised strides; the exact walk runs only
-/// for the rare document with more openers than the limit (the walk was a
-/// tenth of the writer).
-pub fn depth_over(bytes: &[u8], max: usize) -> Option<usize> {
-    memchr::memchr2_iter(b'{', b'[', bytes).nth(max)?;
-    Some(json_depth(bytes)).filter(|&d| d > max)
-}
-
-/// The deepest nesting of objects and arrays, found without parsing, so a
-/// hostile document is refused before any recursive code sees it. Most of an
-/// event's bytes sit inside strings, so strings are skipped with `memchr`
-/// rather than walked byte by byte (the walk was a fifth of the writer).
-pub fn json_depth(bytes: &[u8]) -> usize {
-    let (mut depth, mut max, mut i) = (0usize, 0usize, 0usize);
-    while let Some(&b) = bytes.get(i) {
-        i += 1;
-        match b {
-            b'"' => loop {
-                // An unterminated string cannot nest deeper: the parser
-                // will refuse the document for its own reason.
-                let Some(rest) = bytes.get(i..) else {
-                    return max;
-                };
-                match memchr::memchr2(b'"', b'\\', rest) {
-                    None => return max,
-                    Some(j) if rest[j] == b'\\' => i += j + 2,
-                    Some(j) => {
-                        i += j + 1;
-                        break;
-                    }
-                }
-            },
-            b'{' | b'[' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
-}
-
-/// Any JSON value, keeping scalars and discarding the insides of compound
-/// values, so that a mistyped field becomes a named dead-letter reason instead
-/// of an anonymous serde error.
-#[derive(Debug)]
-enum Scalar<'de> {
-    Str(Cow<'de, str>),
-    Int(i128),
-    Float(f64),
-    Bool,
-    Null,
-    Object,
-    Array,
-}
-
-impl Scalar<'_> {
-    fn kind(&self) -> &'static str {
-        match self {
-            Scalar::Str(_) => "a string",
-            Scalar::Int(_) | Scalar::Float(_) => "a number",
-            Scalar::Bool => "a boolean",
-            Scalar::Null => "null",
-            Scalar::Object => "an object",
-            Scalar::Array => "an array",
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Scalar<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Scalar<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Owned(v)))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Scalar::Int(v.into()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Scalar::Int(v.into()))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(Scalar::Float(v))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Scalar::Bool)
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Object)
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
-                while s.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Array)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A map key that borrows from the input when it can.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
     }
 }
 

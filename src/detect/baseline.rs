@@ -5,6 +5,9 @@
 //!
 //! The key table is a segmented LRU (`table.rs`): a flood of invented names
 //! churns only the keys on probation, never an established key's baseline.
+//! What a key expects of a bucket is read in `expectation.rs`, the open
+//! buckets are tested after each call in `open_buckets.rs`, and a bucket
+//! leaving the ring is folded into the model here.
 //!
 //! The expected count of a bucket is `level × shape[hour of week]`. A key
 //! that owns a shape (tenant+tool, tenant) teaches it; a key that borrows one
@@ -397,162 +400,6 @@ impl Baselines {
         (u32::from(s.history) >= self.cfg.warmup_buckets).then(|| self.expect(s, bucket))
     }
 
-    /// The hour-of-week slot of a bucket (weeks start on Monday, UTC).
-    fn hour_of_week(&self, bucket: u32) -> usize {
-        let hours = u64::from(bucket) * self.cfg.bucket_secs / 3600;
-        // 1970-01-01 was a Thursday: 3 days after a Monday.
-        ((hours + 72) % WEEK_HOURS as u64) as usize
-    }
-
-    /// The shape at a bucket, and whether it comes from a day of the same
-    /// kind (its own hour of week, or another weekday for a weekday, the
-    /// other weekend day for a weekend day). Only those teach the level: a
-    /// first Saturday read off Friday's shape would drag it down for days.
-    fn shape_and_kind(&self, s: &Slot, bucket: u32) -> Option<(f64, bool)> {
-        let p = self.profiles.get(s.profile as usize)?;
-        let h = self.hour_of_week(bucket);
-        let weekend = |hour: usize| hour / 24 >= 5;
-        // An hour in its first visit holds a running mean of a few buckets:
-        // not yet something to expect.
-        // Nearest days first, and a day of the same kind before any other:
-        // a first Monday reads Tuesday's hour, not Sunday's.
-        let first = usize::from(self.young(s, bucket));
-        let days = [0, 1, 6, 2, 5, 3, 4].into_iter().skip(first);
-        let mut other = None;
-        for d in days {
-            let at = (h + d * 24) % WEEK_HOURS;
-            let v = p[at];
-            if v.is_nan() {
-                continue;
-            }
-            if weekend(at) == weekend(h) {
-                return Some((f64::from(v), true));
-            }
-            other.get_or_insert((f64::from(v), false));
-        }
-        other
-    }
-
-    /// Whether the key's expectation at `bucket` can carry a CUSUM: a shape
-    /// known there from a day of the same kind, or — for a key with no
-    /// shape at all — a day of history. A first day's flat level lags every
-    /// morning ramp, and a first Saturday read off Friday is a guess: a
-    /// drift against either is no evidence.
-    fn settled(&self, s: &Slot, bucket: u32) -> bool {
-        let day = 86_400 / self.cfg.bucket_secs.max(1);
-        match self.shape_and_kind(s, bucket) {
-            Some((_, same_kind)) => same_kind && !self.young(s, bucket),
-            None => u64::from(s.history) >= day,
-        }
-    }
-
-    /// Whether `bucket`'s hour of week is still in its first visit for this
-    /// key (a key's history is contiguous: empty buckets fold too).
-    fn young(&self, s: &Slot, bucket: u32) -> bool {
-        self.slot_seen(s, bucket) < self.buckets_per_hour()
-    }
-
-    fn buckets_per_hour(&self) -> u64 {
-        (3600 / self.cfg.bucket_secs).max(1)
-    }
-
-    /// How many buckets of `bucket`'s hour of week the key has seen before.
-    fn slot_seen(&self, s: &Slot, bucket: u32) -> u64 {
-        let bph = self.buckets_per_hour();
-        let in_hour = (u64::from(bucket) * self.cfg.bucket_secs % 3600) / self.cfg.bucket_secs;
-        let visits = u64::from(s.history) / (WEEK_HOURS as u64 * bph);
-        visits * bph + in_hour
-    }
-
-    /// Expected count at a bucket: the shape scaled by the key's level, or
-    /// the flat level while no shape is known there.
-    /// A shape with recurring within-hour bursts (`bursts`) moves its
-    /// jobs' calls from the whole hour to their buckets.
-    fn expect(&self, s: &Slot, bucket: u32) -> f64 {
-        let lvl = level(f64::from(s.lx), f64::from(s.lp));
-        match self.bucket_shape(s, bucket) {
-            // Another day's hour is a guess: never expect less than the
-            // key's recent rate by it (a tenant's first Monday read off the
-            // Tuesday it onboarded at a quarter of its traffic).
-            Some(shape) if s.ratio_ready && self.young(s, bucket) => {
-                (shape * lvl).max(f64::from(s.flat))
-            }
-            Some(shape) if s.ratio_ready => shape * lvl,
-            _ => f64::from(s.flat),
-        }
-    }
-
-    /// The shape at `bucket` with its hour's recurring bursts moved to their
-    /// buckets, and whether it comes from a day of the same kind.
-    fn bucket_shape_and_kind(&self, s: &Slot, bucket: u32) -> Option<(f64, bool)> {
-        let (shape, same_kind) = self.shape_and_kind(s, bucket)?;
-        let shape = match self.bursts.adjust(s.profile, bucket) {
-            Some(a) => (shape - a.spread).max(0.0) + a.extra,
-            None => shape,
-        };
-        Some((shape, same_kind))
-    }
-
-    fn bucket_shape(&self, s: &Slot, bucket: u32) -> Option<f64> {
-        self.bucket_shape_and_kind(s, bucket).map(|(v, _)| v)
-    }
-
-    fn var(s: &Slot, e: f64) -> f64 {
-        e.max(FLOOR) * f64::from(s.phi).max(1.0)
-    }
-
-    /// Tests the open buckets after a call: a spike in `bucket`, a surge
-    /// over the folded CUSUM plus every bucket still in the ring.
-    fn test_open(&mut self, idx: u32, bucket: u32, signals: &mut Vec<Signal>) {
-        let cfg = &self.cfg;
-        let s = self.slots[idx as usize];
-        if u32::from(s.history) < cfg.warmup_buckets {
-            return;
-        }
-        let pos = (bucket % RING) as usize;
-        let observed = s.counts[pos];
-        let e = self.expect(&s, bucket);
-        let mut fired = s.fired;
-        if fired & (1 << pos) == 0
-            && observed >= cfg.min_count
-            && f64::from(observed) >= cfg.min_ratio * e.max(FLOOR)
-        {
-            let score = score_up(observed, e, Self::var(&s, e));
-            if score >= cfg.min_score {
-                fired |= 1 << pos;
-                signals.push(Signal {
-                    kind: SignalKind::Spike,
-                    bucket,
-                    observed,
-                    expected: e,
-                    score,
-                });
-            }
-        }
-        if fired & (0x10 << pos) == 0 && self.settled(&s, bucket) {
-            let mut cusum = f64::from(s.surge);
-            let (mut obs_sum, mut exp_sum) = (0u64, 0.0);
-            for b in s.newest.saturating_sub(RING - 1)..=s.newest {
-                let x = s.counts[(b % RING) as usize];
-                let e = self.expect(&s, b);
-                cusum = (cusum + self.surge_llr(&s, x, e)).max(0.0);
-                obs_sum += u64::from(x);
-                exp_sum += e;
-            }
-            if cusum >= cfg.cusum_threshold {
-                fired |= 0x10 << pos;
-                signals.push(Signal {
-                    kind: SignalKind::Surge,
-                    bucket,
-                    observed: u32::try_from(obs_sum).unwrap_or(u32::MAX),
-                    expected: exp_sum,
-                    score: cusum,
-                });
-            }
-        }
-        self.slots[idx as usize].fired = fired;
-    }
-
     /// Log-likelihood ratio of "twice the rate" over "the expected rate"
     /// for one bucket, shrunk by the dispersion.
     fn surge_llr(&self, s: &Slot, x: u32, e: f64) -> f64 {
@@ -714,16 +561,9 @@ impl Baselines {
     }
 }
 
-/// The level: recent calls over what the shape said of the same buckets,
-/// both smoothed; 1 for an owner whose traffic follows its shape, an agent's
-/// share for a key that borrows its tenant's shape. The small constant keeps
-/// it finite where both have decayed towards zero (a key quiet for days).
-fn level(lx: f64, lp: f64) -> f64 {
-    const EPS: f64 = 0.01;
-    ((lx + EPS) / (lp + EPS)).clamp(1e-4, 1e4)
-}
-
 pub mod bursts;
+mod expectation;
+mod open_buckets;
 mod table;
 mod tails;
 pub use tails::{score_down, score_up};

@@ -10,9 +10,11 @@ pub mod hard_cases;
 pub mod otlp;
 mod produce;
 pub mod scenario;
+mod secrets;
 use hard_cases::{SideCall, World};
 pub use produce::{Pace, SPANS_PER_MESSAGE, produce, producer, send, write_jsonl};
 use scenario::{GroundTruth, Scenario};
+use secrets::secret;
 
 const TENANTS: &[&str] = &[
     "acme",
@@ -146,115 +148,6 @@ pub struct Generator {
 fn daily_rhythm(ts_ms: f64) -> f64 {
     let hour = (ts_ms / 3_600_000.0).rem_euclid(24.0);
     0.6 + 0.4 * ((hour - 14.0) / 24.0 * std::f64::consts::TAU).cos()
-}
-
-fn alnum(rng: &mut SmallRng, n: usize, alphabet: &[u8]) -> String {
-    (0..n)
-        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
-        .collect()
-}
-
-const UPPER_DIGITS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-
-/// A card number with a valid Luhn digit, starting with 4 (Visa-like).
-fn luhn_card(rng: &mut SmallRng) -> String {
-    let mut digits: Vec<u32> = std::iter::once(4)
-        .chain((0..14).map(|_| rng.random_range(0..10)))
-        .collect();
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| {
-            if i % 2 == 0 {
-                let dd = d * 2;
-                if dd > 9 { dd - 9 } else { dd }
-            } else {
-                d
-            }
-        })
-        .sum();
-    digits.push((10 - sum % 10) % 10);
-    digits
-        .iter()
-        .map(|d| char::from_digit(*d, 10).unwrap_or('0'))
-        .collect()
-}
-
-/// A planted secret: the text to embed and the part that must never be stored.
-fn secret(rng: &mut SmallRng) -> (String, String) {
-    match rng.random_range(0..14) {
-        0 => {
-            let s = format!("AKIA{}", alnum(rng, 16, UPPER_DIGITS));
-            (format!("use key {s} for s3"), s)
-        }
-        1 => {
-            let s = format!("ghp_{}", alnum(rng, 36, ALNUM));
-            (format!("token={s}"), s)
-        }
-        2 => {
-            let s = format!("sk_live_{}", alnum(rng, 24, ALNUM));
-            (format!("stripe {s}"), s)
-        }
-        3 => {
-            let s = format!(
-                "xoxb-{}-{}",
-                alnum(rng, 12, b"0123456789"),
-                alnum(rng, 24, ALNUM)
-            );
-            (format!("post with {s}"), s)
-        }
-        4 => {
-            let s = format!("AIza{}", alnum(rng, 35, ALNUM));
-            (format!("maps key {s}"), s)
-        }
-        5 => {
-            let s = format!("sk-proj-{}", alnum(rng, 40, ALNUM));
-            (format!("OPENAI_API_KEY {s}"), s)
-        }
-        6 => {
-            let s = format!("sk-ant-api03-{}", alnum(rng, 40, ALNUM));
-            (format!("anthropic {s}"), s)
-        }
-        7 => {
-            let s = format!(
-                "eyJhbGciOiJIUzI1NiJ9.eyJ{}.{}",
-                alnum(rng, 24, ALNUM),
-                alnum(rng, 32, ALNUM)
-            );
-            (format!("jwt {s}"), s)
-        }
-        8 => {
-            let s = alnum(rng, 40, ALNUM);
-            (format!("Authorization: Bearer {s}"), s)
-        }
-        9 => {
-            let s = format!("Pw{}", alnum(rng, 12, ALNUM));
-            (format!("postgres://app:{s}@db.internal:5432/orders"), s)
-        }
-        10 => {
-            let s = format!(
-                "{}@example.com",
-                alnum(rng, 8, b"abcdefghijklmnop").to_lowercase()
-            );
-            (format!("reply to {s}"), s)
-        }
-        11 => {
-            let s = luhn_card(rng);
-            (format!("card {s} exp 12/29"), s)
-        }
-        12 => {
-            let body = alnum(rng, 64, ALNUM);
-            let s =
-                format!("-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----");
-            (s.clone(), body)
-        }
-        _ => {
-            let s = alnum(rng, 8, ALNUM);
-            (format!("password={s}"), s)
-        }
-    }
 }
 
 impl Generator {
