@@ -117,20 +117,24 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let hook_addr = format!("127.0.0.1:{}", free_port());
-    let mut hook = Command::new(env!("CARGO_BIN_EXE_agentaudit"))
-        .args(["revoke-hook", "--listen", &hook_addr, "--data-dir", data_s])
-        .arg("--command")
-        .arg(&script)
-        .env("AGENTAUDIT_HOOK_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("revoke-hook");
-    let _hook_guard = scopeguard(&mut hook);
-    wait_for("the hook", Duration::from_secs(30), || {
-        http_get(&hook_addr, "/healthz").is_some_and(|(c, _)| c == 200)
-    });
+    let start_hook = || {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let hook = Command::new(env!("CARGO_BIN_EXE_agentaudit"))
+            .args(["revoke-hook", "--listen", &addr, "--data-dir", data_s])
+            .arg("--command")
+            .arg(&script)
+            .env("AGENTAUDIT_HOOK_SECRET", SECRET)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("revoke-hook");
+        wait_for("the hook", Duration::from_secs(30), || {
+            http_get(&addr, "/healthz").is_some_and(|(c, _)| c == 200)
+        });
+        (hook, addr)
+    };
+    let (mut hook, hook_addr) = start_hook();
+    let hook_guard = scopeguard(&mut hook);
     // Without the secret, or with another, nothing runs.
     assert_eq!(post(&hook_addr, "/hook", None, "{\"alerts\":[]}"), 401);
     assert_eq!(
@@ -173,8 +177,8 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
         200
     );
 
-    let hook_metric = |outcome: &str| {
-        http_get(&hook_addr, "/metrics")
+    let metric_of = |addr: &str, outcome: &str| {
+        http_get(addr, "/metrics")
             .map(|(_, body)| {
                 body.lines()
                     .filter(|l| {
@@ -186,6 +190,7 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
             })
             .unwrap_or(0.0)
     };
+    let hook_metric = |outcome: &str| metric_of(&hook_addr, outcome);
     // Alertmanager repeats each firing alert every 2 s: the hook runs the
     // failed revocation again, and skips the one that succeeded.
     wait_for("both revocations done", Duration::from_secs(60), || {
@@ -269,6 +274,62 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
         !output.contains(PRINTED_KEY),
         "the printed key is stored: {output}"
     );
+
+    // A restarted hook remembers, from `actions`, what it settled: a repeat
+    // of an alert it revoked for runs nothing; a new episode of the same
+    // alert (a later start) runs again.
+    drop(hook_guard);
+    let (mut hook, hook_addr) = start_hook();
+    let _hook_guard = scopeguard(&mut hook);
+    let fingerprint = ran_fingerprint(&data, &agent);
+    let repeat = |starts_at: &str| {
+        let mut alert = am_alert(Some(&agent), &tenant, &ids, None);
+        alert["status"] = "firing".into();
+        alert["fingerprint"] = fingerprint.as_str().into();
+        alert["startsAt"] = starts_at.into();
+        serde_json::json!({ "alerts": [alert] }).to_string()
+    };
+    assert_eq!(
+        post(
+            &hook_addr,
+            "/hook",
+            Some(SECRET),
+            &repeat("2026-11-30T00:00:00Z")
+        ),
+        200
+    );
+    assert_eq!(metric_of(&hook_addr, "repeat_skipped"), 1.0);
+    assert_eq!(metric_of(&hook_addr, "ran"), 0.0);
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    assert_eq!(
+        post(&hook_addr, "/hook", Some(SECRET), &repeat(&later)),
+        200
+    );
+    assert_eq!(metric_of(&hook_addr, "ran"), 1.0);
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        runs.lines()
+            .filter(|l| l.starts_with(&format!("{agent} ")))
+            .count(),
+        2,
+        "once for the first episode, once for the new one: {runs}"
+    );
+}
+
+/// The Alertmanager fingerprint of the action that revoked for `agent`.
+fn ran_fingerprint(data: &std::path::Path, agent: &str) -> String {
+    let rows = query(
+        data,
+        "SELECT fingerprint FROM actions WHERE agent_id = $agent AND outcome = 'ran'",
+        &[("agent", agent)],
+    );
+    let fingerprint = rows
+        .first()
+        .and_then(|r| r["fingerprint"].as_str())
+        .expect("the revocation's fingerprint")
+        .to_owned();
+    assert!(!fingerprint.is_empty());
+    fingerprint
 }
 
 /// Kills the hook when the test ends, passing or not.

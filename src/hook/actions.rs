@@ -133,6 +133,37 @@ pub fn record(lake: &Lake, a: &Action) -> Result<(), QueryError> {
     }
 }
 
+/// The alerts already settled, by Alertmanager fingerprint, with when the
+/// newest settling action was taken (its command succeeded, or the alert was
+/// declined): the newest `most`. A repeat of an alert that started before
+/// that needs nothing more, across restarts of the hook.
+pub fn settled(lake: &Lake, most: usize) -> Result<Vec<(String, i64)>, QueryError> {
+    let sql = format!(
+        "SELECT fingerprint, CAST(max(at) AS BIGINT) AS at_ms FROM {ACTIONS} \
+         WHERE exit_code = 0 OR outcome LIKE 'skipped%' \
+         GROUP BY fingerprint ORDER BY at_ms DESC LIMIT {most}"
+    );
+    let mut out = Vec::new();
+    for b in crate::query::run_blocking(lake, sql)? {
+        let fingerprints = b.column(0).as_any().downcast_ref::<StringArray>();
+        let at = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>();
+        let (Some(fingerprints), Some(at)) = (fingerprints, at) else {
+            return Err(QueryError::Runtime(
+                "the actions table has unexpected column types".into(),
+            ));
+        };
+        for (fingerprint, at) in fingerprints.iter().zip(at.iter()) {
+            if let (Some(fingerprint), Some(at)) = (fingerprint, at) {
+                out.push((fingerprint.to_owned(), at));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The credential the alert's calls used: of its sample events when they
 /// are stored, else the agent's newest in the past week.
 pub fn credential_of(

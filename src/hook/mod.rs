@@ -12,7 +12,7 @@
 mod actions;
 mod command;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,7 @@ const MAX_ALERTS: usize = 1_000;
 /// Characters of a command's output kept in its audit row, after redaction
 /// (a cut first could leave half a secret no detector recognises).
 const OUTPUT_CHARS: usize = 2_000;
-/// Alerts remembered as done, so a repeat does not run the command again.
+/// Alerts remembered as settled, so a repeat does not run the command again.
 const MAX_REMEMBERED: usize = 100_000;
 
 #[derive(Debug, Clone)]
@@ -78,8 +78,9 @@ struct HookState {
     cfg: HookConfig,
     metrics: Arc<Metrics>,
     redactor: Redactor,
-    /// Alerts acted on (fingerprint and start), oldest first.
-    done: Mutex<(HashSet<String>, VecDeque<String>)>,
+    /// When each alert (by fingerprint) was last settled, read back from
+    /// the `actions` table at start so a restart does not act twice.
+    settled: Mutex<Settled>,
     /// One command at a time: a burst of alerts queues here, in order.
     running: tokio::sync::Mutex<()>,
 }
@@ -97,13 +98,64 @@ fn authorised(headers: &HeaderMap, secret: &str) -> bool {
         .is_some_and(|given| same_secret(given.as_bytes(), secret.as_bytes()))
 }
 
+/// Fingerprints of settled alerts with when each was settled, bounded: the
+/// least recently settled is forgotten first.
+#[derive(Default)]
+struct Settled {
+    at: HashMap<String, i64>,
+    order: VecDeque<String>,
+}
+
+impl Settled {
+    fn insert(&mut self, fingerprint: String, at_ms: i64) {
+        match self.at.get_mut(&fingerprint) {
+            Some(at) => *at = (*at).max(at_ms),
+            None => {
+                self.at.insert(fingerprint.clone(), at_ms);
+                self.order.push_back(fingerprint);
+            }
+        }
+        while self.order.len() > MAX_REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.at.remove(&old);
+            }
+        }
+    }
+
+    /// Whether a firing alert that started at `starts_at` (RFC 3339) was
+    /// settled since: Alertmanager repeats a firing alert with its first
+    /// start, and a new episode of the same alert starts later. A start that
+    /// does not parse is never settled: acting twice beats not acting.
+    fn covers(&self, fingerprint: &str, starts_at: &str) -> bool {
+        let Ok(start) = chrono::DateTime::parse_from_rfc3339(starts_at) else {
+            return false;
+        };
+        self.at
+            .get(fingerprint)
+            .is_some_and(|at| start.timestamp_millis() <= *at)
+    }
+}
+
 pub fn router(cfg: HookConfig, metrics: Arc<Metrics>) -> Result<Router, crate::error::ConfigError> {
     let redactor = Redactor::new(&crate::config::RedactConfig::default())?;
+    let mut settled = Settled::default();
+    match actions::settled(&cfg.lake, MAX_REMEMBERED) {
+        // Newest first: insert oldest first, so the bound keeps the newest.
+        Ok(rows) => {
+            for (fingerprint, at_ms) in rows.into_iter().rev() {
+                settled.insert(fingerprint, at_ms);
+            }
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot read past actions; an alert acted on before this start may run its command again"
+        ),
+    }
     let state = Arc::new(HookState {
         cfg,
         metrics,
         redactor,
-        done: Mutex::new((HashSet::new(), VecDeque::new())),
+        settled: Mutex::new(settled),
         running: tokio::sync::Mutex::new(()),
     });
     Ok(Router::new()
@@ -166,25 +218,25 @@ async fn hook(
                 .inc();
             continue;
         }
-        let key = format!("{}@{}", alert.fingerprint, alert.starts_at);
         // One at a time, and the check after the wait: two deliveries of
         // one alert in flight at once must not both run the command.
         let _one_at_a_time = s.running.lock().await;
-        if s.is_done(&key) {
+        if s.is_settled(&alert) {
             s.metrics
                 .hook_actions
                 .with_label_values(&["repeat_skipped"])
                 .inc();
             continue;
         }
+        let fingerprint = alert.fingerprint.clone();
         let state = s.clone();
         let result = tokio::task::spawn_blocking(move || state.act(&alert)).await;
         match result {
             // A command that failed is tried again when Alertmanager
             // repeats the alert; each try is a row of its own.
             Ok(Ok(succeeded)) => {
-                if succeeded {
-                    s.mark_done(key);
+                if succeeded && let Ok(mut settled) = s.settled.lock() {
+                    settled.insert(fingerprint, chrono::Utc::now().timestamp_millis());
                 }
                 ran += 1;
             }
@@ -201,24 +253,10 @@ async fn hook(
 }
 
 impl HookState {
-    fn is_done(&self, key: &str) -> bool {
-        self.done.lock().map_or(true, |d| d.0.contains(key))
-    }
-
-    /// Remembers `key` as acted on, forgetting the oldest past the bound.
-    fn mark_done(&self, key: String) {
-        let Ok(mut done) = self.done.lock() else {
-            return;
-        };
-        let (set, order) = &mut *done;
-        if set.insert(key.clone()) {
-            order.push_back(key);
-        }
-        while order.len() > MAX_REMEMBERED {
-            if let Some(old) = order.pop_front() {
-                set.remove(&old);
-            }
-        }
+    fn is_settled(&self, alert: &WebhookAlert) -> bool {
+        self.settled
+            .lock()
+            .map_or(true, |s| s.covers(&alert.fingerprint, &alert.starts_at))
     }
 
     /// Runs the command for one firing alert and records what happened;
@@ -301,4 +339,30 @@ pub async fn serve(
     println!("agentaudit revoke-hook: listening on http://{local}/hook");
     crate::serve::run(listener, app, metrics).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Settled;
+
+    #[test]
+    fn a_settled_alert_covers_its_repeats_not_its_next_episode() {
+        let mut settled = Settled::default();
+        // Settled at 2026-11-30T10:00:00Z.
+        settled.insert("fp".into(), 1_796_032_800_000);
+        assert!(settled.covers("fp", "2026-11-30T09:59:00Z"));
+        assert!(settled.covers("fp", "2026-11-30T10:00:00Z"));
+        assert!(
+            !settled.covers("fp", "2026-11-30T10:00:01Z"),
+            "a new episode"
+        );
+        assert!(!settled.covers("other", "2026-11-30T09:00:00Z"));
+        assert!(
+            !settled.covers("fp", "yesterday"),
+            "an unreadable start acts"
+        );
+        // An older settling never moves the time back.
+        settled.insert("fp".into(), 0);
+        assert!(settled.covers("fp", "2026-11-30T09:59:00Z"));
+    }
 }
