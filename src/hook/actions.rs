@@ -133,33 +133,23 @@ pub fn record(lake: &Lake, a: &Action) -> Result<(), QueryError> {
     }
 }
 
-/// The alerts already settled, by Alertmanager fingerprint, with when the
-/// newest settling action was taken (its command succeeded, or the alert was
-/// declined): the newest `most`. A repeat of an alert that started before
-/// that needs nothing more, across restarts of the hook.
-pub fn settled(lake: &Lake, most: usize) -> Result<Vec<(String, i64)>, QueryError> {
+/// The `alert_id`s of the episodes already settled (a command that
+/// succeeded, or an alert declined), newest first, at most `most`: a repeat
+/// of one needs nothing more, across restarts of the hook.
+pub fn settled(lake: &Lake, most: usize) -> Result<Vec<String>, QueryError> {
     let sql = format!(
-        "SELECT fingerprint, CAST(max(at) AS BIGINT) AS at_ms FROM {ACTIONS} \
-         WHERE exit_code = 0 OR outcome LIKE 'skipped%' \
-         GROUP BY fingerprint ORDER BY at_ms DESC LIMIT {most}"
+        "SELECT alert_id FROM {ACTIONS} \
+         WHERE alert_id <> '' AND (exit_code = 0 OR outcome LIKE 'skipped%') \
+         GROUP BY alert_id ORDER BY max(at) DESC LIMIT {most}"
     );
     let mut out = Vec::new();
     for b in crate::query::run_blocking(lake, sql)? {
-        let fingerprints = b.column(0).as_any().downcast_ref::<StringArray>();
-        let at = b
-            .column(1)
+        let ids = b
+            .column(0)
             .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int64Array>();
-        let (Some(fingerprints), Some(at)) = (fingerprints, at) else {
-            return Err(QueryError::Runtime(
-                "the actions table has unexpected column types".into(),
-            ));
-        };
-        for (fingerprint, at) in fingerprints.iter().zip(at.iter()) {
-            if let (Some(fingerprint), Some(at)) = (fingerprint, at) {
-                out.push((fingerprint.to_owned(), at));
-            }
-        }
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| QueryError::Runtime("actions.alert_id is not text".into()))?;
+        out.extend(ids.iter().flatten().map(str::to_owned));
     }
     Ok(out)
 }

@@ -12,7 +12,7 @@
 mod actions;
 mod command;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -78,8 +78,8 @@ struct HookState {
     cfg: HookConfig,
     metrics: Arc<Metrics>,
     redactor: Redactor,
-    /// When each alert (by fingerprint) was last settled, read back from
-    /// the `actions` table at start so a restart does not act twice.
+    /// Episodes settled, those of agentaudit's alerts read back from the
+    /// `actions` table at start so that a restart does not act twice.
     settled: Mutex<Settled>,
     /// One command at a time: a burst of alerts queues here, in order.
     running: tokio::sync::Mutex<()>,
@@ -98,41 +98,39 @@ fn authorised(headers: &HeaderMap, secret: &str) -> bool {
         .is_some_and(|given| same_secret(given.as_bytes(), secret.as_bytes()))
 }
 
-/// Fingerprints of settled alerts with when each was settled, bounded: the
-/// least recently settled is forgotten first.
+/// The alerts settled (their command succeeded, or they were declined),
+/// bounded: the least recently settled is forgotten first.
 #[derive(Default)]
 struct Settled {
-    at: HashMap<String, i64>,
+    keys: HashSet<String>,
     order: VecDeque<String>,
 }
 
 impl Settled {
-    fn insert(&mut self, fingerprint: String, at_ms: i64) {
-        match self.at.get_mut(&fingerprint) {
-            Some(at) => *at = (*at).max(at_ms),
-            None => {
-                self.at.insert(fingerprint.clone(), at_ms);
-                self.order.push_back(fingerprint);
-            }
+    fn insert(&mut self, key: String) {
+        if self.keys.insert(key.clone()) {
+            self.order.push_back(key);
         }
         while self.order.len() > MAX_REMEMBERED {
             if let Some(old) = self.order.pop_front() {
-                self.at.remove(&old);
+                self.keys.remove(&old);
             }
         }
     }
 
-    /// Whether a firing alert that started at `starts_at` (RFC 3339) was
-    /// settled since: Alertmanager repeats a firing alert with its first
-    /// start, and a new episode of the same alert starts later. A start that
-    /// does not parse is never settled: acting twice beats not acting.
-    fn covers(&self, fingerprint: &str, starts_at: &str) -> bool {
-        let Ok(start) = chrono::DateTime::parse_from_rfc3339(starts_at) else {
-            return false;
-        };
-        self.at
-            .get(fingerprint)
-            .is_some_and(|at| start.timestamp_millis() <= *at)
+    fn contains(&self, key: &str) -> bool {
+        self.keys.contains(key)
+    }
+}
+
+/// What names one episode of an alert: agentaudit's `alert_id` annotation
+/// (rule, keys and window), which the `actions` table keeps, so a restarted
+/// hook knows it; else Alertmanager's fingerprint and start, known only to
+/// this process.
+fn episode(alert: &WebhookAlert) -> String {
+    match alert.annotations.get("alert_id") {
+        Some(id) if !id.is_empty() => id.clone(),
+        _ => format!("{}@{}", alert.fingerprint, alert.starts_at),
     }
 }
 
@@ -141,9 +139,9 @@ pub fn router(cfg: HookConfig, metrics: Arc<Metrics>) -> Result<Router, crate::e
     let mut settled = Settled::default();
     match actions::settled(&cfg.lake, MAX_REMEMBERED) {
         // Newest first: insert oldest first, so the bound keeps the newest.
-        Ok(rows) => {
-            for (fingerprint, at_ms) in rows.into_iter().rev() {
-                settled.insert(fingerprint, at_ms);
+        Ok(ids) => {
+            for id in ids.into_iter().rev() {
+                settled.insert(id);
             }
         }
         Err(e) => tracing::warn!(
@@ -228,7 +226,7 @@ async fn hook(
                 .inc();
             continue;
         }
-        let fingerprint = alert.fingerprint.clone();
+        let episode = episode(&alert);
         let state = s.clone();
         let result = tokio::task::spawn_blocking(move || state.act(&alert)).await;
         match result {
@@ -236,7 +234,7 @@ async fn hook(
             // repeats the alert; each try is a row of its own.
             Ok(Ok(succeeded)) => {
                 if succeeded && let Ok(mut settled) = s.settled.lock() {
-                    settled.insert(fingerprint, chrono::Utc::now().timestamp_millis());
+                    settled.insert(episode);
                 }
                 ran += 1;
             }
@@ -256,7 +254,7 @@ impl HookState {
     fn is_settled(&self, alert: &WebhookAlert) -> bool {
         self.settled
             .lock()
-            .map_or(true, |s| s.covers(&alert.fingerprint, &alert.starts_at))
+            .map_or(true, |s| s.contains(&episode(alert)))
     }
 
     /// Runs the command for one firing alert and records what happened;
@@ -343,26 +341,31 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::Settled;
+    use super::{Settled, WebhookAlert, episode};
+
+    fn alert(alert_id: Option<&str>, starts_at: &str) -> WebhookAlert {
+        WebhookAlert {
+            status: "firing".into(),
+            labels: Default::default(),
+            annotations: alert_id
+                .map(|id| [("alert_id".to_owned(), id.to_owned())].into())
+                .unwrap_or_default(),
+            starts_at: starts_at.into(),
+            fingerprint: "fp".into(),
+        }
+    }
 
     #[test]
-    fn a_settled_alert_covers_its_repeats_not_its_next_episode() {
+    fn an_episode_is_agentaudits_alert_id_else_the_fingerprint_and_start() {
         let mut settled = Settled::default();
-        // Settled at 2026-11-30T10:00:00Z.
-        settled.insert("fp".into(), 1_796_032_800_000);
-        assert!(settled.covers("fp", "2026-11-30T09:59:00Z"));
-        assert!(settled.covers("fp", "2026-11-30T10:00:00Z"));
-        assert!(
-            !settled.covers("fp", "2026-11-30T10:00:01Z"),
-            "a new episode"
-        );
-        assert!(!settled.covers("other", "2026-11-30T09:00:00Z"));
-        assert!(
-            !settled.covers("fp", "yesterday"),
-            "an unreadable start acts"
-        );
-        // An older settling never moves the time back.
-        settled.insert("fp".into(), 0);
-        assert!(settled.covers("fp", "2026-11-30T09:59:00Z"));
+        settled.insert(episode(&alert(Some("a1"), "2026-11-30T10:00:00Z")));
+        // A repeat, whatever Alertmanager's start says.
+        assert!(settled.contains(&episode(&alert(Some("a1"), "2026-11-30T11:00:00Z"))));
+        // The next window's alert of the same rule and keys: a new episode.
+        assert!(!settled.contains(&episode(&alert(Some("a2"), "2026-11-30T10:00:00Z"))));
+        // Not agentaudit's: the fingerprint and its start.
+        settled.insert(episode(&alert(None, "2026-11-30T10:00:00Z")));
+        assert!(settled.contains(&episode(&alert(None, "2026-11-30T10:00:00Z"))));
+        assert!(!settled.contains(&episode(&alert(None, "2026-11-30T12:00:00Z"))));
     }
 }
