@@ -104,30 +104,18 @@ fn wait_for_rows(dir: &std::path::Path, total: usize, serve: &Serve) {
     let start = std::time::Instant::now();
     while stored(dir) < total {
         if start.elapsed() > Duration::from_secs(120) {
-            let per_partition = common::query(
-                dir,
-                "SELECT src_partition, count(*) AS n, min(src_offset) AS lo, max(src_offset) AS hi \
-                 FROM (SELECT src_partition, src_offset FROM invocations \
-                       UNION ALL SELECT src_partition, src_offset FROM dead_letter) \
-                 GROUP BY 1 ORDER BY 1",
-                &[],
-            );
-            let metrics = serve.get("/metrics").map(|m| m.1).unwrap_or_default();
-            let lag: Vec<&str> = metrics
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter(|l| {
-                    l.contains("consumer_lag")
-                        || l.contains("committed_offset")
-                        || l.contains("skipped")
-                        || l.contains("recovered")
-                        || l.contains("discarded")
-                })
-                .collect();
+            let per_partition = common::lake::per_partition(&agentaudit::lake::Lake::local(dir));
+            let lag = serve.metric_lines(&[
+                "consumer_lag",
+                "committed_offset",
+                "skipped",
+                "recovered",
+                "discarded",
+            ]);
             let journal =
                 std::fs::read_to_string(dir.join("_state/journal.json")).unwrap_or_default();
             panic!(
-                "only {} of {total} stored; per partition {per_partition:?}; {lag:#?}\n{journal}",
+                "only {} of {total} stored; per partition\n{per_partition}{lag:#?}\n{journal}",
                 stored(dir)
             );
         }

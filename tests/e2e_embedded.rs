@@ -142,17 +142,16 @@ fn logs_to_a_pipe_have_no_colour_and_json_logs_are_json() {
     assert!(lines >= 2, "{json}");
 }
 
-/// Every (partition, offset) a local dataset holds, both tables together.
+/// Every (partition, offset) a local dataset holds, once per row.
 fn offsets_in(dir: &std::path::Path) -> Vec<(i64, i64)> {
-    common::query(
-        dir,
-        "SELECT src_partition AS p, src_offset AS o FROM invocations \
-         UNION ALL SELECT src_partition AS p, src_offset AS o FROM dead_letter",
-        &[],
-    )
-    .iter()
-    .filter_map(|r| Some((r["p"].as_i64()?, r["o"].as_i64()?)))
-    .collect()
+    common::lake::offset_counts(&agentaudit::lake::Lake::local(dir))
+        .into_iter()
+        .flat_map(|(p, offsets)| {
+            offsets
+                .into_iter()
+                .flat_map(move |(o, n)| std::iter::repeat_n((p, o), n as usize))
+        })
+        .collect()
 }
 
 /// A second member joins while the first is reading a backlog: the first

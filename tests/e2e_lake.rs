@@ -32,36 +32,17 @@ fn stored(lake: &Lake) -> usize {
     v["n"].as_u64().unwrap_or(0) as usize
 }
 
-/// Rows, and the lowest and highest offset, of each partition in the lake:
-/// where a stalled partition stopped.
-fn per_partition(lake: &Lake) -> String {
-    let sql = "SELECT src_partition, count(*) AS n, min(src_offset) AS lo, max(src_offset) AS hi \
-               FROM (SELECT src_partition, src_offset FROM invocations \
-                     UNION ALL SELECT src_partition, src_offset FROM dead_letter) \
-               GROUP BY 1 ORDER BY 1";
-    agentaudit::query::run_blocking(lake, sql.into())
-        .and_then(|b| agentaudit::query::render(&b, agentaudit::query::Format::Jsonl))
-        .unwrap_or_else(|e| e.to_string())
-}
-
-/// An instance's view of its partitions: assignment, lag, committed offsets.
+/// An instance's view of its partitions: assignment, lag, committed
+/// offsets, claims lost, rows skipped and messages dropped.
 fn partition_metrics(serve: &Serve) -> Vec<String> {
-    serve
-        .get("/metrics")
-        .map(|(_, body)| {
-            body.lines()
-                .filter(|l| {
-                    l.starts_with("agentaudit_partitions_assigned")
-                        || l.starts_with("agentaudit_consumer_lag")
-                        || l.starts_with("agentaudit_committed_offset")
-                        || l.starts_with("agentaudit_lake_claims_lost_total")
-                        || l.starts_with("agentaudit_events_skipped_durable_total")
-                        || l.starts_with("agentaudit_messages_dropped_on_revoke_total")
-                })
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    serve.metric_lines(&[
+        "agentaudit_partitions_assigned",
+        "agentaudit_consumer_lag",
+        "agentaudit_committed_offset",
+        "agentaudit_lake_claims_lost_total",
+        "agentaudit_events_skipped_durable_total",
+        "agentaudit_messages_dropped_on_revoke_total",
+    ])
 }
 
 fn wait_assigned(serve: &Serve, who: &str) {
@@ -177,7 +158,7 @@ fn three_instances_write_one_lake_on_s3_exactly_once_through_a_sigkill_and_a_lat
             panic!(
                 "only {} of {total} rows in the lake; per partition {}; gaps {}; the instances say {:#?}",
                 stored(&lake),
-                per_partition(&lake),
+                common::lake::per_partition(&lake),
                 common::lake::not_exactly_once(&lake, topic),
                 [&a, &c, &d].map(partition_metrics)
             );

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use agentaudit::config::{RedactConfig, SinkConfig};
 use agentaudit::decode::{DecodeLimits, decode};
 use agentaudit::event::KafkaCoords;
-use agentaudit::lake::{Lake, Location};
+use agentaudit::lake::Lake;
 use agentaudit::metrics::Metrics;
 use agentaudit::redact::Redactor;
 use agentaudit::sink::ParquetSink;
@@ -69,10 +69,7 @@ fn offsets_stored(lake: &Lake) -> BTreeMap<i64, u32> {
 /// Every data object of the lake with its e-tag.
 fn objects(lake: &Lake) -> BTreeMap<String, Option<String>> {
     let store = lake.store().expect("an object store");
-    let Location::S3 { prefix, .. } = &lake.location else {
-        panic!("not an S3 lake");
-    };
-    let prefix = object_store::path::Path::from(prefix.as_str());
+    let prefix = object_store::path::Path::from(common::lake::prefix(lake));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut out = BTreeMap::new();

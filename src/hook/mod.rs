@@ -216,17 +216,17 @@ async fn hook(
                 .inc();
             continue;
         }
+        let episode = episode(&alert);
         // One at a time, and the check after the wait: two deliveries of
         // one alert in flight at once must not both run the command.
         let _one_at_a_time = s.running.lock().await;
-        if s.is_settled(&alert) {
+        if s.settled.lock().map_or(true, |d| d.contains(&episode)) {
             s.metrics
                 .hook_actions
                 .with_label_values(&["repeat_skipped"])
                 .inc();
             continue;
         }
-        let episode = episode(&alert);
         let state = s.clone();
         let result = tokio::task::spawn_blocking(move || state.act(&alert)).await;
         match result {
@@ -251,12 +251,6 @@ async fn hook(
 }
 
 impl HookState {
-    fn is_settled(&self, alert: &WebhookAlert) -> bool {
-        self.settled
-            .lock()
-            .map_or(true, |s| s.contains(&episode(alert)))
-    }
-
     /// Runs the command for one firing alert and records what happened;
     /// true when nothing is left to do for it (it ran, or was declined).
     fn act(&self, alert: &WebhookAlert) -> Result<bool, crate::error::QueryError> {

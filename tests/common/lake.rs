@@ -1,5 +1,6 @@
-//! Shared-lake checks: how many rows each Kafka offset has in a lake, and
-//! when that is not exactly one, the claims and objects that say why.
+//! Lake checks: how many rows each Kafka offset has in a dataset (local or
+//! on S3), where each partition stands, and on a shared lake, when an
+//! offset is not stored exactly once, the claims and objects that say why.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,20 @@ pub fn offset_counts(lake: &Lake) -> BTreeMap<i64, BTreeMap<i64, u32>> {
         }
     }
     counts
+}
+
+/// Rows, and the lowest and highest offset, of each partition: where a
+/// stalled partition stopped.
+pub fn per_partition(lake: &Lake) -> String {
+    offset_counts(lake)
+        .iter()
+        .map(|(p, offsets)| {
+            let rows: u32 = offsets.values().sum();
+            let lo = offsets.keys().next().copied().unwrap_or(0);
+            let hi = offsets.keys().last().copied().unwrap_or(0);
+            format!("partition {p}: {rows} rows over offsets {lo}..={hi}\n")
+        })
+        .collect()
 }
 
 /// Empty when every offset of each partition up to its highest is stored
@@ -60,7 +75,8 @@ pub fn not_exactly_once(lake: &Lake, topic: &str) -> String {
     out
 }
 
-fn prefix(lake: &Lake) -> String {
+/// The key prefix of an S3 lake.
+pub fn prefix(lake: &Lake) -> String {
     match &lake.location {
         Location::S3 { prefix, .. } => prefix.clone(),
         Location::Local(_) => panic!("not an S3 lake"),

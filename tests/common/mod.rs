@@ -247,6 +247,17 @@ impl Serve {
         metric_sum(&body, name)
     }
 
+    /// The series of /metrics whose line names any of `names`.
+    pub fn metric_lines(&self, names: &[&str]) -> Vec<String> {
+        let Some((_, body)) = self.get("/metrics") else {
+            return Vec::new();
+        };
+        body.lines()
+            .filter(|l| !l.starts_with('#') && names.iter().any(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn wait_until(&self, what: &str, timeout: Duration, mut ok: impl FnMut(&Serve) -> bool) {
         let start = Instant::now();
         while !ok(self) {
