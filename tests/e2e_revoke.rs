@@ -147,8 +147,8 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
         401
     );
 
-    // Alertmanager, routing to the hook with the secret, repeating fast.
-    // Alertmanager with the shipped route and receiver, repeating fast.
+    // Alertmanager with the shipped route and receiver (to the hook, with
+    // the secret), repeating fast.
     let secret_file = root.join("hook-secret");
     std::fs::write(&secret_file, SECRET).unwrap();
     let shipped = std::fs::read_to_string(concat!(
