@@ -119,11 +119,22 @@ impl Field {
 }
 
 /// Characters that make text read other than it is: controls (ESC starts
-/// terminal escapes), bidirectional overrides and isolates (a name that
-/// displays reversed), and zero-width ones (two names that look equal).
+/// terminal escapes), and every default-ignorable code point (Unicode's
+/// `Default_Ignorable_Code_Point`: zero-width characters, bidirectional
+/// marks, overrides and isolates, tag characters, variation selectors, the
+/// soft hyphen, the combining grapheme joiner, the Hangul fillers, the
+/// Mongolian vowel separator…), which render as nothing, so that
+/// `support-bot` followed by U+E0020 would print as `support-bot`.
 pub fn is_deceptive(c: char) -> bool {
-    c.is_control()
-        || matches!(c,
-            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    c.is_control() || is_default_ignorable(c)
+}
+
+/// Unicode 16's `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt).
+pub fn is_default_ignorable(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}'..='\u{1160}'
+        | '\u{17B4}'..='\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}'
+        | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}'
+        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }

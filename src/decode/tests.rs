@@ -221,6 +221,26 @@ fn identifiers_refuse_every_control_character_and_keep_other_text() {
             assert_eq!(f.reason, DeadLetterReason::InvalidField, "{field} {bad:?}");
         }
     }
+    // Every invisible kind the issue-21 review slipped past the check:
+    // `support-bot` + U+E0020 printed as `support-bot`.
+    for bad in [
+        "support-bot\u{E0020}",
+        "support-bot\u{FE0F}",
+        "sup\u{AD}port-bot",
+        "sup\u{34F}port-bot",
+        "support-bot\u{3164}",
+        "support-bot\u{115F}",
+        "support-bot\u{FFA0}",
+        "support\u{180E}-bot",
+        "support-bot\u{E0100}",
+    ] {
+        for field in ["agent_id", "tenant", "tool", "credential_id"] {
+            let mut v = ok_json();
+            v[field] = serde_json::json!(bad);
+            let f = dec(&v).expect_err("invisible character in an identifier");
+            assert_eq!(f.reason, DeadLetterReason::InvalidField, "{field} {bad:?}");
+        }
+    }
     // Non-ASCII that is not a control character (U+00A0 follows C1) stays.
     for good in ["caf\u{e9}", "a\u{a0}b", "\u{1F600}", "\u{7e}"] {
         let mut v = ok_json();

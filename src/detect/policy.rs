@@ -196,6 +196,15 @@ pub struct Policy {
     pub tenant_limits: HashMap<String, u32>,
     pub default_tenant_limit: u32,
     pub environments: HashSet<String>,
+    /// TS #39 skeleton → the inventory's agent id with it.
+    agent_skeletons: HashMap<String, String>,
+    /// TS #39 skeleton → the policy's tool name with it.
+    tool_skeletons: HashMap<String, String>,
+}
+
+/// The Unicode TS #39 skeleton of `id`: equal for names that look alike.
+pub fn skeleton(id: &str) -> String {
+    unicode_security::confusable_detection::skeleton(id).collect()
 }
 
 const STANDARD_ENVIRONMENTS: [&str; 4] = ["production", "staging", "preview", "development"];
@@ -384,7 +393,34 @@ impl Policy {
                 ));
             }
         }
+        policy.agent_skeletons = policy
+            .agents
+            .keys()
+            .map(|id| (skeleton(id), id.clone()))
+            .collect();
+        policy.tool_skeletons = policy
+            .tools
+            .keys()
+            .map(|t| (skeleton(t), t.clone()))
+            .collect();
         Ok(policy)
+    }
+
+    /// The inventory agent `id` passes for, when `id` is not one itself but
+    /// looks like one.
+    pub fn lookalike_agent(&self, id: &str) -> Option<&str> {
+        if self.agents.contains_key(id) {
+            return None;
+        }
+        self.agent_skeletons.get(&skeleton(id)).map(String::as_str)
+    }
+
+    /// The policy's tool `name` passes for, as `lookalike_agent`.
+    pub fn lookalike_tool(&self, name: &str) -> Option<&str> {
+        if self.tools.contains_key(name) {
+            return None;
+        }
+        self.tool_skeletons.get(&skeleton(name)).map(String::as_str)
     }
 
     pub fn tenant_limit(&self, tenant: &str) -> u32 {

@@ -248,7 +248,30 @@ impl Detector {
                 self.violation(RuleId::TierAWithoutApproval, r, names, bucket, detail, out);
             }
         }
+        if tool_meta.is_none()
+            && let Some(real) = p.lookalike_tool(&e.tool)
+        {
+            let detail = format!(
+                "tool `{}` is not in the policy but looks like `{real}`",
+                crate::query::escape_deceptive(&e.tool)
+            );
+            self.violation(RuleId::LookalikeIdentifier, r, names, bucket, detail, out);
+        }
         let Some(agent) = p.agents.get(&e.agent_id) else {
+            if let Some(real) = p.lookalike_agent(&e.agent_id) {
+                let detail = format!(
+                    "agent `{}` is not in the inventory but looks like `{real}`",
+                    crate::query::escape_deceptive(&e.agent_id)
+                );
+                self.violation(
+                    RuleId::LookalikeIdentifier,
+                    r,
+                    (&e.tenant, &e.agent_id, ""),
+                    bucket,
+                    detail,
+                    out,
+                );
+            }
             let detail = format!("agent `{}` is not in the inventory", e.agent_id);
             self.violation(
                 RuleId::UnregisteredAgent,

@@ -57,6 +57,7 @@ rules! {
     ExfiltrationSequence = "exfiltration_sequence", Critical, "A sensitive read followed shortly by an egress or bulk export in one workflow";
     InventoryReviewOverdue = "inventory_review_overdue", Info, "An agent's inventory review date has passed";
     InjectionThenUnusualCall = "injection_then_unusual_call", Critical, "In one workflow, a tool result with injection markers is followed within a few calls by a call new for the agent, or a write or egress";
+    LookalikeIdentifier = "lookalike_identifier", Warning, "An agent or tool name that is not in the inventory looks like one that is (a Unicode TS #39 confusable)";
 }
 
 impl RuleId {

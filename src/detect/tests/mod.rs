@@ -106,6 +106,17 @@ fn detector() -> Detector {
     Detector::new(&DetectConfig::default(), false)
 }
 
+/// An unregistered name that looks like nothing in the inventory is only
+/// unregistered; the inventory's own names are never look-alikes.
+#[test]
+fn only_a_name_that_passes_for_an_inventory_id_is_a_lookalike() {
+    let p = Policy::parse(POLICY).expect("policy");
+    let got = fired(&mut detector(), &p, &call(r#""agent_id":"ghost-bot""#));
+    assert!(!got.contains(&"lookalike_identifier"), "{got:?}");
+    assert_eq!(p.lookalike_agent("support-bot"), None);
+    assert_eq!(p.lookalike_agent("support-bоt"), Some("support-bot"));
+}
+
 #[test]
 fn a_compliant_call_raises_nothing() {
     let p = Policy::parse(POLICY).expect("policy");
@@ -143,6 +154,10 @@ fn each_policy_rule_fires_on_its_violation() {
             r#""mcp_server":"github","mcp_server_version":"1.3.0""#,
             "mcp_server_unpinned",
         ),
+        // A Cyrillic о, and fullwidth letters: passing for support-bot.
+        (r#""agent_id":"support-bоt""#, "lookalike_identifier"),
+        (r#""agent_id":"ｓｕｐｐｏｒｔ-bot""#, "lookalike_identifier"),
+        (r#""tool":"gеt_customer""#, "lookalike_identifier"),
     ];
     for (extra, rule) in cases {
         let got = fired(&mut detector(), &p, &call(extra));
