@@ -577,3 +577,51 @@ proptest! {
         check_otlp_opaque_under_a_secret_name(&opaque, refused);
     }
 }
+
+/// `db.password` survived, in the review of issue 21, in `too_large` and
+/// `invalid_otlp` protobuf dead letters (they kept the message's bytes) and
+/// in JSON spans of over ~80 KiB. OTLP dead letters keep names and counts.
+#[test]
+fn a_secret_named_otlp_attribute_is_in_no_dead_letter() {
+    use prost::Message;
+    let opaque = "q7w8e9r0t1y2u3i4o5p6";
+    let with_password = |place: &str| {
+        let mut r = spans::request(place, "x");
+        r.resource_spans[0].scope_spans[0].spans[1]
+            .attributes
+            .push(spans::kv("db.password", opaque));
+        r
+    };
+    // Too many spans: the whole message is refused.
+    let mut many = with_password("attribute value");
+    let one = many.resource_spans[0].scope_spans[0].spans[1].clone();
+    many.resource_spans[0].scope_spans[0].spans = vec![one; 10_001];
+    // Not protobuf any more: cut inside the password.
+    let whole = with_password("attribute value").encode_to_vec();
+    let at = whole
+        .windows(opaque.len())
+        .position(|w| w == opaque.as_bytes())
+        .expect("the password is in the bytes");
+    let cut = whole[..at + 8].to_vec();
+    // A refused JSON span past 80 KiB.
+    let mut big = with_password("refused span attribute");
+    big.resource_spans[0].scope_spans[0].spans[1]
+        .attributes
+        .push(spans::kv("app.blob", &"z".repeat(90 * 1024)));
+    for (what, bytes, format) in [
+        ("too_large", many.encode_to_vec(), InputFormat::OtlpProto),
+        ("invalid_otlp", cut, InputFormat::OtlpProto),
+        (
+            "a refused span over 80 KiB",
+            serde_json::to_vec(&big).unwrap(),
+            InputFormat::OtlpJson,
+        ),
+    ] {
+        let out = stored_otlp(&bytes, format);
+        assert!(out.contains("DeadLetter"), "{what}: no dead letter: {out}");
+        assert!(
+            !out.contains(&opaque[..8]),
+            "{what}: the password is stored: {out}"
+        );
+    }
+}

@@ -68,8 +68,15 @@ pub struct DecodeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpConfig {
+    /// Bytes of one Kafka message beyond which it is dead-lettered unread.
+    pub max_message_bytes: usize,
     /// Spans in one Kafka message beyond which the message is dead-lettered.
     pub max_spans_per_message: usize,
+    /// Attributes of one resource beyond which the message is dead-lettered.
+    pub max_resource_attributes: usize,
+    /// Memory decoding one message may hold (estimated before decoding,
+    /// from its counted values); beyond it the message is dead-lettered.
+    pub max_decoded_bytes: usize,
     /// Attributes on one span beyond which the span is dead-lettered.
     pub max_attributes_per_span: usize,
     /// The span or resource attribute that names the tenant.
@@ -83,7 +90,10 @@ impl Default for OtlpConfig {
     fn default() -> Self {
         let d = crate::decode::otlp::OtlpOptions::default();
         OtlpConfig {
+            max_message_bytes: d.max_message_bytes,
             max_spans_per_message: d.max_spans,
+            max_resource_attributes: d.max_resource_attributes,
+            max_decoded_bytes: d.max_decoded_bytes,
             max_attributes_per_span: d.max_attributes,
             tenant_attribute: d.tenant_attribute,
             tenant_fallback: d.tenant_fallback,
@@ -483,7 +493,10 @@ impl Config {
     pub fn otlp_options(&self) -> crate::decode::otlp::OtlpOptions {
         let o = &self.decode.otlp;
         crate::decode::otlp::OtlpOptions {
+            max_message_bytes: o.max_message_bytes,
             max_spans: o.max_spans_per_message,
+            max_resource_attributes: o.max_resource_attributes,
+            max_decoded_bytes: o.max_decoded_bytes,
             max_attributes: o.max_attributes_per_span,
             tenant_attribute: o.tenant_attribute.clone(),
             tenant_fallback: o.tenant_fallback.clone(),

@@ -43,10 +43,17 @@ impl Config {
             ));
         }
         let o = &self.decode.otlp;
-        if o.max_spans_per_message == 0 || o.max_attributes_per_span == 0 {
+        if o.max_spans_per_message == 0
+            || o.max_attributes_per_span == 0
+            || o.max_resource_attributes == 0
+            || o.max_message_bytes == 0
+            || o.max_decoded_bytes < o.max_message_bytes
+        {
             return Err(ConfigError::invalid(
                 "decode.otlp",
-                "max_spans_per_message and max_attributes_per_span must be at least 1",
+                "max_message_bytes, max_spans_per_message, max_attributes_per_span and \
+                 max_resource_attributes must be at least 1, and max_decoded_bytes at least \
+                 max_message_bytes",
             ));
         }
         if o.tenant_attribute.trim().is_empty() {

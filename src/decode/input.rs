@@ -113,14 +113,18 @@ impl MessageDecoder {
             Ok(items) => items,
             Err(otlp::NotOtlp {
                 why,
-                too_many_spans,
+                reason,
+                summary,
             }) => {
-                let reason = if too_many_spans {
-                    DeadLetterReason::TooLarge
-                } else {
-                    DeadLetterReason::InvalidOtlp
-                };
-                emit(whole(reason, why));
+                // Counts only: a message that is not read cannot be
+                // redacted field by field, so none of its bytes are kept.
+                emit(Piece::Failed {
+                    failure: DecodeFailure {
+                        reason,
+                        detail: why,
+                    },
+                    raw: Some(Cow::Owned(summary)),
+                });
                 return;
             }
         };
@@ -146,7 +150,7 @@ impl MessageDecoder {
                             reason: f.reason,
                             detail: format!("span {span}: {}", f.detail),
                         },
-                        raw: Some(Cow::Owned(json)),
+                        raw: Some(Cow::Owned(otlp::event_summary(&span, &json))),
                     },
                 },
             });

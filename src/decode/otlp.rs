@@ -10,6 +10,8 @@
 //! requires fails on its own, named by trace and span id; the rest of its
 //! message stands.
 
+mod scan;
+
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -31,8 +33,15 @@ pub enum OtlpEncoding {
 /// Bounds and choices of the mapping.
 #[derive(Debug, Clone)]
 pub struct OtlpOptions {
-    /// Spans per message beyond which the rest of the message is refused.
+    /// A message longer than this is refused before anything is read.
+    pub max_message_bytes: usize,
+    /// Spans per message beyond which the message is refused.
     pub max_spans: usize,
+    /// Attributes of one resource beyond which the message is refused.
+    pub max_resource_attributes: usize,
+    /// What decoding a message may hold in memory (an estimate counted
+    /// before decoding); a message that would hold more is refused.
+    pub max_decoded_bytes: usize,
     /// Attributes per span beyond which the span is refused.
     pub max_attributes: usize,
     /// The resource or span attribute naming the tenant…
@@ -51,7 +60,10 @@ pub struct OtlpOptions {
 impl Default for OtlpOptions {
     fn default() -> Self {
         OtlpOptions {
+            max_message_bytes: 4 << 20,
             max_spans: 10_000,
+            max_resource_attributes: 128,
+            max_decoded_bytes: 64 << 20,
             max_attributes: 256,
             tenant_attribute: "tenant.id".into(),
             tenant_fallback: None,
@@ -107,68 +119,201 @@ fn skipped_operation(attrs: &[KeyValue]) -> &'static str {
     }
 }
 
-/// Why a whole message is refused: not an export request, or one with
-/// more spans than the limit.
+/// Why a whole message is refused: not an export request, or over a
+/// limit; with what its dead letter keeps of it (counts, never values).
 #[derive(Debug, PartialEq, Eq)]
 pub struct NotOtlp {
     pub why: String,
-    pub too_many_spans: bool,
+    pub reason: DeadLetterReason,
+    /// The message as its dead letter keeps it: its size and what was
+    /// counted of it, as JSON.
+    pub summary: Vec<u8>,
 }
 
-impl NotOtlp {
-    fn malformed(why: String) -> NotOtlp {
-        NotOtlp {
-            why,
-            too_many_spans: false,
-        }
+fn summary(bytes: &[u8], encoding: OtlpEncoding, shape: Option<scan::Shape>) -> Vec<u8> {
+    let mut v = serde_json::json!({
+        "otlp_message": match encoding {
+            OtlpEncoding::Proto => "otlp_proto",
+            OtlpEncoding::Json => "otlp_json",
+        },
+        "bytes": bytes.len(),
+    });
+    if let Some(s) = shape {
+        v["resources"] = s.resources.into();
+        v["spans"] = s.spans.into();
+        v["attributes"] = s.attributes.into();
+        v["values"] = s.elements.into();
     }
+    v.to_string().into_bytes()
 }
 
-/// Reads `bytes` as an export request and maps each of its spans.
+/// A span as its dead letter keeps it: its ids, its attributes' names and
+/// counts, never a value (an attribute named `db.password` holds one).
+fn span_summary(id: &str, span: &Span) -> Vec<u8> {
+    let names: Vec<&str> = span
+        .attributes
+        .iter()
+        .take(64)
+        .map(|kv| kv.key.as_str())
+        .collect();
+    serde_json::json!({
+        "otlp_span": id,
+        "attribute_names": names,
+        "attributes": span.attributes.len(),
+        "events": span.events.len(),
+        "links": span.links.len(),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The v1 event a span mapped to, as its dead letter keeps it when the v1
+/// decoder refused it: the span id and the names of the fields and
+/// attributes, never their values.
+pub fn event_summary(span: &str, event_json: &[u8]) -> Vec<u8> {
+    let names = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().take(64).cloned().collect())
+            .unwrap_or_default()
+    };
+    let event: Value = serde_json::from_slice(event_json).unwrap_or(Value::Null);
+    serde_json::json!({
+        "otlp_span": span,
+        "fields": names(&event),
+        "attribute_names": names(&event["attributes"]),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Reads `bytes` as an export request and maps each of its spans. The
+/// size, the spans, the resource attributes and the memory decoding would
+/// hold are checked first, by a scan that stops at the first limit.
 pub fn spans(
     bytes: &[u8],
     encoding: OtlpEncoding,
     opts: &OtlpOptions,
 ) -> Result<Vec<SpanItem>, NotOtlp> {
+    let refuse = |reason, why: String, shape| NotOtlp {
+        why,
+        reason,
+        summary: summary(bytes, encoding, shape),
+    };
+    if bytes.len() > opts.max_message_bytes {
+        return Err(refuse(
+            DeadLetterReason::TooLarge,
+            format!(
+                "max_message_bytes: {} bytes, over the limit of {}",
+                bytes.len(),
+                opts.max_message_bytes
+            ),
+            None,
+        ));
+    }
+    let limits = scan::Limits {
+        max_spans: opts.max_spans,
+        max_resource_attributes: opts.max_resource_attributes,
+        max_decoded_bytes: opts.max_decoded_bytes,
+    };
+    let scanned = match encoding {
+        OtlpEncoding::Proto => scan::protobuf(bytes, limits),
+        OtlpEncoding::Json => scan::json(bytes, limits),
+    };
+    let shape = match scanned {
+        Ok(shape) => shape,
+        Err(scan::Refusal::Malformed(why)) => {
+            return Err(refuse(DeadLetterReason::InvalidOtlp, why, None));
+        }
+        Err(scan::Refusal::Limit { limit, detail }) => {
+            return Err(refuse(
+                DeadLetterReason::TooLarge,
+                format!("{limit}: {detail}"),
+                None,
+            ));
+        }
+    };
     let request = match encoding {
-        OtlpEncoding::Proto => ExportTraceServiceRequest::decode(bytes)
-            .map_err(|e| NotOtlp::malformed(format!("not an OTLP protobuf export request: {e}")))?,
-        OtlpEncoding::Json => serde_json::from_slice(bytes)
-            .map_err(|e| NotOtlp::malformed(format!("not an OTLP JSON export request: {e}")))?,
+        OtlpEncoding::Proto => ExportTraceServiceRequest::decode(bytes).map_err(|e| {
+            refuse(
+                DeadLetterReason::InvalidOtlp,
+                format!("not an OTLP protobuf export request: {e}"),
+                Some(shape),
+            )
+        })?,
+        OtlpEncoding::Json => serde_json::from_slice(bytes).map_err(|e| {
+            refuse(
+                DeadLetterReason::InvalidOtlp,
+                format!("not an OTLP JSON export request: {e}"),
+                Some(shape),
+            )
+        })?,
     };
     // Protobuf skips fields it does not know, so bytes of anything else
     // can read as a request with nothing in it; the Collector never ships
     // one, and an audit trail must not swallow a message unseen.
     if request.resource_spans.is_empty() {
-        return Err(NotOtlp::malformed(
+        return Err(refuse(
+            DeadLetterReason::InvalidOtlp,
             "an export request with no resource spans (no OTLP field at all)".into(),
+            Some(shape),
         ));
     }
+    // JSON was bounded by its objects only: count its spans and resource
+    // attributes now (the memory is bounded already).
     let total: usize = request
         .resource_spans
         .iter()
         .flat_map(|r| &r.scope_spans)
         .map(|s| s.spans.len())
         .sum();
-    if total > opts.max_spans {
-        return Err(NotOtlp {
-            why: format!(
-                "{total} spans in one message, over the limit of {}",
-                opts.max_spans
-            ),
-            too_many_spans: true,
-        });
+    let widest = request
+        .resource_spans
+        .iter()
+        .filter_map(|r| r.resource.as_ref())
+        .map(|r| r.attributes.len())
+        .max()
+        .unwrap_or(0);
+    if total > opts.max_spans || widest > opts.max_resource_attributes {
+        return Err(refuse(
+            DeadLetterReason::TooLarge,
+            if total > opts.max_spans {
+                format!(
+                    "max_spans_per_message: {total} spans in one message, over the limit of {}",
+                    opts.max_spans
+                )
+            } else {
+                format!(
+                    "max_resource_attributes: a resource with {widest} attributes, over the limit of {}",
+                    opts.max_resource_attributes
+                )
+            },
+            Some(shape),
+        ));
     }
     let mut out = Vec::with_capacity(total);
     for rs in &request.resource_spans {
-        let resource: &[KeyValue] = rs.resource.as_ref().map_or(&[], |r| &r.attributes);
+        let attributes: &[KeyValue] = rs.resource.as_ref().map_or(&[], |r| &r.attributes);
+        // Read once per resource, not once per span: a span's lookups must
+        // not cost the resource's size.
+        let resource = ResourceView {
+            tenant: attr(attributes, &opts.tenant_attribute),
+            service_name: attr(attributes, "service.name"),
+            environment: attr(attributes, "deployment.environment.name"),
+        };
         for ss in &rs.scope_spans {
             for span in &ss.spans {
-                out.push(map_span(span, resource, opts));
+                out.push(map_span(span, &resource, opts));
             }
         }
     }
     Ok(out)
+}
+
+/// The resource attributes a span's mapping reads, looked up once.
+struct ResourceView<'a> {
+    tenant: Option<&'a AnyValue>,
+    service_name: Option<&'a AnyValue>,
+    environment: Option<&'a AnyValue>,
 }
 
 fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
@@ -233,7 +378,7 @@ const MAPPED: [&str; 13] = [
     "mcp.method.name",
 ];
 
-fn map_span(span: &Span, resource: &[KeyValue], opts: &OtlpOptions) -> SpanItem {
+fn map_span(span: &Span, resource: &ResourceView<'_>, opts: &OtlpOptions) -> SpanItem {
     let attrs = &span.attributes;
     if !is_tool_span(attrs) {
         return SpanItem::Skipped(skipped_operation(attrs));
@@ -247,9 +392,9 @@ fn map_span(span: &Span, resource: &[KeyValue], opts: &OtlpOptions) -> SpanItem 
         span: id.clone(),
         reason,
         why,
-        // The span as the Collector's JSON encoding writes it; the
-        // dead-letter path redacts and truncates it.
-        raw: serde_json::to_vec(span).unwrap_or_default(),
+        // Names and counts only: a value of a refused span (an attribute
+        // named `db.password`) is never kept.
+        raw: span_summary(&id, span),
     };
     if attrs.len() > opts.max_attributes {
         return refuse(
@@ -292,13 +437,13 @@ fn map_span(span: &Span, resource: &[KeyValue], opts: &OtlpOptions) -> SpanItem 
         ts: i64::try_from(span.start_time_unix_nano / 1_000_000).unwrap_or(i64::MAX),
         latency_ms,
         tenant: attr(attrs, &opts.tenant_attribute)
-            .or_else(|| attr(resource, &opts.tenant_attribute))
+            .or(resource.tenant)
             .and_then(text)
             .or_else(|| opts.tenant_fallback.as_deref().map(Cow::Borrowed)),
         agent_id: get("gen_ai.agent.id")
             .or_else(|| get("gen_ai.agent.name"))
-            .or_else(|| attr(resource, "service.name").and_then(text)),
-        environment: attr(resource, "deployment.environment.name").and_then(text),
+            .or_else(|| resource.service_name.and_then(text)),
+        environment: resource.environment.and_then(text),
         tool: get("gen_ai.tool.name"),
         tool_call_id: get("gen_ai.tool.call.id"),
         tool_type: get("gen_ai.tool.type"),

@@ -199,8 +199,9 @@ fn what_is_not_otlp_or_over_a_limit_is_refused_never_a_panic() {
             assert!(span.ends_with(&"02".repeat(8)), "{span}");
             assert!(why.contains("attributes"), "{why}");
             assert_eq!(*reason, crate::event::DeadLetterReason::TooLarge);
-            let raw: serde_json::Value = serde_json::from_slice(raw).expect("the span as JSON");
-            assert!(raw.get("spanId").is_some(), "{raw}");
+            let raw: serde_json::Value = serde_json::from_slice(raw).expect("a summary as JSON");
+            assert_eq!(raw["otlp_span"].as_str(), Some(span.as_str()), "{raw}");
+            assert!(raw["attribute_names"].is_array(), "{raw}");
         }
         other => panic!("{other:?}"),
     }
