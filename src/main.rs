@@ -34,6 +34,8 @@ fn main() -> anyhow::Result<()> {
             demo_rate,
             scenarios,
         } => {
+            // Before any thread exists, so that every thread inherits it.
+            agentaudit::pipeline::hold_stop_signals();
             let cfg = Config::load(
                 config.as_deref(),
                 Overrides {

@@ -27,6 +27,16 @@ pub struct Demo {
 const DEMO_SCENARIO_START: u64 = 12_000;
 
 pub async fn serve(mut cfg: Config, demo: Option<Demo>) -> Result<(), PipelineError> {
+    // The handlers first: a stop that arrives while the broker starts or
+    // the group is joined waits for them (held by `hold_stop_signals`) and
+    // ends in a clean stop, not in the default action's death.
+    let mut terminate = signal_terminate()?;
+    let mut interrupt =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| PipelineError::Runtime(format!("installing the SIGINT handler: {e}")))?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| PipelineError::Runtime(format!("installing the SIGHUP handler: {e}")))?;
+    release_stop_signals();
     if let Some(d) = demo.as_ref().filter(|d| !d.scenarios.is_empty()) {
         // A demo is watched live: small buckets so a scenario alerts in
         // minutes, and the inventory its benign traffic complies with.
@@ -122,9 +132,6 @@ pub async fn serve(mut cfg: Config, demo: Option<Demo>) -> Result<(), PipelineEr
 
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     let mut last_report = std::time::Instant::now();
-    let mut terminate = signal_terminate()?;
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| PipelineError::Runtime(format!("installing the SIGHUP handler: {e}")))?;
     let policy_file = cfg.detect.policy_file.clone();
     let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut policy_mtime = policy_file.as_deref().and_then(modified);
@@ -135,7 +142,7 @@ pub async fn serve(mut cfg: Config, demo: Option<Demo>) -> Result<(), PipelineEr
     };
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
             _ = hangup.recv() => reload(&metrics),
             _ = ticker.tick() => {
@@ -213,4 +220,34 @@ fn report_progress(m: &Metrics) {
 fn signal_terminate() -> Result<tokio::signal::unix::Signal, PipelineError> {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| PipelineError::Runtime(format!("installing the SIGTERM handler: {e}")))
+}
+
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn mask_stop_signals(how: libc::c_int) {
+    // SAFETY: sigemptyset/sigaddset fill a set on our stack, and
+    // pthread_sigmask changes only the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// Holds SIGINT, SIGTERM and SIGHUP pending in this thread and every thread
+/// it starts from now on, until `serve` has its handlers: call it first
+/// thing, before the runtime's threads exist. A stop sent meanwhile is
+/// acted on as soon as the handlers are in, instead of killing the process
+/// with status 143 half-way through its start.
+pub fn hold_stop_signals() {
+    mask_stop_signals(libc::SIG_BLOCK);
+}
+
+/// Lets this thread take the held signals again; a pending one is delivered
+/// to the handlers now installed.
+fn release_stop_signals() {
+    mask_stop_signals(libc::SIG_UNBLOCK);
 }

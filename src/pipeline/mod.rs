@@ -27,7 +27,7 @@ use crate::source::{
 mod command;
 mod detect_stage;
 
-pub use command::{Demo, serve};
+pub use command::{Demo, hold_stop_signals, serve};
 use detect_stage::{DetectStage, detect_stage};
 pub use detect_stage::{install_policy, reload_policy};
 
