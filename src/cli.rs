@@ -103,6 +103,11 @@ pub enum Command {
         params: Vec<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// With --format csv: write cells as stored, even those a
+        /// spreadsheet would run as a formula (by default they get a
+        /// leading `'`).
+        #[arg(long)]
+        csv_raw: bool,
         /// Write the result to this file, whole or not at all (a temporary
         /// file beside it, renamed over it), instead of standard output.
         #[arg(long)]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod error;
+pub mod escape;
 pub mod event;
 pub mod hook;
 pub mod incident;

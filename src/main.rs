@@ -68,10 +68,15 @@ fn main() -> anyhow::Result<()> {
             file,
             params,
             format,
+            csv_raw,
             out,
             data_dir,
             config,
         } => {
+            let format = match format {
+                agentaudit::query::Format::Csv if csv_raw => agentaudit::query::Format::CsvRaw,
+                f => f,
+            };
             let store = match &config {
                 Some(p) => Config::from_file(p)?.sink.object_store,
                 None => Default::default(),
@@ -144,6 +149,8 @@ fn main() -> anyhow::Result<()> {
                 agentaudit::incident::build(&ctx, &subject, span).await
             })?;
             let stem = agentaudit::incident::file_stem(&subject);
+            std::fs::create_dir_all(&out_dir)
+                .with_context(|| format!("creating --out-dir {}", out_dir.display()))?;
             for (ext, text) in [
                 ("md", agentaudit::incident::markdown(&report)),
                 ("html", agentaudit::incident::html(&report)),

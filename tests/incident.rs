@@ -16,7 +16,8 @@ fn incident(args: &[&str]) -> (String, String) {
         .arg("incident")
         .args(args)
         .arg("--out-dir")
-        .arg(out_dir.path())
+        // A directory that does not exist yet: incident makes it.
+        .arg(out_dir.path().join("reports/new"))
         .output()
         .expect("agentaudit incident");
     assert!(
@@ -115,4 +116,109 @@ fn the_report_of_a_planted_spike_names_its_cause() {
         .expect("agentaudit incident");
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("no alert `no-such-alert`"));
+}
+
+/// Produces `events` to `topic`, keyed by tenant, in order.
+fn produce(brokers: &str, topic: &str, events: &[serde_json::Value]) {
+    use rdkafka::producer::Producer;
+    let producer = agentaudit::traffic::producer(brokers, &[]).expect("producer");
+    for e in events {
+        agentaudit::traffic::send(&producer, topic, Some("acme"), e.to_string().as_bytes())
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// 300 calls earlier in the span, and 40 back-dated by two days, used to
+/// push the malicious call out of the timeline (it stopped at 300 rows,
+/// by the producer's `ts`, with no notice); a tool name that is a Markdown
+/// image rendered as one.
+#[test]
+fn back_dated_floods_cannot_hide_the_alerts_own_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let topic = "incident-flood";
+    let broker = agentaudit::source::embedded::EmbeddedBroker::start(topic, 1).expect("broker");
+    let brokers = broker.bootstrap_servers();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[agents]]\nid = \"support-bot\"\nbusiness_owner = \"x\"\ntechnical_owner = \"y\"\n\
+         environments = [\"production\"]\nreview_by = \"2099-01-01\"\n\
+         [agents.tools.production]\nread = [\"search_kb\"]\n",
+    )
+    .unwrap();
+    let mut serve = common::Serve::start(&[
+        "--brokers",
+        &brokers,
+        "--topic",
+        topic,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let now = chrono::Utc::now().timestamp_millis();
+    let call = |id: String, ts: i64, tool: &str| {
+        serde_json::json!({
+            "event_id": id, "ts": ts, "tenant": "acme", "agent_id": "support-bot",
+            "environment": "production", "tool": tool, "status": "ok", "workflow_id": "w-1",
+        })
+    };
+    let mut events: Vec<serde_json::Value> = (0..300)
+        .map(|i| {
+            call(
+                format!("early-{i:03}"),
+                now - 20 * 60_000 + i * 100,
+                "search_kb",
+            )
+        })
+        .collect();
+    events.extend((0..40).map(|i| {
+        call(
+            format!("backdated-{i:02}"),
+            now - 2 * 86_400_000 + i,
+            "search_kb",
+        )
+    }));
+    events.push(call(
+        "the-malicious-call".into(),
+        now,
+        "![x](https://evil.example/p.png)",
+    ));
+    produce(&brokers, topic, &events);
+    serve.wait_until("every call stored", Duration::from_secs(60), |s| {
+        s.metric("agentaudit_events_consumed_total") >= events.len() as f64
+    });
+    assert!(serve.terminate().success());
+    let alerts = query(
+        &data,
+        "SELECT alert_id FROM alerts WHERE rule = 'tool_not_allowed'",
+        &[],
+    );
+    let id = alerts[0]["alert_id"].as_str().expect("alert id").to_owned();
+    let (md, html) = incident(&[&id, "--data-dir", data.to_str().unwrap()]);
+    let section = |title: &str| -> String {
+        md.split(&format!("## {title}"))
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap_or_else(|| panic!("no {title} section"))
+            .to_owned()
+    };
+    let timeline = section("Timeline");
+    assert!(timeline.contains("the-malicious-call"), "{timeline}");
+    assert!(
+        timeline.contains("more rows**"),
+        "no notice of the rows cut"
+    );
+    assert!(
+        timeline.contains("agentaudit query --format csv"),
+        "no SQL to see them"
+    );
+    let arrived = section("Arrived with the alert, dated elsewhere");
+    assert!(arrived.contains("backdated-00"), "{arrived}");
+    // The tool's name is text in both files.
+    assert!(md.contains(r"\!\[x\](https&#58;//evil"), "{timeline}");
+    assert!(!html.contains("<img"));
+    drop(broker);
 }

@@ -59,10 +59,13 @@ pub struct Section {
     pub title: &'static str,
     /// What the section answers, for the reader.
     pub about: String,
-    pub sql: &'static str,
+    pub sql: String,
     pub params: BTreeMap<String, String>,
     pub columns: Vec<String>,
     pub rows: Vec<Vec<String>>,
+    /// When the rows shown are not all: how many there are in all, and the
+    /// statement that shows every one.
+    pub more: Option<(u64, String)>,
 }
 
 /// The whole report.
@@ -87,6 +90,8 @@ struct Focus {
     tool: String,
     window_start_ms: i64,
     window_end_ms: i64,
+    /// The alert's sample calls, by event id.
+    samples: Vec<String>,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -164,10 +169,11 @@ pub async fn build(
             let section = Section {
                 title: "The alert",
                 about: "The alert as stored: its rule, keys, window, observed against expected, score and the detector's own words.".into(),
-                sql: sections::ALERT,
+                sql: sections::ALERT.to_owned(),
                 params,
                 columns,
                 rows,
+                more: None,
             };
             (alert.focus, title, summary, Some(section))
         }
@@ -182,6 +188,7 @@ pub async fn build(
                 tool: String::new(),
                 window_start_ms: *at_ms,
                 window_end_ms: *at_ms,
+                samples: Vec::new(),
             };
             let who = match agent {
                 Some(a) => format!("agent {a} of tenant {tenant}"),
@@ -213,6 +220,11 @@ pub async fn build(
         rfc3339(focus.window_end_ms.max(focus.window_start_ms + 1)),
     );
     params.insert("history_from".to_owned(), rfc3339(history_from));
+    params.insert("samples".to_owned(), focus.samples.join(","));
+    params.insert(
+        "margin_secs".to_owned(),
+        format!("{}", span.margin_ms / 1000),
+    );
     // The usual count over a span as long as [from, to).
     params.insert(
         "scale".to_owned(),
@@ -228,14 +240,29 @@ pub async fn build(
             .filter(|(k, _)| q.sql.contains(&format!("${k}")))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let (columns, rows) = run(ctx, q.sql, &wanted).await?;
+        let sql = q.shown();
+        let (columns, rows) = run(ctx, &sql, &wanted).await?;
+        // A full page may not be all: say how many more, never cut silently.
+        let more = match q.limit {
+            Some(limit) if rows.len() >= limit as usize => {
+                let (_, counted) = run(ctx, &q.count(), &wanted).await?;
+                let total = counted
+                    .first()
+                    .and_then(|r| r.first())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(rows.len() as u64);
+                (total > rows.len() as u64).then(|| (total, q.sql.to_owned()))
+            }
+            _ => None,
+        };
         out.push(Section {
             title: q.title,
             about: q.about.replace("{history}", &days(span.history_ms)),
-            sql: q.sql,
+            sql,
             params: wanted,
             columns,
             rows,
+            more,
         });
     }
     let chart = chart::build(ctx, &params, focus.window_start_ms, focus.window_end_ms).await?;
@@ -352,8 +379,36 @@ fn alert_row(batches: &[RecordBatch]) -> Option<AlertRow> {
             tool: text("tool").unwrap_or_default(),
             window_start_ms: time("window_start")?,
             window_end_ms: time("window_end")?,
+            samples: samples(b),
         },
     })
+}
+
+/// The alert's `sample_event_ids`, however the list is typed.
+fn samples(b: &RecordBatch) -> Vec<String> {
+    use datafusion::arrow::array::{Array, AsArray};
+    let Some(c) = b.column_by_name("sample_event_ids") else {
+        return Vec::new();
+    };
+    let Some(list) = c.as_list_opt::<i32>() else {
+        return Vec::new();
+    };
+    if list.is_null(0) {
+        return Vec::new();
+    }
+    let values = list.value(0);
+    let Ok(text) =
+        datafusion::arrow::compute::cast(&values, &datafusion::arrow::datatypes::DataType::Utf8)
+    else {
+        return Vec::new();
+    };
+    text.as_string::<i32>()
+        .iter()
+        .flatten()
+        // A comma would split one id into two in the statement's list.
+        .filter(|id| !id.contains(','))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A file name for the report of `subject`: only characters that are safe

@@ -25,13 +25,10 @@ fn rerun(sql: &str, params: &std::collections::BTreeMap<String, String>) -> Stri
     escape_deceptive(&cmd)
 }
 
+/// A value as Markdown text: every Markdown-active character literal, so a
+/// tool named `![x](https://…)` shows as those characters, not as an image.
 fn md_cell(text: &str) -> String {
-    escape_deceptive(text)
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('|', "\\|")
-        .replace('\n', " ")
+    crate::escape::markdown(&escape_deceptive(text))
 }
 
 fn html_text(text: &str) -> String {
@@ -56,7 +53,17 @@ fn md_section(out: &mut String, s: &Section) {
         }
         out.push('\n');
     }
-    let cmd = rerun(s.sql, &s.params);
+    if let Some((total, all)) = &s.more {
+        let cmd = rerun(all, &s.params);
+        let _ = writeln!(
+            out,
+            "**{} more rows** ({} shown of {total}). To see them all:\n\n{fence}sh\n{cmd}\n{fence}\n",
+            total - s.rows.len() as u64,
+            s.rows.len(),
+            fence = fence_for(&cmd)
+        );
+    }
+    let cmd = rerun(&s.sql, &s.params);
     let _ = writeln!(
         out,
         "<details><summary>SQL</summary>\n\n```sql\n{}\n```\n\n{fence}sh\n{cmd}\n{fence}\n\n</details>\n",
@@ -128,11 +135,20 @@ fn html_section(out: &mut String, s: &Section) {
         }
         out.push_str("</tbody></table>");
     }
+    if let Some((total, all)) = &s.more {
+        let _ = write!(
+            out,
+            "<p class=\"more\"><strong>{} more rows</strong> ({} shown of {total}). To see them all:</p><pre>{}</pre>",
+            total - s.rows.len() as u64,
+            s.rows.len(),
+            html_text(&rerun(all, &s.params))
+        );
+    }
     let _ = write!(
         out,
         "<details><summary>SQL</summary><pre>{}</pre><pre>{}</pre></details>",
-        html_text(s.sql),
-        html_text(&rerun(s.sql, &s.params))
+        html_text(&s.sql),
+        html_text(&rerun(&s.sql, &s.params))
     );
 }
 
@@ -185,10 +201,11 @@ mod tests {
             sections: vec![Section {
                 title: "Timeline",
                 about: "calls".into(),
-                sql: "SELECT 1",
+                sql: "SELECT 1".into(),
                 params,
                 columns: vec!["tool".into()],
                 rows: vec![vec![evil.into()]],
+                more: None,
             }],
             chart: None,
             generated_at: "now".into(),
@@ -198,7 +215,7 @@ mod tests {
         assert!(!page.contains('\u{202e}'), "{page}");
         let md = markdown(&report);
         assert!(
-            md.contains(r"| &lt;script&gt;alert(1)&lt;/script&gt;\|x\u{202e}'; rm -rf / # |"),
+            md.contains(r"| &lt;script&gt;alert(1)&lt;/script&gt;\|x\\u{202e}'; rm -rf / # |"),
             "a cell is escaped and cannot open another: {md}"
         );
         assert!(
@@ -206,6 +223,23 @@ mod tests {
             "the value stays one shell word, inside a code fence: {md}"
         );
         assert!(!md.contains('\u{202e}'));
+        // Names that are Markdown links or images show as text.
+        let link = "![x](https://evil.example/p.png)";
+        let mut r = report;
+        r.sections[0].rows = vec![vec![link.into()]; 3];
+        r.sections[0].more = Some((1003, "SELECT everything".into()));
+        let md = markdown(&r);
+        let table: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(table.len(), 4, "{md}");
+        for line in &table[1..] {
+            let cells = line.trim_start_matches("| ");
+            assert_eq!(crate::escape::unescaped(cells, b'['), None, "{line}");
+            assert_eq!(crate::escape::unescaped(cells, b'!'), None, "{line}");
+            assert!(!line.contains("https://"), "{line}");
+        }
+        assert!(md.contains("**1000 more rows** (3 shown of 1003)"), "{md}");
+        assert!(md.contains("'SELECT everything'"), "{md}");
+        assert!(html(&r).contains("<strong>1000 more rows</strong>"));
         // A value with a fence of its own cannot close the block around it.
         assert_eq!(fence_for("a ``` b"), "````");
         assert_eq!(fence_for("plain"), "```");

@@ -17,8 +17,14 @@ use crate::error::QueryError;
 pub enum Format {
     /// Aligned text for a terminal; control characters escaped.
     Table,
-    /// RFC 4180 with a header; lists, structs and maps as JSON text.
+    /// RFC 4180 with a header; lists, structs and maps as JSON text; a text
+    /// cell that a spreadsheet would run as a formula (it starts with
+    /// `= + - @`, a tab or a carriage return) gets a leading `'`, as OWASP
+    /// advises (`--csv-raw` turns that off).
     Csv,
+    /// CSV with every cell as stored, formulas and all (`--csv-raw`).
+    #[value(skip)]
+    CsvRaw,
     /// One JSON array of row objects.
     Json,
     /// One JSON object per line.
@@ -55,10 +61,16 @@ pub fn write(
                 .to_string();
             writeln!(out, "{}", super::escape_deceptive(&text))?;
         }
-        Format::Csv => {
+        Format::Csv | Format::CsvRaw => {
             let mut w = csv::WriterBuilder::new().with_header(true).build(out);
             for b in batches {
-                w.write(&nested_as_json_text(b)?).map_err(arrow)?;
+                let b = nested_as_json_text(b)?;
+                let b = if format == Format::Csv {
+                    formulas_neutralised(&b)?
+                } else {
+                    b
+                };
+                w.write(&b).map_err(arrow)?;
             }
         }
         Format::Json => {
@@ -147,6 +159,58 @@ pub fn atomically(
     Ok(())
 }
 
+/// A cell a spreadsheet reads as a formula (CSV injection): its first
+/// character is one of OWASP's list.
+fn is_formula(text: &str) -> bool {
+    text.starts_with(['=', '+', '-', '@', '\t', '\r'])
+}
+
+/// `batch` with every text cell that reads as a formula prefixed by `'`,
+/// which spreadsheets show and never evaluate.
+fn formulas_neutralised(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
+    use datafusion::arrow::array::Array;
+    let schema = batch.schema();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        let text = match field.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                datafusion::arrow::compute::cast(column, &DataType::Utf8).map_err(arrow)?
+            }
+            _ => {
+                fields.push(field.clone());
+                columns.push(column.clone());
+                continue;
+            }
+        };
+        let text = text
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| QueryError::Runtime(format!("`{}` is not text", field.name())))?;
+        if !text.iter().flatten().any(is_formula) {
+            fields.push(field.clone());
+            columns.push(column.clone());
+            continue;
+        }
+        let safe: StringArray = text
+            .iter()
+            .map(|v| {
+                v.map(|v| {
+                    if is_formula(v) {
+                        format!("'{v}")
+                    } else {
+                        v.to_owned()
+                    }
+                })
+            })
+            .collect();
+        debug_assert_eq!(safe.len(), text.len());
+        fields.push(Arc::new(Field::new(field.name(), DataType::Utf8, true)));
+        columns.push(Arc::new(safe));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(arrow)
+}
+
 fn is_nested(t: &DataType) -> bool {
     matches!(
         t,
@@ -213,4 +277,58 @@ fn json_texts(field: &Arc<Field>, column: &ArrayRef) -> Result<Vec<Option<String
         )));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `query --format csv` wrote a tool named `=HYPERLINK(…)` as a live
+    /// formula; by default each such cell now opens with `'`.
+    #[test]
+    fn csv_cells_that_read_as_formulas_are_neutralised_unless_raw() {
+        let cells = [
+            "=HYPERLINK(\"https://evil.example\",\"x\")",
+            "+1+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tcmd",
+            "\rcmd",
+            "search_kb",
+            "a=b",
+        ];
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("tool", DataType::Utf8, true)])),
+            vec![Arc::new(StringArray::from(cells.to_vec())) as ArrayRef],
+        )
+        .unwrap();
+        let safe = render(std::slice::from_ref(&batch), Format::Csv).unwrap();
+        let rows: Vec<String> = datafusion::arrow::csv::ReaderBuilder::new(batch.schema())
+            .with_header(true)
+            .build(std::io::Cursor::new(safe.clone()))
+            .unwrap()
+            .flat_map(|b| {
+                let b = b.unwrap();
+                let col = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .clone();
+                col.iter()
+                    .map(|v| v.unwrap_or_default().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (cell, row) in cells.iter().zip(&rows) {
+            if is_formula(cell) {
+                assert_eq!(*row, format!("'{cell}"), "{safe}");
+            } else {
+                assert_eq!(row, cell);
+            }
+        }
+        let raw = render(&[batch], Format::CsvRaw).unwrap();
+        assert!(raw.contains("\n@SUM(A1)\n"), "{raw}");
+        assert!(!safe.contains("\n@SUM"), "{safe}");
+    }
 }
