@@ -151,24 +151,39 @@ pub enum Command {
         #[arg(long, env = "AGENTAUDIT_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// The kill switch's receiver: take Alertmanager webhooks and run a
-    /// command per firing alert with the agent and credential as its last
-    /// two arguments; each action becomes a row of the `actions` table.
+    /// The kill switch's receiver: take Alertmanager webhooks and, per firing
+    /// alert about an agent the inventory lists, run a command with
+    /// `-- AGENT CREDENTIAL…` (the inventory's id and credentials, never
+    /// what the events said); each action becomes rows of the `actions` table.
     RevokeHook {
-        /// Address to listen on; loopback unless you say otherwise.
+        /// Address to listen on; loopback unless you say otherwise (then put
+        /// it behind a TLS proxy).
         #[arg(long, default_value = "127.0.0.1:9466")]
         listen: std::net::SocketAddr,
+        /// The inventory and policy file (as `serve --policy`): the only
+        /// source of which agents may be revoked and with which credentials.
+        #[arg(long, env = "AGENTAUDIT_POLICY")]
+        policy: PathBuf,
         /// The program to run, e.g. a script calling your identity
         /// provider's CLI; never run through a shell.
         #[arg(long)]
         command: PathBuf,
-        /// Arguments before AGENT CREDENTIAL (repeatable).
+        /// Arguments before `-- AGENT CREDENTIAL…` (repeatable).
         #[arg(long = "command-arg")]
         command_args: Vec<String>,
-        /// The shared secret Alertmanager sends as `Authorization: Bearer`.
-        #[arg(long, env = "AGENTAUDIT_HOOK_SECRET", hide_env_values = true)]
-        secret: String,
-        /// A command still running after this many seconds is killed.
+        /// A variable of the hook's environment to pass to the command
+        /// (repeatable); the rest are cleared but PATH, HOME, LANG, LC_ALL, TZ.
+        #[arg(long = "pass-env")]
+        pass_env: Vec<String>,
+        /// A file holding the shared secret Alertmanager sends as
+        /// `Authorization: Bearer` (or set AGENTAUDIT_HOOK_SECRET).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// Deprecated: shows in `ps`. Use --secret-file or AGENTAUDIT_HOOK_SECRET.
+        #[arg(long, hide = true)]
+        secret: Option<String>,
+        /// A command still running after this many seconds is killed, with
+        /// its whole process group.
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
         #[arg(long, env = "AGENTAUDIT_DATA_DIR", default_value = "./data")]

@@ -162,22 +162,23 @@ fn main() -> anyhow::Result<()> {
         }
         Command::RevokeHook {
             listen,
+            policy,
             command,
             command_args,
+            pass_env,
+            secret_file,
             secret,
             timeout_secs,
             data_dir,
             config,
         } => {
-            anyhow::ensure!(
-                secret.len() >= 16,
-                "--secret (AGENTAUDIT_HOOK_SECRET) must be at least 16 characters"
-            );
+            let secret = hook_secret(secret_file.as_deref(), secret)?;
             anyhow::ensure!(
                 command.is_file(),
                 "--command {}: no such program",
                 command.display()
             );
+            let policy = agentaudit::detect::policy::Policy::load(&policy)?;
             let store = match &config {
                 Some(p) => Config::from_file(p)?.sink.object_store,
                 None => Default::default(),
@@ -187,9 +188,11 @@ fn main() -> anyhow::Result<()> {
                 listen,
                 command,
                 command_args,
+                pass_env,
                 secret,
                 timeout: std::time::Duration::from_secs(timeout_secs.max(1)),
                 lake,
+                policy: std::sync::Arc::new(policy),
             };
             let metrics = std::sync::Arc::new(agentaudit::metrics::Metrics::new());
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -404,4 +407,33 @@ fn init_logs(format: LogFormat) {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().with_current_span(false).init(),
     }
+}
+
+/// The revoke-hook's shared secret: from `--secret-file`, else the
+/// environment, else the deprecated flag (which `ps` shows), at least 16
+/// characters.
+fn hook_secret(file: Option<&std::path::Path>, flag: Option<String>) -> anyhow::Result<String> {
+    let secret = if let Some(path) = file {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("--secret-file {}", path.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned()
+    } else if let Ok(s) = std::env::var("AGENTAUDIT_HOOK_SECRET") {
+        s
+    } else if let Some(s) = flag {
+        eprintln!(
+            "agentaudit revoke-hook: --secret is deprecated (every user sees it in `ps`); \
+             use --secret-file or AGENTAUDIT_HOOK_SECRET"
+        );
+        s
+    } else {
+        anyhow::bail!(
+            "revoke-hook needs a shared secret: --secret-file FILE or AGENTAUDIT_HOOK_SECRET"
+        );
+    };
+    anyhow::ensure!(
+        secret.chars().count() >= 16,
+        "the revoke-hook's shared secret must be at least 16 characters"
+    );
+    Ok(secret)
 }

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub otlp_spans_skipped: IntCounterVec,
     pub hook_actions: IntCounterVec,
     pub hook_refused: IntCounterVec,
+    pub hook_queued: IntGauge,
+    pub hook_queue_limit: IntGauge,
     pub redactions: IntCounterVec,
     pub unknown_fields: IntCounter,
     pub rows_written: IntCounterVec,
@@ -182,14 +184,24 @@ impl Metrics {
             hook_actions: counter_vec(
                 &r,
                 "agentaudit_hook_actions_total",
-                "revoke-hook: alerts received, by outcome (ran, failed, skipped, repeat_skipped, resolved_ignored)",
+                "revoke-hook: alerts received, by outcome (ran, failed, declined, repeat_skipped, queue_full, resolved_ignored)",
                 &["outcome"],
             ),
             hook_refused: counter_vec(
                 &r,
                 "agentaudit_hook_requests_refused_total",
-                "revoke-hook: webhook requests refused, by reason (unauthorised, malformed, too_many_alerts)",
+                "revoke-hook: webhook requests refused, by reason (unauthorised, malformed, too_many_alerts, body_timeout, not_recorded)",
                 &["reason"],
+            ),
+            hook_queued: gauge(
+                &r,
+                "agentaudit_hook_queued",
+                "revoke-hook: revocations waiting or running, all agents together",
+            ),
+            hook_queue_limit: gauge(
+                &r,
+                "agentaudit_hook_queue_limit",
+                "revoke-hook: revocations one agent may have waiting; more for that agent are refused (queue_full)",
             ),
             redactions: counter_vec(
                 &r,

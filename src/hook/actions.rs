@@ -1,16 +1,15 @@
-//! Actions owns the `actions` table: one row per action the revoke-hook
-//! took (or declined), written as its own Parquet file under
-//! `actions/dt=…/hour=…/` whole or not at all, beside the tables the sink
-//! writes, so `agentaudit query` shows that the kill switch fired. It also
-//! looks up the credential an alert's calls used.
+//! Actions owns the `actions` table: a row when the revoke-hook starts a
+//! revocation, another when it ends, and one per alert it declined, written
+//! as Parquet files under `actions/dt=…/hour=…/` whole or not at all,
+//! beside the tables the sink writes, so `agentaudit query` shows that the
+//! kill switch fired — and a restarted hook knows which alerts it has
+//! already started.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{Int32Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use super::WebhookAlert;
 use crate::error::QueryError;
 use crate::lake::{Lake, Location};
 
@@ -25,11 +24,12 @@ pub struct Action {
     pub severity: String,
     pub tenant: String,
     pub agent_id: String,
-    /// Empty when the calls named none the hook could find.
+    /// The inventory's credentials of the agent, comma-separated; empty
+    /// when declined.
     pub credential_id: String,
     pub command: String,
     pub exit_code: Option<i32>,
-    /// `ran`, `failed: …` or `skipped: …`.
+    /// `started`, then `ran` or `failed: …`; or `declined: …`.
     pub outcome: String,
     /// What the command printed, redacted, then cut to a bound.
     pub output: String,
@@ -63,23 +63,29 @@ pub fn schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
-fn batch(a: &Action) -> Result<RecordBatch, QueryError> {
-    let s = |v: &str| Arc::new(StringArray::from(vec![v.to_owned()])) as _;
+fn batch(rows: &[Action]) -> Result<RecordBatch, QueryError> {
+    let s =
+        |f: fn(&Action) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as _;
     RecordBatch::try_new(
         schema(),
         vec![
-            Arc::new(TimestampMillisecondArray::from(vec![a.at_ms]).with_timezone("UTC")),
-            s(&a.alert_id),
-            s(&a.rule),
-            s(&a.severity),
-            s(&a.tenant),
-            s(&a.agent_id),
-            s(&a.credential_id),
-            s(&a.command),
-            Arc::new(Int32Array::from(vec![a.exit_code])),
-            s(&a.outcome),
-            s(&a.output),
-            s(&a.fingerprint),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(rows.iter().map(|a| a.at_ms))
+                    .with_timezone("UTC"),
+            ),
+            s(|a| &a.alert_id),
+            s(|a| &a.rule),
+            s(|a| &a.severity),
+            s(|a| &a.tenant),
+            s(|a| &a.agent_id),
+            s(|a| &a.credential_id),
+            s(|a| &a.command),
+            Arc::new(Int32Array::from(
+                rows.iter().map(|a| a.exit_code).collect::<Vec<_>>(),
+            )),
+            s(|a| &a.outcome),
+            s(|a| &a.output),
+            s(|a| &a.fingerprint),
         ],
     )
     .map_err(|e| QueryError::DataFusion(e.into()))
@@ -87,18 +93,28 @@ fn batch(a: &Action) -> Result<RecordBatch, QueryError> {
 
 /// Writes `a` as a new file of the `actions` table.
 pub fn record(lake: &Lake, a: &Action) -> Result<(), QueryError> {
+    record_all(lake, std::slice::from_ref(a))
+}
+
+/// Writes `rows` (at least one) as one new file of the `actions` table, in
+/// the hour of the first: a flood of declined alerts is one file a
+/// request, not one each.
+pub fn record_all(lake: &Lake, rows: &[Action]) -> Result<(), QueryError> {
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
     let mut bytes = Vec::new();
     {
         let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(&mut bytes, schema(), None)
             .map_err(|e| QueryError::DataFusion(e.into()))?;
-        w.write(&batch(a)?)
+        w.write(&batch(rows)?)
             .map_err(|e| QueryError::DataFusion(e.into()))?;
         w.close().map_err(|e| QueryError::DataFusion(e.into()))?;
     }
-    let dir = crate::sink::PartitionKey::for_time(ACTIONS, a.at_ms).dir();
+    let dir = crate::sink::PartitionKey::for_time(ACTIONS, first.at_ms).dir();
     let name = format!(
         "part-action-{}-{:016x}.parquet",
-        a.at_ms,
+        first.at_ms,
         rand::random::<u64>()
     );
     match &lake.location {
@@ -133,59 +149,44 @@ pub fn record(lake: &Lake, a: &Action) -> Result<(), QueryError> {
     }
 }
 
-/// The `alert_id`s of the episodes already settled (a command that
-/// succeeded, or an alert declined), newest first, at most `most`: a repeat
-/// of one needs nothing more, across restarts of the hook.
-pub fn settled(lake: &Lake, most: usize) -> Result<Vec<String>, QueryError> {
-    let sql = format!(
-        "SELECT alert_id FROM {ACTIONS} \
-         WHERE alert_id <> '' AND (exit_code = 0 OR outcome LIKE 'skipped%') \
-         GROUP BY alert_id ORDER BY max(at) DESC LIMIT {most}"
-    );
-    let mut out = Vec::new();
-    for b in crate::query::run_blocking(lake, sql)? {
+/// What the table says of past alerts, read at start.
+#[derive(Debug, Default)]
+pub struct Past {
+    /// Every `alert_id` with a row, newest first: started (whether it then
+    /// ran, failed or never finished) or declined. None runs again.
+    pub settled: Vec<String>,
+    /// Revocations started and never finished: the hook stopped mid-run.
+    /// Not run again (a half-done revocation may not be safe to repeat);
+    /// a human looks.
+    pub unfinished: Vec<String>,
+}
+
+/// Reads back what the `actions` table settled, at most `most` ids.
+pub fn past(lake: &Lake, most: usize) -> Result<Past, QueryError> {
+    let text = |b: &RecordBatch| -> Result<Vec<String>, QueryError> {
         let ids = b
             .column(0)
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| QueryError::Runtime("actions.alert_id is not text".into()))?;
-        out.extend(ids.iter().flatten().map(str::to_owned));
+        Ok(ids.iter().flatten().map(str::to_owned).collect())
+    };
+    let mut past = Past::default();
+    let settled = format!(
+        "SELECT alert_id FROM {ACTIONS} WHERE alert_id <> '' \
+         GROUP BY alert_id ORDER BY max(at) DESC LIMIT {most}"
+    );
+    for b in crate::query::run_blocking(lake, settled)? {
+        past.settled.extend(text(&b)?);
     }
-    Ok(out)
-}
-
-/// The credential the alert's calls used: of its sample events when they
-/// are stored, else the agent's newest in the past week.
-pub fn credential_of(
-    lake: &Lake,
-    tenant: &str,
-    agent: &str,
-    alert: &WebhookAlert,
-) -> Option<String> {
-    let week_ago = chrono::Utc::now() - chrono::Duration::days(7);
-    let mut params = BTreeMap::new();
-    params.insert("tenant".to_owned(), tenant.to_owned());
-    params.insert("agent".to_owned(), agent.to_owned());
-    params.insert(
-        "ids".to_owned(),
-        alert
-            .annotations
-            .get("sample_event_ids")
-            .cloned()
-            .unwrap_or_default(),
+    let unfinished = format!(
+        "SELECT alert_id FROM {ACTIONS} WHERE alert_id <> '' GROUP BY alert_id \
+         HAVING bool_or(outcome = 'started') \
+            AND NOT bool_or(outcome = 'ran' OR outcome LIKE 'ran:%' OR outcome LIKE 'failed%') \
+         ORDER BY alert_id LIMIT 1000"
     );
-    params.insert(
-        "since_day".to_owned(),
-        week_ago.format("%Y-%m-%d").to_string(),
-    );
-    let sql = "\
-SELECT credential_id FROM invocations
-WHERE tenant = $tenant AND agent_id = $agent AND credential_id IS NOT NULL
-  AND dt >= $since_day
-ORDER BY array_has(string_to_array($ids, ','), event_id) DESC, ts DESC
-LIMIT 1";
-    let batches = crate::query::run_blocking_with(lake, sql.to_owned(), params).ok()?;
-    let b = batches.iter().find(|b| b.num_rows() > 0)?;
-    let col = b.column(0).as_any().downcast_ref::<StringArray>()?;
-    Some(col.value(0).to_owned()).filter(|c| !c.is_empty())
+    for b in crate::query::run_blocking(lake, unfinished)? {
+        past.unfinished.extend(text(&b)?);
+    }
+    Ok(past)
 }

@@ -263,7 +263,9 @@ impl Worker {
             "labels": labels,
             "annotations": {
                 "summary": rule.summary,
-                "description": a.detail,
+                // Chat receivers render it as Markdown: a backtick or a link
+                // in a producer's name must stay text.
+                "description": crate::escape::markdown(&crate::query::escape_deceptive(&a.detail)),
                 "runbook_url": format!("{}#{}", self.runbook_base_url, rule.name),
                 "observed": format!("{}", a.observed),
                 "expected": format!("{:.2}", a.expected),
@@ -274,6 +276,14 @@ impl Worker {
             },
             "startsAt": starts.to_rfc3339_opts(SecondsFormat::Millis, true),
         });
+        // The exact ids (JSON-escaped, never sanitised): the labels above are
+        // for display and may name another agent than the one that called
+        // (`report bot` shows as `report_bot`); the kill switch acts on these.
+        for (k, v) in [("tenant_id", &a.tenant), ("agent_id", &a.agent_id)] {
+            if !v.is_empty() {
+                alert["annotations"][k] = Value::String(v.clone());
+            }
+        }
         if let Some(end) = ends {
             alert["endsAt"] = Value::String(end.to_rfc3339_opts(SecondsFormat::Millis, true));
         }
@@ -336,5 +346,49 @@ mod tests {
         assert!(ends >= starts);
         let past = json!({"startsAt": "2020-01-01T00:00:00.000Z"});
         assert_eq!(valid(past.clone()), past, "a valid alert is left alone");
+    }
+
+    /// The label is sanitised for display; the exact agent id rides in its
+    /// own annotation (the kill switch acts on it), and the description a
+    /// chat receiver renders as Markdown carries no live link or code span.
+    #[test]
+    fn the_exact_agent_id_is_an_annotation_and_the_description_is_inert() {
+        let worker = Worker {
+            url: String::new(),
+            runbook_base_url: "https://runbooks".into(),
+            agent: ureq::Agent::new_with_defaults(),
+            active: BTreeMap::new(),
+            max_pending: 1,
+            metrics: Arc::new(Metrics::new()),
+        };
+        let alert = Alert {
+            rule: crate::detect::RuleId::UnregisteredAgent,
+            severity: crate::detect::Severity::Critical,
+            tenant: "acme corp".into(),
+            agent_id: "report bot".into(),
+            tool: "![x](https://evil.example/a.png)".into(),
+            window_start_ms: 0,
+            window_end_ms: 1,
+            observed: 1.0,
+            expected: 0.0,
+            score: 1.0,
+            sample_event_ids: vec![],
+            detail: "first call of `a` by agent `x` ` [t](https://e.example)`".into(),
+            detected_at_ms: 0,
+        };
+        let body = worker.body(&alert, None);
+        assert_eq!(body["labels"]["agent"], "report_bot");
+        assert_eq!(body["annotations"]["agent_id"], "report bot");
+        assert_eq!(body["annotations"]["tenant_id"], "acme corp");
+        let description = body["annotations"]["description"].as_str().unwrap();
+        for ch in [b'`', b'[', b']'] {
+            assert_eq!(
+                crate::escape::unescaped(description, ch),
+                None,
+                "{:?} live in {description}",
+                ch as char
+            );
+        }
+        assert!(!description.contains("https://"), "{description}");
     }
 }
