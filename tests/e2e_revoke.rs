@@ -356,17 +356,6 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
     assert_eq!(support, 2, "once for the first episode, once for the next");
 }
 
-/// Produces `events` (JSON objects) to `topic`, keyed by tenant.
-fn produce(brokers: &str, topic: &str, events: &[serde_json::Value]) {
-    use rdkafka::producer::Producer;
-    let producer = agentaudit::traffic::producer(brokers, &[]).expect("producer");
-    for e in events {
-        agentaudit::traffic::send(&producer, topic, Some("acme"), e.to_string().as_bytes())
-            .expect("send");
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush");
-}
-
 /// The review's forgeries, through the whole path: events on the topic,
 /// `serve` with the inventory, Alertmanager, the hook.
 #[test]
@@ -416,9 +405,10 @@ fn forged_events_cannot_aim_the_kill_switch() {
             "tool": tool, "status": "ok", "credential_id": credential,
         })
     };
-    produce(
+    common::produce_json(
         &brokers,
         topic,
+        "acme",
         &[
             // support-bot's name with ops-bot's credential and a tool
             // outside its allowlist: tool_not_allowed and credential_misuse.

@@ -118,17 +118,6 @@ fn the_report_of_a_planted_spike_names_its_cause() {
     assert!(String::from_utf8_lossy(&run.stderr).contains("no alert `no-such-alert`"));
 }
 
-/// Produces `events` to `topic`, keyed by tenant, in order.
-fn produce(brokers: &str, topic: &str, events: &[serde_json::Value]) {
-    use rdkafka::producer::Producer;
-    let producer = agentaudit::traffic::producer(brokers, &[]).expect("producer");
-    for e in events {
-        agentaudit::traffic::send(&producer, topic, Some("acme"), e.to_string().as_bytes())
-            .expect("send");
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush");
-}
-
 /// 300 calls earlier in the span, and 40 back-dated by two days, used to
 /// push the malicious call out of the timeline (it stopped at 300 rows,
 /// by the producer's `ts`, with no notice); a tool name that is a Markdown
@@ -186,7 +175,7 @@ fn back_dated_floods_cannot_hide_the_alerts_own_call() {
         now,
         "![x](https://evil.example/p.png)",
     ));
-    produce(&brokers, topic, &events);
+    common::produce_json(&brokers, topic, "acme", &events);
     serve.wait_until("every call stored", Duration::from_secs(60), |s| {
         s.metric("agentaudit_events_consumed_total") >= events.len() as f64
     });

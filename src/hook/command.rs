@@ -256,6 +256,17 @@ mod tests {
         assert!(ran.output.contains("agent[support-bot]"), "{}", ran.output);
     }
 
+    fn within_a_second(program: &Path) -> Ran {
+        let invocation = Invocation {
+            program,
+            args: &[],
+            targets: &[],
+            pass_env: &[],
+            timeout: Duration::from_secs(1),
+        };
+        run(&invocation, &action())
+    }
+
     /// A grandchild holding the pipes used to keep a 2-s deadline waiting
     /// for as long as it lived; the group is killed at the deadline.
     #[test]
@@ -263,16 +274,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = script(dir.path(), "sleep 30 &\necho started\nsleep 30");
         let start = Instant::now();
-        let ran = run(
-            &Invocation {
-                program: &p,
-                args: &[],
-                targets: &[],
-                pass_env: &[],
-                timeout: Duration::from_secs(1),
-            },
-            &action(),
-        );
+        let ran = within_a_second(&p);
         assert!(
             ran.outcome
                 .starts_with("failed: its process group was killed")
@@ -285,16 +287,7 @@ mod tests {
         // And a command that exits at once but leaves a child on its pipe.
         let p = script(dir.path(), "sleep 30 &\necho done");
         let start = Instant::now();
-        let ran = run(
-            &Invocation {
-                program: &p,
-                args: &[],
-                targets: &[],
-                pass_env: &[],
-                timeout: Duration::from_secs(1),
-            },
-            &action(),
-        );
+        let ran = within_a_second(&p);
         assert!(
             ran.outcome.starts_with("ran: exit 0, then"),
             "{}",

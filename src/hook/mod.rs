@@ -287,9 +287,7 @@ async fn hook(State(s): State<Arc<HookState>>, request: Request) -> Response {
             Decision::Revoke { agent, credentials } => {
                 let Ok(permit) = s.queues.reserve(&agent) else {
                     // Not settled: Alertmanager's retry may find room.
-                    if let Ok(mut d) = s.settled.lock() {
-                        d.release(&episode);
-                    }
+                    s.release([&episode]);
                     count("queue_full");
                     full += 1;
                     continue;
@@ -299,17 +297,10 @@ async fn hook(State(s): State<Arc<HookState>>, request: Request) -> Response {
                 action.outcome = "started".into();
                 // No row, no run: the row is what settles the alert across
                 // restarts, and a run nobody can see must not happen.
-                let started = action.clone();
-                let lake = s.cfg.lake.clone();
-                let written =
-                    tokio::task::spawn_blocking(move || actions::record(&lake, &started)).await;
-                if let Err(e) = written
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-                {
-                    if let Ok(mut d) = s.settled.lock() {
-                        d.release(&episode);
-                    }
+                if let Err(e) = s.write(vec![action.clone()]).await {
+                    // Nothing of this request is settled without its row:
+                    // the declined ones before it are not written either.
+                    s.release(declined.iter().map(|(e, _)| e).chain([&episode]));
                     tracing::error!(error = %e, "recording a started revocation; not running it");
                     return refuse(
                         &s,
@@ -332,17 +323,8 @@ async fn hook(State(s): State<Arc<HookState>>, request: Request) -> Response {
     }
     if !declined.is_empty() {
         let rows: Vec<Action> = declined.iter().map(|(_, a)| a.clone()).collect();
-        let lake = s.cfg.lake.clone();
-        let written = tokio::task::spawn_blocking(move || actions::record_all(&lake, &rows)).await;
-        if let Err(e) = written
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            if let Ok(mut d) = s.settled.lock() {
-                for (episode, _) in &declined {
-                    d.release(episode);
-                }
-            }
+        if let Err(e) = s.write(rows).await {
+            s.release(declined.iter().map(|(e, _)| e));
             tracing::error!(error = %e, "recording declined alerts");
             return refuse(
                 &s,
@@ -366,6 +348,24 @@ async fn hook(State(s): State<Arc<HookState>>, request: Request) -> Response {
 }
 
 impl HookState {
+    /// Writes `rows` as one file of the `actions` table, off the runtime.
+    async fn write(&self, rows: Vec<Action>) -> Result<(), String> {
+        let lake = self.cfg.lake.clone();
+        tokio::task::spawn_blocking(move || actions::record_all(&lake, &rows))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Gives back claims whose rows were not written: a retry acts on them.
+    fn release<'a>(&self, episodes: impl IntoIterator<Item = &'a String>) {
+        if let Ok(mut d) = self.settled.lock() {
+            for e in episodes {
+                d.release(e);
+            }
+        }
+    }
+
     /// The row of an action on `alert`, before anything is decided.
     fn action(&self, alert: &WebhookAlert) -> Action {
         let label = |k: &str| alert.labels.get(k).cloned().unwrap_or_default();

@@ -139,6 +139,18 @@ pub fn produce_keyed(messages: &[Generated], brokers: &str, topic: &str) {
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
+/// Produces hand-written `events` (JSON objects) to `topic`, keyed by
+/// `key`, in order.
+pub fn produce_json(brokers: &str, topic: &str, key: &str, events: &[serde_json::Value]) {
+    use rdkafka::producer::Producer;
+    let producer = agentaudit::traffic::producer(brokers, &[]).expect("producer");
+    for e in events {
+        agentaudit::traffic::send(&producer, topic, Some(key), e.to_string().as_bytes())
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
 /// A running `agentaudit serve` child, killed if the test fails first.
 pub struct Serve {
     pub child: Child,
