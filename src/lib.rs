@@ -11,6 +11,7 @@ pub mod decode;
 pub mod detect;
 pub mod error;
 pub mod escape;
+pub mod eval;
 pub mod event;
 pub mod hook;
 pub mod incident;

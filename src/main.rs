@@ -292,6 +292,53 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
+        Command::Eval {
+            seeds,
+            config,
+            out,
+            max_rate,
+            max_history_days,
+        } => {
+            let cfg = match &config {
+                Some(p) => Config::from_file(p)?,
+                None => Config::default(),
+            };
+            cfg.validate()?;
+            let seeds = agentaudit::eval::parse_seeds(&seeds).map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(
+                max_rate > 0.02 && max_history_days >= 1,
+                "--max-rate must be above 0.02 and --max-history-days at least 1"
+            );
+            let ranges = agentaudit::eval::Ranges {
+                max_rate,
+                max_history_days,
+                ..Default::default()
+            };
+            if seeds.start < agentaudit::eval::TEST_SEEDS
+                && seeds.end > agentaudit::eval::TEST_SEEDS
+            {
+                eprintln!(
+                    "agentaudit eval: the range mixes training and test seeds (test from {})",
+                    agentaudit::eval::TEST_SEEDS
+                );
+            }
+            let report = agentaudit::eval::run(seeds, ranges, &cfg.detect, |r| {
+                eprintln!(
+                    "seed {}: {} days of history, {} calls, {}/{} attacks detected, {} false alerts",
+                    r.seed,
+                    r.history_days,
+                    r.events,
+                    r.attacks.iter().filter(|a| a.detected).count(),
+                    r.attacks.len(),
+                    r.false_alerts.len()
+                );
+            });
+            print!("{report}");
+            if let Some(path) = out {
+                let json = serde_json::to_vec_pretty(&report).context("writing the report")?;
+                agentaudit::query::atomically(&path, |w| Ok(w.write_all(&json)?))?;
+            }
+        }
         Command::Backtest {
             jsonl,
             data_dir,
