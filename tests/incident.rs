@@ -53,6 +53,14 @@ fn the_report_of_a_planted_spike_names_its_cause() {
     );
     let id = alerts[0]["alert_id"].as_str().expect("alert id").to_owned();
     let tenant = alerts[0]["tenant"].as_str().expect("tenant").to_owned();
+    // serve said so when it fired, with the command to run next.
+    let log = serve.log_lines();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("alert fired") && l.contains(&format!("agentaudit incident {id}"))),
+        "no log line for the alert: {:?}",
+        &log[log.len().saturating_sub(20)..]
+    );
 
     let (md, html) = incident(&[&id, "--data-dir", dir]);
     // Why it fired, with the numbers.

@@ -36,6 +36,40 @@ pub(super) struct DetectStage {
     warm_on_assign: Option<WarmOnAssign>,
     /// The topic a shared lake is written from, whose partitions are warmed.
     topic: String,
+    /// Alert log lines left this minute (an alert flood must not flood the
+    /// log), the minute, and how many were held back.
+    alert_log: AlertLog,
+}
+
+/// At most `ALERT_LOG_PER_MINUTE` lines a minute about each rule's alerts
+/// (so a rule that fires on every call cannot crowd out a rarer one); the
+/// rest are counted and the count said with that rule's next line.
+#[derive(Default)]
+struct AlertLog {
+    minute: i64,
+    written: [u32; crate::detect::RULES.len()],
+    held_back: [u64; crate::detect::RULES.len()],
+}
+
+const ALERT_LOG_PER_MINUTE: u32 = 5;
+
+impl AlertLog {
+    /// Whether a line about `rule` may be written now; its lines held back
+    /// before it.
+    fn admit(&mut self, rule: crate::detect::RuleId) -> Option<u64> {
+        let minute = chrono::Utc::now().timestamp() / 60;
+        if minute != self.minute {
+            self.minute = minute;
+            self.written = Default::default();
+        }
+        let i = rule as usize;
+        if self.written[i] >= ALERT_LOG_PER_MINUTE {
+            self.held_back[i] += 1;
+            return None;
+        }
+        self.written[i] += 1;
+        Some(std::mem::take(&mut self.held_back[i]))
+    }
 }
 
 struct WarmOnAssign {
@@ -122,10 +156,40 @@ impl DetectStage {
                     let labels = [rule.to_owned(), severity.to_owned(), tenant, agent, tool];
                     let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
                     metrics.alert_active.with_label_values(&refs).inc();
+                    // Said once when it opens: what fired, on which keys (the
+                    // capped, sanitised labels), and what to run next.
+                    if let Some(held_back) = self.alert_log.admit(a.rule) {
+                        tracing::warn!(
+                            rule,
+                            severity,
+                            tenant = %labels[2],
+                            agent = %labels[3],
+                            tool = %labels[4],
+                            observed = a.observed,
+                            expected = format!("{:.2}", a.expected),
+                            next = %format!("agentaudit incident {}", a.id()),
+                            alert_lines_held_back = held_back,
+                            "alert fired"
+                        );
+                    }
                     self.exported.insert(a.id_without_window(), labels);
                     rows.push_alert(a.clone());
                 }
-                AlertChange::Resolved(a) => self.drop_gauge(a, metrics),
+                AlertChange::Resolved(a) => {
+                    if let Some(labels) = self.exported.get(&a.id_without_window())
+                        && let Some(held_back) = self.alert_log.admit(a.rule)
+                    {
+                        tracing::info!(
+                            rule = a.rule.name(),
+                            tenant = %labels[2],
+                            agent = %labels[3],
+                            tool = %labels[4],
+                            alert_lines_held_back = held_back,
+                            "alert resolved"
+                        );
+                    }
+                    self.drop_gauge(a, metrics)
+                }
             }
             if let Some(am) = &self.alertmanager {
                 am.notify(&change);
@@ -266,6 +330,7 @@ pub(super) fn detect_stage(
         busiest_exported: 0,
         warm_on_assign,
         topic: cfg.kafka.topic.clone(),
+        alert_log: AlertLog::default(),
     };
     Ok((stage, policy))
 }

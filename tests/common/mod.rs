@@ -155,7 +155,12 @@ pub fn produce_json(brokers: &str, topic: &str, key: &str, events: &[serde_json:
 pub struct Serve {
     pub child: Child,
     pub metrics_addr: String,
+    /// The newest lines of its log (stderr), at most `LOG_LINES`.
+    log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
+
+/// Lines of a `serve` log a test keeps to read.
+const LOG_LINES: usize = 10_000;
 
 impl Drop for Serve {
     fn drop(&mut self) {
@@ -207,10 +212,18 @@ impl Serve {
         // as the child's own lines were, not to the test's captured output.
         let pid = child.id();
         let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             use std::io::Write;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = writeln!(std::io::stderr().lock(), "[serve {pid}] {line}");
+                if let Ok(mut kept) = kept.lock() {
+                    if kept.len() >= LOG_LINES {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line);
+                }
             }
         });
         let stdout = child.stdout.take().expect("stdout");
@@ -229,7 +242,16 @@ impl Serve {
         Serve {
             child,
             metrics_addr,
+            log,
         }
+    }
+
+    /// The lines of its log so far (the newest `LOG_LINES`).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// `serve` consuming `topic` from `brokers` as `group` into `data_dir`.
