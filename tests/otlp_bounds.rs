@@ -65,9 +65,6 @@ const TIME_CEILING: Duration = Duration::from_secs(5);
 /// Decodes as the consumer thread does; (pieces, failures' details, peak
 /// heap above the start, time).
 fn decode(bytes: &[u8], format: InputFormat) -> (usize, Vec<String>, usize, Duration) {
-    // One test at a time measures: the counters are the process's.
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let decoder = MessageDecoder::default();
     let base = NOW.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
@@ -83,6 +80,13 @@ fn decode(bytes: &[u8], format: InputFormat) -> (usize, Vec<String>, usize, Dura
     let took = start.elapsed();
     let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
     (pieces, failures, peak, took)
+}
+
+/// One test at a time, whole: the counters are the process's, and another
+/// test building its message while one measures would count in its peak.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn kv(key: &str, v: &str) -> KeyValue {
@@ -144,6 +148,7 @@ fn within_ceilings(what: &str, bytes: &[u8], format: InputFormat) -> (usize, Vec
 
 #[test]
 fn the_reviews_messages_are_refused_by_the_limit_they_hit() {
+    let _serial = serial();
     let tenant = vec![kv("tenant.id", "acme")];
     // 1.5 M empty resource attributes in ~3.5 MB.
     let mut wide = request(tenant.clone(), vec![tool_span(0, 0)]);
@@ -190,6 +195,7 @@ fn the_reviews_messages_are_refused_by_the_limit_they_hit() {
 /// A Collector batch near the byte cap decodes whole within the ceilings.
 #[test]
 fn a_large_honest_batch_decodes_within_the_ceilings() {
+    let _serial = serial();
     let spans: Vec<Span> = (0..9_000).map(|i| tool_span(i, 6)).collect();
     let resource = vec![
         kv("tenant.id", "acme"),
@@ -219,6 +225,7 @@ proptest! {
         flips in prop::collection::vec((any::<usize>(), any::<u8>()), 0..6),
         json in any::<bool>(),
     ) {
+        let _serial = serial();
         let resource = (0..resource).map(|i| kv(&format!("r{i}"), "v")).collect();
         let r = request(resource, (0..spans).map(|i| tool_span(i, extra)).collect());
         let (mut bytes, format) = if json {
