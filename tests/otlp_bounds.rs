@@ -135,6 +135,12 @@ fn request(resource: Vec<KeyValue>, spans: Vec<Span>) -> ExportTraceServiceReque
 
 fn within_ceilings(what: &str, bytes: &[u8], format: InputFormat) -> (usize, Vec<String>) {
     let (pieces, failures, peak, took) = decode(bytes, format);
+    // Seen with --nocapture: what each message cost.
+    println!(
+        "{what}: {} bytes, peak heap {:.1} MiB, {took:?}",
+        bytes.len(),
+        peak as f64 / (1 << 20) as f64
+    );
     assert!(
         peak <= HEAP_CEILING,
         "{what}: {} bytes peaked at {} MiB of heap",
