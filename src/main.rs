@@ -178,7 +178,8 @@ fn main() -> anyhow::Result<()> {
                 "--command {}: no such program",
                 command.display()
             );
-            let policy = agentaudit::detect::policy::Policy::load(&policy)?;
+            let policy_file = policy;
+            let policy = agentaudit::detect::policy::Policy::load(&policy_file)?;
             let store = match &config {
                 Some(p) => Config::from_file(p)?.sink.object_store,
                 None => Default::default(),
@@ -193,6 +194,7 @@ fn main() -> anyhow::Result<()> {
                 timeout: std::time::Duration::from_secs(timeout_secs.max(1)),
                 lake,
                 policy: std::sync::Arc::new(policy),
+                policy_file: Some(policy_file),
             };
             let metrics = std::sync::Arc::new(agentaudit::metrics::Metrics::new());
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

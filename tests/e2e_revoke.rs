@@ -354,6 +354,58 @@ fn alertmanager_drives_the_kill_switch_once_per_firing_alert() {
         .filter(|l| l.starts_with("-- support-bot "))
         .count();
     assert_eq!(support, 2, "once for the first episode, once for the next");
+
+    // An agent added to the inventory is revocable after SIGHUP, without a
+    // restart; a broken file on SIGHUP leaves the inventory in force.
+    let newcomer = webhook(vec![am_alert(Some("new-bot"), "alert-new-1", None)]);
+    assert_eq!(post(&hook.addr, "/hook", Some(SECRET), &newcomer), 200);
+    assert_eq!(hook.metric("declined"), 1.0, "not in the inventory yet");
+    let inventory = root.join("hook-inventory.toml");
+    let sighup = || {
+        let sent = Command::new("kill")
+            .args(["-HUP", &hook.child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(sent.success());
+    };
+    std::fs::write(&inventory, "[[agents]]\nid = \"broken").unwrap();
+    sighup();
+    let metric = |name: &str| {
+        http_get(&hook.addr, "/metrics").map_or(0.0, |(_, body)| metric_sum(&body, name))
+    };
+    wait_for("the refused reload", Duration::from_secs(30), || {
+        metric("agentaudit_policy_reload_failures_total") >= 1.0
+    });
+    let again = webhook(vec![am_alert(
+        Some("support-bot"),
+        "alert-support-third",
+        None,
+    )]);
+    assert_eq!(post(&hook.addr, "/hook", Some(SECRET), &again), 200);
+    wait_for(
+        "the old inventory still in force",
+        Duration::from_secs(30),
+        || hook.metric("ran") >= 2.0,
+    );
+    std::fs::write(
+        &inventory,
+        format!(
+            "{INVENTORY}\n[[agents]]\nid = \"new-bot\"\nbusiness_owner = \"x\"\ntechnical_owner = \"y\"\n\
+             environments = [\"production\"]\nreview_by = \"2099-01-01\"\ncredentials = [\"cred-new\"]\n"
+        ),
+    )
+    .unwrap();
+    sighup();
+    wait_for("the reload", Duration::from_secs(30), || {
+        metric("agentaudit_policy_reloads_total") >= 1.0
+    });
+    let newcomer = webhook(vec![am_alert(Some("new-bot"), "alert-new-2", None)]);
+    assert_eq!(post(&hook.addr, "/hook", Some(SECRET), &newcomer), 200);
+    wait_for("the newcomer's run", Duration::from_secs(30), || {
+        runs(&log)
+            .iter()
+            .any(|l| l.starts_with("-- new-bot cred-new "))
+    });
 }
 
 /// The review's forgeries, through the whole path: events on the topic,

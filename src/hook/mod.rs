@@ -69,6 +69,8 @@ pub struct HookConfig {
     pub lake: Lake,
     /// The inventory: the only source of what is revoked.
     pub policy: Arc<Policy>,
+    /// Where it was read from: SIGHUP reads it again.
+    pub policy_file: Option<PathBuf>,
 }
 
 /// Alertmanager's webhook payload (version 4), the parts acted on.
@@ -101,6 +103,8 @@ struct HookState {
     /// not act twice.
     settled: Mutex<Settled>,
     queues: queue::Queues,
+    /// The inventory in force; SIGHUP replaces it whole, or not at all.
+    policy: std::sync::RwLock<Arc<Policy>>,
 }
 
 /// Byte strings equal, in time that depends on their lengths only.
@@ -187,13 +191,30 @@ pub fn router(cfg: HookConfig, metrics: Arc<Metrics>) -> Result<Router, crate::e
         ),
     }
     metrics.hook_queue_limit.set(queue::PER_AGENT as i64);
+    metrics.policy_loaded.set(1);
     let state = Arc::new(HookState {
+        policy: std::sync::RwLock::new(cfg.policy.clone()),
         cfg,
         metrics,
         redactor,
         settled: Mutex::new(settled),
         queues: queue::Queues::new(),
     });
+    if let Some(path) = state.cfg.policy_file.clone() {
+        let state = state.clone();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        state.reload(&path);
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler: the inventory is read at start only")
+            }
+        }
+    }
     Ok(Router::new()
         .route("/hook", post(hook))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -278,7 +299,12 @@ async fn hook(State(s): State<Arc<HookState>>, request: Request) -> Response {
             continue;
         }
         let mut action = s.action(&alert);
-        match decide::decide(&alert, &s.cfg.policy) {
+        let policy = s
+            .policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        match decide::decide(&alert, &policy) {
             Decision::Decline(why) => {
                 count("declined");
                 action.outcome = format!("declined: {why}");
@@ -348,6 +374,24 @@ async fn hook(State(s): State<Arc<HookState>>, request: Request) -> Response {
 }
 
 impl HookState {
+    /// Reads the inventory again: a file with any error is refused with its
+    /// line, and the inventory in force stays.
+    fn reload(&self, path: &std::path::Path) {
+        match Policy::load(path) {
+            Ok(p) => {
+                if let Ok(mut held) = self.policy.write() {
+                    *held = Arc::new(p);
+                }
+                self.metrics.policy_reloads.inc();
+                tracing::info!(file = %path.display(), "inventory reloaded");
+            }
+            Err(e) => {
+                self.metrics.policy_reload_failures.inc();
+                tracing::error!(error = %e, "inventory reload refused; the previous one stays in force");
+            }
+        }
+    }
+
     /// Writes `rows` as one file of the `actions` table, off the runtime.
     async fn write(&self, rows: Vec<Action>) -> Result<(), String> {
         let lake = self.cfg.lake.clone();
