@@ -567,6 +567,19 @@ fn the_hook_holds_under_floods_slow_commands_and_a_failing_table() {
     assert_eq!(code, 200, "the real delivery was locked out");
     drop(held);
 
+    // With the secret, a body that stops half-way is cut off at the body
+    // deadline (408), not held for the connection's lifetime.
+    let mut slow = TcpStream::connect(&hook.addr).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = write!(
+        slow,
+        "POST /hook HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\nContent-Length: 100\r\n\r\n{{\"alerts\":["
+    );
+    let mut reply = String::new();
+    let _ = slow.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply:?}");
+
     // 1,000 alerts for invented agents, then a registered one: declined in
     // one row set, and the registered one runs.
     let flood: Vec<serde_json::Value> = (0..1000)
@@ -633,4 +646,32 @@ fn the_hook_holds_under_floods_slow_commands_and_a_failing_table() {
         .filter(|l| l.starts_with("-- ops-bot "))
         .count();
     assert_eq!(ops_runs, 1);
+}
+
+/// The secret on the command line shows in `ps`: the flag still works, and
+/// says it is deprecated; a missing secret is refused with what to give.
+#[test]
+fn the_secret_flag_is_deprecated_and_a_missing_secret_refused() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_agentaudit"))
+            .args([
+                "revoke-hook",
+                "--policy",
+                "/nonexistent",
+                "--command",
+                "/nonexistent",
+            ])
+            .args(args)
+            .env_remove("AGENTAUDIT_HOOK_SECRET")
+            .output()
+            .expect("revoke-hook")
+    };
+    let flag = run(&["--secret", SECRET]);
+    assert!(!flag.status.success());
+    let stderr = String::from_utf8_lossy(&flag.stderr);
+    assert!(stderr.contains("--secret is deprecated"), "{stderr}");
+    let none = run(&[]);
+    assert!(!none.status.success());
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(stderr.contains("--secret-file"), "{stderr}");
 }
