@@ -190,7 +190,7 @@ impl Metrics {
             hook_refused: counter_vec(
                 &r,
                 "agentaudit_hook_requests_refused_total",
-                "revoke-hook: webhook requests refused, by reason (unauthorised, malformed, too_many_alerts, body_timeout, not_recorded)",
+                "revoke-hook: webhook requests refused, by reason (unauthorised, malformed, too_many_alerts, body_timeout, not_recorded, no_inventory)",
                 &["reason"],
             ),
             hook_queued: gauge(

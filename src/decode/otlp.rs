@@ -258,37 +258,39 @@ pub fn spans(
             Some(shape),
         ));
     }
-    // JSON was bounded by its objects only: count its spans and resource
-    // attributes now (the memory is bounded already).
     let total: usize = request
         .resource_spans
         .iter()
         .flat_map(|r| &r.scope_spans)
         .map(|s| s.spans.len())
         .sum();
-    let widest = request
-        .resource_spans
-        .iter()
-        .filter_map(|r| r.resource.as_ref())
-        .map(|r| r.attributes.len())
-        .max()
-        .unwrap_or(0);
-    if total > opts.max_spans || widest > opts.max_resource_attributes {
-        return Err(refuse(
-            DeadLetterReason::TooLarge,
-            if total > opts.max_spans {
-                format!(
-                    "max_spans_per_message: {total} spans in one message, over the limit of {}",
-                    opts.max_spans
-                )
-            } else {
-                format!(
-                    "max_resource_attributes: a resource with {widest} attributes, over the limit of {}",
-                    opts.max_resource_attributes
-                )
-            },
-            Some(shape),
-        ));
+    // Protobuf's spans and resource attributes were counted by the scan;
+    // JSON was bounded by its objects only, so count them now (the memory
+    // is bounded already).
+    if encoding == OtlpEncoding::Json {
+        let widest = request
+            .resource_spans
+            .iter()
+            .filter_map(|r| r.resource.as_ref())
+            .map(|r| r.attributes.len())
+            .max()
+            .unwrap_or(0);
+        let over = if total > opts.max_spans {
+            Some(format!(
+                "max_spans_per_message: {total} spans in one message, over the limit of {}",
+                opts.max_spans
+            ))
+        } else if widest > opts.max_resource_attributes {
+            Some(format!(
+                "max_resource_attributes: a resource with {widest} attributes, over the limit of {}",
+                opts.max_resource_attributes
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = over {
+            return Err(refuse(DeadLetterReason::TooLarge, why, Some(shape)));
+        }
     }
     let mut out = Vec::with_capacity(total);
     for rs in &request.resource_spans {

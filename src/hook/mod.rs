@@ -67,7 +67,7 @@ pub struct HookConfig {
     pub timeout: Duration,
     /// Where `actions` is written.
     pub lake: Lake,
-    /// The inventory: the only source of what is revoked.
+    /// The inventory at start: the only source of what is revoked.
     pub policy: Arc<Policy>,
     /// Where it was read from: SIGHUP reads it again.
     pub policy_file: Option<PathBuf>,
@@ -103,8 +103,9 @@ struct HookState {
     /// not act twice.
     settled: Mutex<Settled>,
     queues: queue::Queues,
-    /// The inventory in force; SIGHUP replaces it whole, or not at all.
-    policy: std::sync::RwLock<Arc<Policy>>,
+    /// The inventory in force; SIGHUP replaces it whole, or not at all,
+    /// as `serve` does its policy.
+    policy: crate::detect::SharedPolicy,
 }
 
 /// Byte strings equal, in time that depends on their lengths only.
@@ -191,9 +192,13 @@ pub fn router(cfg: HookConfig, metrics: Arc<Metrics>) -> Result<Router, crate::e
         ),
     }
     metrics.hook_queue_limit.set(queue::PER_AGENT as i64);
+    let policy = crate::detect::SharedPolicy::default();
+    if let Ok(mut p) = policy.write() {
+        *p = Some(cfg.policy.clone());
+    }
     metrics.policy_loaded.set(1);
     let state = Arc::new(HookState {
-        policy: std::sync::RwLock::new(cfg.policy.clone()),
+        policy,
         cfg,
         metrics,
         redactor,
@@ -206,7 +211,7 @@ pub fn router(cfg: HookConfig, metrics: Arc<Metrics>) -> Result<Router, crate::e
             Ok(mut hangup) => {
                 tokio::spawn(async move {
                     while hangup.recv().await.is_some() {
-                        state.reload(&path);
+                        crate::pipeline::reload_policy(&path, &state.policy, &state.metrics);
                     }
                 });
             }
@@ -285,6 +290,15 @@ async fn hook(State(s): State<Arc<HookState>>, request: Request) -> Response {
             format!("more than {MAX_ALERTS} alerts in one request\n"),
         );
     }
+    // One inventory for the whole request, read once.
+    let Some(policy) = s.policy.read().ok().and_then(|p| p.clone()) else {
+        return refuse(
+            &s,
+            "no_inventory",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no inventory in force\n".into(),
+        );
+    };
     let (mut queued, mut declined, mut full) = (0, Vec::new(), 0);
     let count = |outcome: &str| s.metrics.hook_actions.with_label_values(&[outcome]).inc();
     for alert in webhook.alerts {
@@ -299,11 +313,6 @@ async fn hook(State(s): State<Arc<HookState>>, request: Request) -> Response {
             continue;
         }
         let mut action = s.action(&alert);
-        let policy = s
-            .policy
-            .read()
-            .map(|p| p.clone())
-            .unwrap_or_else(|e| e.into_inner().clone());
         match decide::decide(&alert, &policy) {
             Decision::Decline(why) => {
                 count("declined");
@@ -374,24 +383,6 @@ async fn hook(State(s): State<Arc<HookState>>, request: Request) -> Response {
 }
 
 impl HookState {
-    /// Reads the inventory again: a file with any error is refused with its
-    /// line, and the inventory in force stays.
-    fn reload(&self, path: &std::path::Path) {
-        match Policy::load(path) {
-            Ok(p) => {
-                if let Ok(mut held) = self.policy.write() {
-                    *held = Arc::new(p);
-                }
-                self.metrics.policy_reloads.inc();
-                tracing::info!(file = %path.display(), "inventory reloaded");
-            }
-            Err(e) => {
-                self.metrics.policy_reload_failures.inc();
-                tracing::error!(error = %e, "inventory reload refused; the previous one stays in force");
-            }
-        }
-    }
-
     /// Writes `rows` as one file of the `actions` table, off the runtime.
     async fn write(&self, rows: Vec<Action>) -> Result<(), String> {
         let lake = self.cfg.lake.clone();

@@ -165,50 +165,67 @@ fn is_formula(text: &str) -> bool {
     text.starts_with(['=', '+', '-', '@', '\t', '\r'])
 }
 
-/// `batch` with every text cell that reads as a formula prefixed by `'`,
-/// which spreadsheets show and never evaluate.
-fn formulas_neutralised(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
-    use datafusion::arrow::array::Array;
+/// `batch` with each column `text_of` turns into text replaced by that
+/// text (a nullable Utf8 column of the same name); the others as they are.
+fn with_text_columns(
+    batch: &RecordBatch,
+    mut text_of: impl FnMut(&Arc<Field>, &ArrayRef) -> Result<Option<StringArray>, QueryError>,
+) -> Result<RecordBatch, QueryError> {
     let schema = batch.schema();
     let mut fields = Vec::with_capacity(schema.fields().len());
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    let mut changed = false;
     for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        let text = match field.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-                datafusion::arrow::compute::cast(column, &DataType::Utf8).map_err(arrow)?
+        match text_of(field, column)? {
+            Some(text) => {
+                changed = true;
+                fields.push(Arc::new(Field::new(field.name(), DataType::Utf8, true)));
+                columns.push(Arc::new(text));
             }
-            _ => {
+            None => {
                 fields.push(field.clone());
                 columns.push(column.clone());
-                continue;
             }
-        };
+        }
+    }
+    if !changed {
+        return Ok(batch.clone());
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(arrow)
+}
+
+/// `batch` with every text cell that reads as a formula prefixed by `'`,
+/// which spreadsheets show and never evaluate.
+fn formulas_neutralised(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
+    with_text_columns(batch, |field, column| {
+        if !matches!(
+            field.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ) {
+            return Ok(None);
+        }
+        let text = datafusion::arrow::compute::cast(column, &DataType::Utf8).map_err(arrow)?;
         let text = text
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| QueryError::Runtime(format!("`{}` is not text", field.name())))?;
         if !text.iter().flatten().any(is_formula) {
-            fields.push(field.clone());
-            columns.push(column.clone());
-            continue;
+            return Ok(None);
         }
-        let safe: StringArray = text
-            .iter()
-            .map(|v| {
-                v.map(|v| {
-                    if is_formula(v) {
-                        format!("'{v}")
-                    } else {
-                        v.to_owned()
-                    }
+        Ok(Some(
+            text.iter()
+                .map(|v| {
+                    v.map(|v| {
+                        if is_formula(v) {
+                            format!("'{v}")
+                        } else {
+                            v.to_owned()
+                        }
+                    })
                 })
-            })
-            .collect();
-        debug_assert_eq!(safe.len(), text.len());
-        fields.push(Arc::new(Field::new(field.name(), DataType::Utf8, true)));
-        columns.push(Arc::new(safe));
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(arrow)
+                .collect(),
+        ))
+    })
 }
 
 fn is_nested(t: &DataType) -> bool {
@@ -228,23 +245,12 @@ fn is_nested(t: &DataType) -> bool {
 /// `batch` with every nested column replaced by its values as JSON text,
 /// as arrow's JSON writer writes them (null stays null).
 fn nested_as_json_text(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
-    let schema = batch.schema();
-    if !schema.fields().iter().any(|f| is_nested(f.data_type())) {
-        return Ok(batch.clone());
-    }
-    let mut fields = Vec::with_capacity(schema.fields().len());
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+    with_text_columns(batch, |field, column| {
         if !is_nested(field.data_type()) {
-            fields.push(field.clone());
-            columns.push(column.clone());
-            continue;
+            return Ok(None);
         }
-        let texts = json_texts(field, column)?;
-        fields.push(Arc::new(Field::new(field.name(), DataType::Utf8, true)));
-        columns.push(Arc::new(StringArray::from(texts)));
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(arrow)
+        Ok(Some(StringArray::from(json_texts(field, column)?)))
+    })
 }
 
 /// Each value of one column as JSON text, through arrow's own JSON writer.

@@ -48,6 +48,12 @@ const SPAN_BYTES: usize = 320;
 /// Nesting deeper than this is refused (prost's own limit is 100).
 pub const MAX_DEPTH: usize = 64;
 
+/// What decoding holds for a message of `bytes` with `elements` values of
+/// which `spans` are spans.
+fn estimate(bytes: usize, elements: usize, spans: usize) -> usize {
+    bytes + elements * ELEMENT_BYTES + spans * SPAN_BYTES
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Request,
@@ -217,7 +223,7 @@ impl Scanner<'_> {
             _ => {}
         }
         self.shape.decoded_estimate =
-            self.bytes.len() + self.shape.elements * ELEMENT_BYTES + self.shape.spans * SPAN_BYTES;
+            estimate(self.bytes.len(), self.shape.elements, self.shape.spans);
         if self.shape.decoded_estimate > self.limits.max_decoded_bytes {
             return Err(self.over(
                 "max_decoded_bytes",
@@ -240,8 +246,7 @@ pub fn protobuf(bytes: &[u8], limits: Limits) -> Result<Shape, Refusal> {
         resource_attributes: 0,
     };
     s.message(Kind::Request, 0, bytes.len(), 0)?;
-    s.shape.decoded_estimate =
-        bytes.len() + s.shape.elements * ELEMENT_BYTES + s.shape.spans * SPAN_BYTES;
+    s.shape.decoded_estimate = estimate(bytes.len(), s.shape.elements, s.shape.spans);
     Ok(s.shape)
 }
 
@@ -250,7 +255,7 @@ pub fn protobuf(bytes: &[u8], limits: Limits) -> Result<Shape, Refusal> {
 /// elements, and with them the memory decoding holds.
 pub fn json(bytes: &[u8], limits: Limits) -> Result<Shape, Refusal> {
     let objects = memchr::memchr_iter(b'{', bytes).count();
-    let estimate = bytes.len() + objects * ELEMENT_BYTES;
+    let estimate = estimate(bytes.len(), objects, 0);
     if estimate > limits.max_decoded_bytes {
         return Err(Refusal::Limit {
             limit: "max_decoded_bytes",
