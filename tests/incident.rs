@@ -48,16 +48,17 @@ fn the_report_of_a_planted_spike_names_its_cause() {
     assert!(serve.terminate().success());
     let alerts = query(
         data.path(),
-        "SELECT alert_id, tenant, window_start FROM alerts WHERE rule = 'tool_frequency_spike' AND tool = 'export_csv' ORDER BY window_start LIMIT 1",
+        "SELECT alert_id, tenant, window_start, incident_id FROM alerts WHERE rule = 'tool_frequency_spike' AND tool = 'export_csv' ORDER BY window_start LIMIT 1",
         &[],
     );
     let id = alerts[0]["alert_id"].as_str().expect("alert id").to_owned();
     let tenant = alerts[0]["tenant"].as_str().expect("tenant").to_owned();
-    // serve said so when it fired, with the command to run next.
+    let incident_id = alerts[0]["incident_id"].as_str().expect("incident id");
+    // serve said so when its incident opened, with the command to run next.
     let log = serve.log_lines();
     assert!(
-        log.iter()
-            .any(|l| l.contains("alert fired") && l.contains(&format!("agentaudit incident {id}"))),
+        log.iter().any(|l| l.contains("incident opened")
+            && l.contains(&format!("agentaudit incident {incident_id}"))),
         "no log line for the alert: {:?}",
         &log[log.len().saturating_sub(20)..]
     );

@@ -269,6 +269,18 @@ pub struct DetectConfig {
     pub min_drop_expected: f64,
     /// Learning weight of a bucket that alerted, relative to a quiet one.
     pub alerting_weight: f64,
+    /// Calibration per key: a statistical signal opens an alert only when
+    /// its evidence is this many times the largest the key itself reached
+    /// lately (in base thresholds: `min_score`, `cusum_threshold`), so a
+    /// bursty key needs more than a steady one. 0 turns it off.
+    pub calibration_margin: f64,
+    /// Half-life of that largest recent evidence: how long a burst (or an
+    /// alert) raises its key's bar.
+    pub calibration_halflife_secs: u64,
+    /// The most base thresholds a key's bar may rise to (1 to 16): however
+    /// noisy a key, evidence this many times `min_score` (or
+    /// `cusum_threshold`) alerts.
+    pub calibration_max: f64,
     /// Calls a failure-rate key needs before `error_rate_spike` may fire.
     pub error_min_calls: u32,
     pub max_keys: usize,
@@ -277,6 +289,9 @@ pub struct DetectConfig {
     /// An alert stays active this many buckets after its condition was last
     /// seen, then resolves.
     pub hold_buckets: u32,
+    /// A tenant's alert within this long of its incident's last alert joins
+    /// that incident (one `incident_id`, one page) instead of opening one.
+    pub incident_gap_secs: u64,
     /// `new_tool_for_tenant` stays quiet for this many buckets after a
     /// tenant is first seen (a day: a new tenant's rarer tools show up over
     /// its first hours), and a tool counts as new for an agent only once
@@ -320,6 +335,13 @@ impl DetectConfig {
             cusum_threshold: self.cusum_threshold,
             min_drop_expected: self.min_drop_expected,
             alerting_weight: self.alerting_weight,
+            calibration_margin: self.calibration_margin,
+            calibration_max: self.calibration_max,
+            calibration_decay: 1.0
+                - crate::detect::baseline::alpha_for_halflife(
+                    self.bucket_secs,
+                    self.calibration_halflife_secs,
+                ),
             max_keys: self.max_keys,
             max_profiles: self.max_profiles,
             score_closed,
@@ -343,10 +365,14 @@ impl Default for DetectConfig {
             cusum_threshold: 20.0,
             min_drop_expected: 5.0,
             alerting_weight: 0.25,
+            calibration_margin: 1.5,
+            calibration_halflife_secs: 86_400,
+            calibration_max: 8.0,
             error_min_calls: 30,
             max_keys: 1_000_000,
             max_profiles: 65_536,
             hold_buckets: 5,
+            incident_gap_secs: 3600,
             new_tool_warmup_buckets: 1440,
             exfiltration_window_steps: 5,
             injection_window_steps: 5,
@@ -434,6 +460,22 @@ impl Config {
             return Err(ConfigError::invalid(
                 "detect.cusum_threshold / min_drop_expected / alerting_weight",
                 "cusum_threshold must be positive, min_drop_expected at least 0, alerting_weight 0 to 1",
+            ));
+        }
+        if !(d.calibration_margin == 0.0 || (1.0..=10.0).contains(&d.calibration_margin))
+            || d.calibration_halflife_secs < d.bucket_secs
+            || d.calibration_halflife_secs > 90 * 86_400
+            || !(1.0..=crate::detect::baseline::MAX_CALIBRATED).contains(&d.calibration_max)
+        {
+            return Err(ConfigError::invalid(
+                "detect.calibration_margin / calibration_max / calibration_halflife_secs",
+                "calibration_margin must be 0 (off) or 1 to 10, calibration_max 1 to 16, the half-life one bucket to 90 days",
+            ));
+        }
+        if d.incident_gap_secs > 7 * 86_400 {
+            return Err(ConfigError::invalid(
+                "detect.incident_gap_secs",
+                "must be at most 7 days",
             ));
         }
         if d.max_profiles > d.max_keys {

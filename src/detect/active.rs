@@ -8,6 +8,13 @@ use std::hash::BuildHasher;
 use super::{Alert, AlertChange, Detector, RuleId, evidence};
 use crate::event::Record;
 
+/// A tenant's newest incident: its id and the last bucket one of its
+/// alerts fired or held in.
+pub(super) struct Incident {
+    pub(super) id: String,
+    pub(super) last_bucket: i64,
+}
+
 pub(super) struct ActiveAlert {
     pub(super) alert: Alert,
     pub(super) last_bucket: i64,
@@ -34,16 +41,20 @@ impl Detector {
         if !self.enabled[rule as usize] {
             return;
         }
-        let id = (rule, self.hash(&[tenant, agent, tool], 7));
-        if let Some(a) = self.active.get_mut(&id) {
-            a.last_bucket = a.last_bucket.max(bucket);
-            if let Some(sample) = sample
-                && a.alert.sample_event_ids.len() < 5
-            {
-                a.alert.sample_event_ids.push(sample.to_owned());
-            }
+        if self.extend(rule, (sample, at_ms), (tenant, agent, tool), bucket) {
             return;
         }
+        let tenant_key = self.tenant_key(tenant);
+        if let Some(cover) = self.covering(rule, tenant_key, (tenant, agent, tool)) {
+            // The same rise (or drop) on a key an open alert already shows:
+            // it keeps that alert open instead of paging again.
+            if let Some(a) = self.active.get_mut(&cover) {
+                a.last_bucket = a.last_bucket.max(bucket);
+            }
+            self.note_incident(rule, tenant_key, bucket, None);
+            return;
+        }
+        let id = (rule, self.hash(&[tenant, agent, tool], 7));
         if self.active.len() >= self.cfg.max_active_alerts {
             // Make room by resolving the least severe, then the stalest:
             // bounded, and said so. An alert never displaces a more severe
@@ -65,7 +76,7 @@ impl Detector {
                 _ => return,
             }
         }
-        let alert = Alert {
+        let mut alert = Alert {
             rule,
             severity: rule.rule().severity,
             tenant: tenant.to_owned(),
@@ -79,9 +90,10 @@ impl Detector {
             sample_event_ids: sample.map(str::to_owned).into_iter().collect(),
             detail,
             detected_at_ms: at_ms,
+            incident_id: String::new(),
         };
+        alert.incident_id = self.note_incident(rule, tenant_key, bucket, Some(alert.id()));
         out.push(AlertChange::Fired(alert.clone()));
-        let tenant_key = self.tenant_key(tenant);
         self.active.insert(
             id,
             ActiveAlert {
@@ -90,6 +102,105 @@ impl Detector {
                 tenant_key,
             },
         );
+    }
+
+    /// An open alert that already shows what a new alert of `rule` for
+    /// these names would: the same direction of the same statistical family
+    /// (a rise: spike or shift; a drop), on the same tool (the tenant's key
+    /// after its agent's, or a shift after a spike), or any tool of the
+    /// tenant for a tenant-wide key.
+    fn covering(
+        &self,
+        rule: RuleId,
+        tenant_key: u64,
+        (tenant, agent, tool): (&str, &str, &str),
+    ) -> Option<(RuleId, u64)> {
+        let family = |r: RuleId| match r {
+            RuleId::ToolFrequencySpike | RuleId::ToolFrequencyShift => Some(0),
+            RuleId::TrafficDrop => Some(1),
+            _ => None,
+        };
+        let f = family(rule)?;
+        self.active
+            .iter()
+            .find(|(_, a)| {
+                a.tenant_key == tenant_key
+                    && family(a.alert.rule) == Some(f)
+                    && a.alert.tenant == tenant
+                    && (tool.is_empty() || a.alert.tool == tool)
+                    // An agent's row names who called (the kill switch acts
+                    // on it): only that agent's own rows cover it.
+                    && (agent.is_empty() || a.alert.agent_id == agent)
+            })
+            .map(|(k, _)| *k)
+    }
+
+    /// The incident an alert of `rule` for this tenant in `bucket` belongs
+    /// to: the tenant's open one of the rule's kind, if its last alert was
+    /// seen within the gap, or a new one named by `opening` (the alert's own
+    /// id). Returns its id. The statistical rules (a rise, a drop, failures)
+    /// share one kind: they are faces of one change in behaviour; each
+    /// policy rule is its own, so a tenant's steady trickle of one
+    /// violation never swallows a new rise.
+    fn note_incident(
+        &mut self,
+        rule: RuleId,
+        tenant_key: u64,
+        bucket: i64,
+        opening: Option<String>,
+    ) -> String {
+        let kind = match rule {
+            RuleId::ToolFrequencySpike
+            | RuleId::ToolFrequencyShift
+            | RuleId::TrafficDrop
+            | RuleId::ErrorRateSpike => 0,
+            other => other as u64 + 1,
+        };
+        let key = tenant_key ^ kind.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let gap = self.incident_gap_buckets;
+        if let Some(i) = self.incidents.get_mut(&key)
+            && bucket <= i.last_bucket + gap
+        {
+            i.last_bucket = i.last_bucket.max(bucket);
+            return i.id.clone();
+        }
+        let Some(id) = opening else {
+            return String::new();
+        };
+        self.evictions += super::make_room(&mut self.incidents, key, super::MAX_TENANT_SOURCES);
+        self.incidents.insert(
+            key,
+            Incident {
+                id: id.clone(),
+                last_bucket: bucket,
+            },
+        );
+        id
+    }
+
+    /// Keeps the alert of `rule` for these names open through `bucket`, if
+    /// one is; returns whether one was.
+    pub(super) fn extend(
+        &mut self,
+        rule: RuleId,
+        (sample, _at_ms): (Option<&str>, i64),
+        (tenant, agent, tool): (&str, &str, &str),
+        bucket: i64,
+    ) -> bool {
+        let id = (rule, self.hash(&[tenant, agent, tool], 7));
+        let Some(a) = self.active.get_mut(&id) else {
+            return false;
+        };
+        a.last_bucket = a.last_bucket.max(bucket);
+        let tenant_key = a.tenant_key;
+        let rule = a.alert.rule;
+        if let Some(sample) = sample
+            && a.alert.sample_event_ids.len() < 5
+        {
+            a.alert.sample_event_ids.push(sample.to_owned());
+        }
+        self.note_incident(rule, tenant_key, bucket, None);
+        true
     }
 
     /// A policy rule's finding: one call, nothing expected.

@@ -63,6 +63,16 @@ pub struct BaselineConfig {
     pub min_drop_expected: f64,
     /// Learning weight of a bucket that signalled, relative to a quiet one.
     pub alerting_weight: f64,
+    /// Calibration per key: a signal opens an alert only when its evidence
+    /// (in thresholds: score over `min_score`, CUSUM over
+    /// `cusum_threshold`) is at least this many times the key's own recent
+    /// peak of evidence. 0 turns calibration off.
+    pub calibration_margin: f64,
+    /// Per-bucket decay of that peak (from its half-life).
+    pub calibration_decay: f64,
+    /// The most base thresholds a key's calibrated threshold may reach: a
+    /// key however noisy still alerts on a rise far beyond its noise.
+    pub calibration_max: f64,
     pub max_keys: usize,
     pub max_profiles: usize,
     /// Score every bucket as it closes. Backtests record those scores; live
@@ -83,6 +93,9 @@ impl Default for BaselineConfig {
             cusum_threshold: 20.0,
             min_drop_expected: 5.0,
             alerting_weight: 0.25,
+            calibration_margin: 1.5,
+            calibration_decay: 1.0 - alpha_for_halflife(60, 86_400),
+            calibration_max: 8.0,
             max_keys: 1_000_000,
             max_profiles: 65_536,
             score_closed: false,
@@ -100,8 +113,11 @@ pub fn alpha_for_halflife(bucket_secs: u64, halflife_secs: u64) -> f64 {
 const SURGE_RATIO: f64 = 2.0;
 const DROP_RATIO: f64 = 0.5;
 /// A CUSUM is capped at this many thresholds, so a shift that ends is
-/// forgotten within a bounded time.
-const CUSUM_CAP: f64 = 2.0;
+/// forgotten within a bounded time (a few hours). A key whose bar is above
+/// it (its ordinary bursts fill its CUSUMs) alerts on single buckets only.
+const CUSUM_CAP: f64 = 3.0;
+/// The most `calibration_max` may be.
+pub const MAX_CALIBRATED: f64 = 16.0;
 /// Never expect less than this per bucket when testing for a rise: a key
 /// that was silent is not infinitely surprised by one call.
 const FLOOR: f64 = 0.5;
@@ -125,6 +141,10 @@ pub struct Signal {
     /// -log10 tail probability for spikes and drops, CUSUM nats for surges
     /// (and for drops that the CUSUM found).
     pub score: f64,
+    /// The evidence reaches the key's calibrated threshold: the signal may
+    /// open an alert. A signal that only reaches the base threshold keeps an
+    /// open alert open, and opens none.
+    pub fresh: bool,
 }
 
 /// A bucket that closed for a key: what backtests record.
@@ -172,8 +192,12 @@ struct Slot {
     flat: f32,
     /// EWMA of (x - e)² / e: 1 for a Poisson process, more when bursty.
     phi: f32,
-    surge: f32,
-    drop: f32,
+    surge: f16,
+    drop: f16,
+    /// Decaying peaks of the key's own evidence, up and down, in base
+    /// thresholds: what this key's buckets ordinarily reach.
+    up_peak: f16,
+    down_peak: f16,
     /// Newest bucket seen; the ring holds `newest - RING + 1 ..= newest`.
     newest: u32,
     counts: [u32; RING as usize],
@@ -182,16 +206,55 @@ struct Slot {
     /// Closed buckets folded in, saturating.
     history: u16,
     /// Bit per ring position: that bucket spiked (low nibble) or surged
-    /// (high nibble) already.
+    /// (high nibble) already, with fresh evidence (`fired`) or only enough
+    /// to keep an alert open (`kept`).
     fired: u8,
-    owns_profile: bool,
-    /// Promoted out of probation: called in more than one bucket.
-    protected: bool,
-    /// `lx` and `lp` hold data (the first bucket with a known shape seeds
-    /// them, so that both are in the same units from the start).
-    ratio_ready: bool,
+    kept: u8,
+    /// `OWNS_PROFILE`, `PROTECTED_KEY`, `RATIO_READY`, `UP_ALERTED`,
+    /// `DOWN_ALERTED`.
+    flags: u8,
+    /// The largest evidence, up and down, of the episode the key is in
+    /// (evidence above `EPISODE_FLOOR` in consecutive buckets), in
+    /// `EPISODE_STEPS` per base threshold: the peaks learn it once the
+    /// episode ends, so a rise never raises its own bar while it grows.
+    episode_up: u8,
+    episode_down: u8,
     prev: u32,
     next: u32,
+}
+
+/// The key teaches its own shape (`profile` is its).
+const OWNS_PROFILE: u8 = 1;
+/// Promoted out of probation: called in more than one bucket.
+const PROTECTED_KEY: u8 = 2;
+/// `lx` and `lp` hold data (the first bucket with a known shape seeds
+/// them, so that both are in the same units from the start).
+const RATIO_READY: u8 = 4;
+/// The key's current episode up (or down) has opened an alert: another
+/// needs evidence `calibration_margin` times the episode's largest.
+const UP_ALERTED: u8 = 8;
+const DOWN_ALERTED: u8 = 16;
+/// Evidence (in base thresholds) below which a bucket ends an episode.
+const EPISODE_FLOOR: f64 = 0.25;
+/// Quantisation of an episode's largest evidence: 60 steps per base
+/// threshold reach `MAX_CALIBRATED` within a byte.
+const EPISODE_STEPS: f64 = 15.0;
+
+// A key's slot stays at 72 bytes: 128 bytes a key at a million keys with
+// the index and the shapes (`memory_per_key_stays_under_128_bytes...`).
+const _: () = assert!(size_of::<Slot>() <= 72);
+
+impl Slot {
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
 }
 
 /// Keys are already hashes: hashing them again would only cost time.
@@ -288,7 +351,7 @@ impl Baselines {
     /// The profile a key teaches, for keys that borrow it.
     pub fn profile_of(&self, key: u64) -> Option<u32> {
         let s = &self.slots[*self.index.get(&key)? as usize];
-        (s.owns_profile && s.profile != NONE).then_some(s.profile)
+        (s.has(OWNS_PROFILE) && s.profile != NONE).then_some(s.profile)
     }
 
     /// Counts `n` calls for `key` in `bucket`. Buckets the key leaves behind
@@ -306,7 +369,7 @@ impl Baselines {
     ) {
         let idx = self.slot_for(key, bucket, shape);
         if let Shape::Borrow(p) = shape
-            && !self.slots[idx as usize].owns_profile
+            && !self.slots[idx as usize].has(OWNS_PROFILE)
             && (p as usize) < self.profiles.len()
         {
             self.slots[idx as usize].profile = p;
@@ -320,7 +383,7 @@ impl Baselines {
         let pos = (bucket % RING) as usize;
         s.counts[pos] = s.counts[pos].saturating_add(n);
         self.test_open(idx, bucket, signals);
-        if second_bucket && !self.slots[idx as usize].protected {
+        if second_bucket && !self.slots[idx as usize].has(PROTECTED_KEY) {
             self.promote(idx);
         } else {
             self.touch(idx);
@@ -401,10 +464,26 @@ impl Baselines {
     }
 
     /// Log-likelihood ratio of "twice the rate" over "the expected rate"
-    /// for one bucket, shrunk by the dispersion.
+    /// for one bucket, shrunk by the key's dispersion.
     fn surge_llr(&self, s: &Slot, x: u32, e: f64) -> f64 {
         let e = e.max(FLOOR);
         (f64::from(x) * self.ln_surge - e * (SURGE_RATIO - 1.0)) / f64::from(s.phi).max(1.0)
+    }
+
+    /// The evidence, in base thresholds, a signal of this key needs to open
+    /// an alert: `calibration_margin` times the key's recent peak, at least
+    /// 1 and at most `calibration_max`; and once the key's current episode
+    /// has opened one, `calibration_margin` times the episode's largest
+    /// evidence (a key that resolved does not open another within the same
+    /// episode unless its evidence grows materially).
+    pub(super) fn need(&self, peak: f16, episode: u8, alerted: bool) -> f64 {
+        let m = self.cfg.calibration_margin;
+        let need = (m * f64::from(peak)).clamp(1.0, self.cfg.calibration_max);
+        if alerted {
+            need.max(m * f64::from(episode) / EPISODE_STEPS)
+        } else {
+            need
+        }
     }
 
     /// Folds `bucket` (leaving the ring) into the model: tests it for a drop,
@@ -427,47 +506,93 @@ impl Baselines {
             return;
         }
         let e = self.expect(&s, bucket);
-        let var = Self::var(&s, e);
+        // A guessed expectation is a band: rises are tested against its
+        // top, drops against its bottom.
+        let band = self.band(&s, bucket);
+        let (e_up, e_down) = (e * band, e / band);
         let phi = f64::from(s.phi).max(1.0);
-        let mut signalled = s.fired & (0x11 << pos) != 0;
-        if warm && self.settled(&s, bucket) {
+        let mut signalled = (s.fired | s.kept) & (0x11 << pos) != 0;
+        // This bucket's evidence, in base thresholds, up and down: what the
+        // key's peaks learn from.
+        let (mut up, mut down) = (0.0f64, 0.0f64);
+        if warm && x > e_up {
+            up = score_up(observed, e_up, Self::var(&s, e_up)) / cfg.min_score;
+        }
+        if warm {
             // Both CUSUMs leak at the level's rate: a statistic that a sparse
             // key can no longer move (a drop CUSUM where nothing is
             // expected) fades instead of alerting for ever.
             let leak = 1.0 - cfg.level_alpha;
             let cap = CUSUM_CAP * cfg.cusum_threshold;
-            let surge = f64::from(s.surge) * leak + self.surge_llr(&s, observed, e);
-            s.surge = surge.clamp(0.0, cap) as f32;
+            let surge = f64::from(s.surge) * leak + self.surge_llr(&s, observed, e_up);
+            let surge = surge.clamp(0.0, cap);
+            s.surge = f16::from_f64(surge);
             signalled |= surge >= cfg.cusum_threshold;
+            up = up.max(surge / cfg.cusum_threshold);
             // A drop is only tested for keys that average at least
             // `min_drop_expected` calls a bucket, and where at least one
             // is expected: below that, silence is ordinary.
             let testable = f64::from(s.flat) >= cfg.min_drop_expected;
-            let drop = if testable && e >= 1.0 {
-                f64::from(s.drop) * leak + (x * self.ln_drop - e * (DROP_RATIO - 1.0)) / phi
+            let drop = if testable && e_down >= 1.0 {
+                f64::from(s.drop) * leak + (x * self.ln_drop - e_down * (DROP_RATIO - 1.0)) / phi
             } else {
                 f64::from(s.drop) * leak
             };
-            s.drop = drop.clamp(0.0, cap) as f32;
+            let drop = drop.clamp(0.0, cap);
+            s.drop = f16::from_f64(drop);
+            let e = e_down;
+            let var = Self::var(&s, e);
             let mut signal = None;
-            if testable && e >= cfg.min_drop_expected && x * cfg.min_ratio <= e {
+            if testable && e >= cfg.min_drop_expected && x < e {
                 let score = score_down(observed, e, var.max(e));
-                if score >= cfg.min_score {
+                down = score / cfg.min_score;
+                if x * cfg.min_ratio <= e && score >= cfg.min_score {
                     signal = Some(score);
                 }
             }
             if signal.is_none() && drop >= cfg.cusum_threshold {
                 signal = Some(drop);
             }
+            down = down.max(drop / cfg.cusum_threshold);
             if let Some(score) = signal {
                 signalled = true;
+                let need = self.need(s.down_peak, s.episode_down, s.has(DOWN_ALERTED));
+                let fresh = down >= need;
+                if fresh {
+                    s.set(DOWN_ALERTED, true);
+                }
                 signals.push(Signal {
                     kind: SignalKind::Drop,
                     bucket,
                     observed,
                     expected: e,
                     score,
+                    fresh,
                 });
+            }
+        }
+        if warm {
+            let decay = cfg.calibration_decay;
+            // Within an episode the peak only decays and the episode keeps
+            // its largest evidence; once it ends, the peak learns that.
+            let learn = |peak: &mut f16, episode: &mut u8, v: f64| -> bool {
+                let mut p = f64::from(*peak) * decay;
+                let ended = v < EPISODE_FLOOR && *episode > 0;
+                if v >= EPISODE_FLOOR {
+                    let q = (v.min(MAX_CALIBRATED) * EPISODE_STEPS).round();
+                    *episode = (*episode).max(q.min(255.0) as u8);
+                } else {
+                    p = p.max(v).max(f64::from(*episode) / EPISODE_STEPS);
+                    *episode = 0;
+                }
+                *peak = f16::from_f64(p);
+                ended
+            };
+            if learn(&mut s.up_peak, &mut s.episode_up, up) {
+                s.set(UP_ALERTED, false);
+            }
+            if learn(&mut s.down_peak, &mut s.episode_down, down) {
+                s.set(DOWN_ALERTED, false);
             }
         }
         closed.push(ClosedBucket {
@@ -476,7 +601,7 @@ impl Baselines {
             observed,
             expected: e,
             score: if cfg.score_closed {
-                score_up(observed, e, var)
+                score_up(observed, e, Self::var(&s, e))
             } else {
                 0.0
             },
@@ -489,7 +614,7 @@ impl Baselines {
         let h = self.hour_of_week(bucket);
         let seen = self.slot_seen(&s, bucket);
         let young = seen < self.buckets_per_hour();
-        if s.owns_profile && s.profile != NONE {
+        if s.has(OWNS_PROFILE) && s.profile != NONE {
             // A bucket far above expectation may be a job that recurs every
             // hour: from then on its shape keeps bucket-of-hour means.
             if !self.bursts.tracks(s.profile)
@@ -502,7 +627,7 @@ impl Baselines {
             self.bursts.learn(s.profile, bucket, observed);
         }
         let cfg = &self.cfg;
-        if s.owns_profile
+        if s.has(OWNS_PROFILE)
             && let Some(p) = self.profiles.get_mut(s.profile as usize)
         {
             // The shape learns calls, not calls over level: dividing by a
@@ -530,7 +655,7 @@ impl Baselines {
         // level of a key whose calls all come in one bucket an hour would
         // read the hour's mean against them.
         if let Some((shape, true)) = self.bucket_shape_and_kind(&s, bucket) {
-            if s.ratio_ready {
+            if s.has(RATIO_READY) {
                 s.lx = (lx + a * (x - lx)) as f32;
                 s.lp = (lp + a * (shape - lp)) as f32;
             } else {
@@ -540,7 +665,7 @@ impl Baselines {
                 // hourly batch job's) cannot set it askew.
                 s.lx = f64::from(s.flat).max(FLOOR) as f32;
                 s.lp = shape.max(FLOOR) as f32;
-                s.ratio_ready = true;
+                s.set(RATIO_READY, true);
             }
         }
         // A young key averages its buckets so far: an EWMA started from
@@ -556,6 +681,7 @@ impl Baselines {
         }
         s.counts[pos] = 0;
         s.fired &= !(0x11 << pos);
+        s.kept &= !(0x11 << pos);
         s.history = s.history.saturating_add(1);
         self.slots[idx as usize] = s;
     }

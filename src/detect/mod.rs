@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use active::ActiveAlert;
+use active::{ActiveAlert, Incident};
 use aged::AgedMap;
 use baseline::{Baselines, ClosedBucket, Shape, Signal, SignalKind};
 use errors::{ErrorRateConfig, ErrorRates};
@@ -115,6 +115,11 @@ pub struct Detector {
     first_seen: AgedMap<i64>,
     credential_agent: AgedMap<u64>,
     active: foldhash::HashMap<(RuleId, u64), ActiveAlert>,
+    /// Each tenant's newest incident (bounded like `tenant_sources`).
+    incidents: HashedKeys<Incident>,
+    /// Buckets after an incident's last alert within which a new alert of
+    /// its tenant joins it.
+    incident_gap_buckets: i64,
     first_event_ms: Option<i64>,
     max_event_ms: i64,
     /// The watermark bucket `advance` last resolved up to.
@@ -176,6 +181,9 @@ impl Detector {
             first_seen: AgedMap::new(cfg.max_keys),
             credential_agent: AgedMap::new(cfg.max_keys),
             active: foldhash::HashMap::default(),
+            incidents: HashedKeys::default(),
+            incident_gap_buckets: i64::try_from(cfg.incident_gap_secs / cfg.bucket_secs.max(1))
+                .unwrap_or(i64::MAX / 2),
             first_event_ms: None,
             max_event_ms: i64::MIN,
             advanced_to: i64::MIN,
@@ -280,8 +288,11 @@ impl Detector {
     ) {
         let bucket = self.bucket_of(bucket_start_ms);
         let b = u32::try_from(bucket.max(0)).unwrap_or(0);
-        let mut shared = None;
-        for (kind, key) in self.keys(tenant, agent, tool) {
+        let keys = self.keys(tenant, agent, tool);
+        // The agent's key borrows the shape its tenant's key of the tool
+        // teaches (none yet on the tool's first call).
+        let mut shared = self.baselines.profile_of(keys[1].1);
+        for (kind, key) in keys {
             let shape = self.shape_for(kind, shared);
             self.baselines.warm(key, b, calls, shape);
             if kind == KeyKind::TenantTool {
@@ -301,13 +312,14 @@ impl Detector {
         );
     }
 
-    /// Baseline keys of a call, in the order `observe` needs: the tenant's
-    /// tool first, whose shape the agent's key borrows. An agent's key is
-    /// scoped to its tenant: `agent_id` means nothing across tenants.
+    /// Baseline keys of a call: the agent's first, so that a rise one agent
+    /// makes opens the alert that names it (the tenant's keys then join
+    /// it rather than page again). An agent's key is scoped to its tenant:
+    /// `agent_id` means nothing across tenants.
     fn keys(&self, tenant: &str, agent: &str, tool: &str) -> [(KeyKind, u64); 3] {
         [
-            (KeyKind::TenantTool, self.hash(&[tenant, tool], 1)),
             (KeyKind::AgentTool, self.hash(&[tenant, agent, tool], 2)),
+            (KeyKind::TenantTool, self.hash(&[tenant, tool], 1)),
             (KeyKind::Tenant, self.hash(&[tenant], 3)),
         ]
     }
@@ -346,8 +358,11 @@ impl Detector {
         self.evictions += make_room(&mut self.tenant_sources, tenant_key, MAX_TENANT_SOURCES);
         self.tenant_sources.insert(tenant_key, source);
         // Statistical rules.
-        let mut shared = None;
-        for (kind, key) in self.keys(&e.tenant, &e.agent_id, &e.tool) {
+        let keys = self.keys(&e.tenant, &e.agent_id, &e.tool);
+        // The agent's key borrows the shape its tenant's key of the tool
+        // teaches (none yet on the tool's first call).
+        let mut shared = self.baselines.profile_of(keys[1].1);
+        for (kind, key) in keys {
             if let Some(names) = self.key_names.as_mut() {
                 names
                     .entry(key)
@@ -483,6 +498,12 @@ impl Detector {
                 ),
             ),
         };
+        if !s.fresh {
+            // Evidence this key ordinarily reaches: it keeps an alert of the
+            // key open, and opens none.
+            self.extend(rule, evidence, names, i64::from(s.bucket));
+            return;
+        }
         self.fire(
             rule,
             evidence,

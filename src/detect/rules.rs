@@ -87,6 +87,10 @@ pub struct Alert {
     pub detail: String,
     /// Event time of the call that fired it.
     pub detected_at_ms: i64,
+    /// The incident it belongs to: the id of the first alert of its tenant
+    /// that no earlier alert of the tenant was open (or recently resolved)
+    /// beside, so the alerts of one incident page once.
+    pub incident_id: String,
 }
 
 impl Alert {

@@ -45,7 +45,7 @@ impl Query {
 pub const ALERT: &str = "\
 SELECT alert_id, rule, severity, tenant, agent_id, tool, window_start, window_end,
        observed, round(expected, 2) AS expected, round(score, 2) AS score, detail,
-       sample_event_ids
+       sample_event_ids, incident_id
 FROM alerts
 WHERE alert_id = $alert_id";
 
@@ -54,7 +54,7 @@ pub const SECTIONS: [Query; 7] = [
         title: "Alerts on the tenant around it",
         about: "Every alert of the tenant whose window starts in the report's span: what else fired, and in which order.",
         sql: "\
-SELECT window_start, rule, severity, agent_id, tool, observed, expected, score, detail
+SELECT window_start, incident_id, rule, severity, agent_id, tool, observed, expected, score, detail
 FROM alerts
 WHERE tenant = $tenant
   AND dt BETWEEN substr($from, 1, 10) AND substr($to, 1, 10)

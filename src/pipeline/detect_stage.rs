@@ -39,6 +39,10 @@ pub(super) struct DetectStage {
     /// Alert log lines left this minute (an alert flood must not flood the
     /// log), the minute, and how many were held back.
     alert_log: AlertLog,
+    /// Open incidents and how many of their alerts are active: each is
+    /// logged when it opens and when its last alert resolves (bounded by
+    /// the detector's `max_active_alerts`).
+    incidents: std::collections::HashMap<String, usize>,
 }
 
 /// At most `ALERT_LOG_PER_MINUTE` lines a minute about each rule's alerts
@@ -85,6 +89,7 @@ impl DetectStage {
     /// lake the baselines of partitions new to us are warmed from it.
     pub(super) fn on_assigned(&mut self, assigned: &[(String, i32)], metrics: &Metrics) {
         for a in self.detector.release_partitions(assigned) {
+            self.close_incident_alert(&a);
             self.drop_gauge(&a, metrics);
         }
         let Some(w) = self.warm_on_assign.as_mut() else {
@@ -119,6 +124,21 @@ impl DetectStage {
     }
 
     /// Takes an alert that no longer holds here off `agentaudit_alert_active`.
+    /// Counts one of an incident's alerts gone; true when it was the last.
+    fn close_incident_alert(&mut self, a: &crate::detect::Alert) -> bool {
+        match self.incidents.get_mut(&a.incident_id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.incidents.remove(&a.incident_id);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn drop_gauge(&mut self, a: &crate::detect::Alert, metrics: &Metrics) {
         if let Some(labels) = self.exported.remove(&a.id_without_window()) {
             let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
@@ -156,10 +176,16 @@ impl DetectStage {
                     let labels = [rule.to_owned(), severity.to_owned(), tenant, agent, tool];
                     let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
                     metrics.alert_active.with_label_values(&refs).inc();
-                    // Said once when it opens: what fired, on which keys (the
-                    // capped, sanitised labels), and what to run next.
-                    if let Some(held_back) = self.alert_log.admit(a.rule) {
+                    // Said once when its incident opens: what fired, on
+                    // which keys (the capped, sanitised labels), and what to
+                    // run next. Alerts joining an open incident say nothing.
+                    let open = self.incidents.entry(a.incident_id.clone()).or_insert(0);
+                    *open += 1;
+                    if *open == 1
+                        && let Some(held_back) = self.alert_log.admit(a.rule)
+                    {
                         tracing::warn!(
+                            incident_id = %a.incident_id,
                             rule,
                             severity,
                             tenant = %labels[2],
@@ -167,25 +193,27 @@ impl DetectStage {
                             tool = %labels[4],
                             observed = a.observed,
                             expected = format!("{:.2}", a.expected),
-                            next = %format!("agentaudit incident {}", a.id()),
+                            next = %format!("agentaudit incident {}", a.incident_id),
                             alert_lines_held_back = held_back,
-                            "alert fired"
+                            "incident opened"
                         );
                     }
                     self.exported.insert(a.id_without_window(), labels);
                     rows.push_alert(a.clone());
                 }
                 AlertChange::Resolved(a) => {
-                    if let Some(labels) = self.exported.get(&a.id_without_window())
+                    if self.close_incident_alert(a)
+                        && let Some(labels) = self.exported.get(&a.id_without_window())
                         && let Some(held_back) = self.alert_log.admit(a.rule)
                     {
                         tracing::info!(
+                            incident_id = %a.incident_id,
                             rule = a.rule.name(),
                             tenant = %labels[2],
                             agent = %labels[3],
                             tool = %labels[4],
                             alert_lines_held_back = held_back,
-                            "alert resolved"
+                            "incident resolved"
                         );
                     }
                     self.drop_gauge(a, metrics)
@@ -331,6 +359,7 @@ pub(super) fn detect_stage(
         warm_on_assign,
         topic: cfg.kafka.topic.clone(),
         alert_log: AlertLog::default(),
+        incidents: std::collections::HashMap::new(),
     };
     Ok((stage, policy))
 }

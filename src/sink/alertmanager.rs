@@ -249,6 +249,8 @@ impl Worker {
             "alertname": rule.name,
             "severity": a.severity.as_str(),
             "source": "agentaudit",
+            // One incident, one page: routes group by it.
+            "incident_id": a.incident_id,
         });
         for (k, v) in [
             ("tenant", &a.tenant),
@@ -272,7 +274,9 @@ impl Worker {
                 "sample_event_ids": a.sample_event_ids.join(","),
                 // What the responder runs first: the report of this alert.
                 "alert_id": a.id(),
-                "incident": format!("agentaudit incident {}", a.id()),
+                // The report of the incident's first alert lists the rest.
+                "incident": format!("agentaudit incident {}", a.incident_id),
+                "incident_id": a.incident_id,
             },
             "startsAt": starts.to_rfc3339_opts(SecondsFormat::Millis, true),
         });
@@ -375,6 +379,7 @@ mod tests {
             sample_event_ids: vec![],
             detail: "first call of `a` by agent `x` ` [t](https://e.example)`".into(),
             detected_at_ms: 0,
+            incident_id: "0123".into(),
         };
         let body = worker.body(&alert, None);
         assert_eq!(body["labels"]["agent"], "report_bot");

@@ -118,6 +118,8 @@ pub static ALERTS: LazyLock<SchemaRef> = LazyLock::new(|| {
         ),
         utf8("detail", false),
         Field::new("detected_at", ts_type(), false),
+        // Nullable: files written before incidents read it as null.
+        utf8("incident_id", true),
     ]))
 });
 
@@ -151,6 +153,7 @@ pub fn alerts_batch(rows: &[Alert]) -> Result<RecordBatch, ArrowError> {
     let f = || Float64Builder::with_capacity(n);
     let (mut observed, mut expected, mut score) = (f(), f(), f());
     let mut samples = list_of(n);
+    let mut incident = s();
     for a in order {
         alert_id.append_value(a.id());
         rule.append_value(a.rule.name());
@@ -169,6 +172,7 @@ pub fn alerts_batch(rows: &[Alert]) -> Result<RecordBatch, ArrowError> {
         samples.append(true);
         detail.append_value(&a.detail);
         detected_at.append_value(a.detected_at_ms);
+        incident.append_value(&a.incident_id);
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(alert_id.finish()),
@@ -185,6 +189,7 @@ pub fn alerts_batch(rows: &[Alert]) -> Result<RecordBatch, ArrowError> {
         Arc::new(samples.finish()),
         Arc::new(detail.finish()),
         Arc::new(detected_at.finish()),
+        Arc::new(incident.finish()),
     ];
     RecordBatch::try_new(ALERTS.clone(), columns)
 }

@@ -3,7 +3,14 @@
 //! level, with the dispersion the tests allow around it. Only reads the
 //! model; `fold` in the parent changes it.
 
-use super::{Baselines, FLOOR, Slot, WEEK_HOURS};
+use super::{Baselines, FLOOR, RATIO_READY, Slot, WEEK_HOURS};
+
+/// The factor an expectation may be off by when read off another day's
+/// hour of the same kind (a first week), another kind of day's (a first
+/// Saturday read off a Friday), or the flat level (no shape there yet).
+const BAND_OTHER_DAY: f64 = 1.5;
+const BAND_OTHER_KIND: f64 = 3.0;
+const BAND_FLAT: f64 = 1.5;
 
 impl Baselines {
     /// The hour-of-week slot of a bucket (weeks start on Monday, UTC).
@@ -42,16 +49,18 @@ impl Baselines {
         other
     }
 
-    /// Whether the key's expectation at `bucket` can carry a CUSUM: a shape
-    /// known there from a day of the same kind, or — for a key with no
-    /// shape at all — a day of history. A first day's flat level lags every
-    /// morning ramp, and a first Saturday read off Friday is a guess: a
-    /// drift against either is no evidence.
-    pub(super) fn settled(&self, s: &Slot, bucket: u32) -> bool {
-        let day = 86_400 / self.cfg.bucket_secs.max(1);
+    /// The factor the expectation at `bucket` may be off by, beyond the
+    /// key's own noise: 1 where the key's own hour of week is known, more
+    /// where the expectation is a guess — another day's hour, another kind
+    /// of day's, or the flat level that lags every daily rhythm. A guess
+    /// widens the tests (rises against `e × band`, drops against
+    /// `e / band`); it never sets the level.
+    pub(super) fn band(&self, s: &Slot, bucket: u32) -> f64 {
         match self.shape_and_kind(s, bucket) {
-            Some((_, same_kind)) => same_kind && !self.young(s, bucket),
-            None => u64::from(s.history) >= day,
+            Some((_, true)) if !self.young(s, bucket) => 1.0,
+            Some((_, true)) => BAND_OTHER_DAY,
+            Some((_, false)) => BAND_OTHER_KIND,
+            None => BAND_FLAT,
         }
     }
 
@@ -80,13 +89,7 @@ impl Baselines {
     pub(super) fn expect(&self, s: &Slot, bucket: u32) -> f64 {
         let lvl = level(f64::from(s.lx), f64::from(s.lp));
         match self.bucket_shape(s, bucket) {
-            // Another day's hour is a guess: never expect less than the
-            // key's recent rate by it (a tenant's first Monday read off the
-            // Tuesday it onboarded at a quarter of its traffic).
-            Some(shape) if s.ratio_ready && self.young(s, bucket) => {
-                (shape * lvl).max(f64::from(s.flat))
-            }
-            Some(shape) if s.ratio_ready => shape * lvl,
+            Some(shape) if s.has(RATIO_READY) => shape * lvl,
             _ => f64::from(s.flat),
         }
     }
@@ -106,6 +109,8 @@ impl Baselines {
         self.bucket_shape_and_kind(s, bucket).map(|(v, _)| v)
     }
 
+    /// The variance of a bucket's count around `e`: the key's own noise
+    /// (`phi`, Poisson at 1).
     pub(super) fn var(s: &Slot, e: f64) -> f64 {
         e.max(FLOOR) * f64::from(s.phi).max(1.0)
     }

@@ -6,7 +6,7 @@
 
 use half::f16;
 
-use super::{Baselines, NONE, RING, Shape, Slot, WEEK_HOURS};
+use super::{Baselines, NONE, OWNS_PROFILE, PROTECTED_KEY, RING, Shape, Slot, WEEK_HOURS};
 
 /// One segment's recency list, threaded through the slots.
 #[derive(Clone, Copy)]
@@ -35,7 +35,7 @@ impl Baselines {
     /// probation to make room.
     pub(super) fn promote(&mut self, idx: u32) {
         self.unlink(idx);
-        self.slots[idx as usize].protected = true;
+        self.slots[idx as usize].set(PROTECTED_KEY, true);
         self.push_front(idx);
         let cap = self.cfg.max_keys - self.cfg.max_keys / 4;
         while self.lists[PROTECTED].len > cap.max(1) {
@@ -44,7 +44,7 @@ impl Baselines {
                 break;
             }
             self.unlink(demoted);
-            self.slots[demoted as usize].protected = false;
+            self.slots[demoted as usize].set(PROTECTED_KEY, false);
             self.push_front(demoted);
         }
     }
@@ -58,17 +58,20 @@ impl Baselines {
             lx: 0.0,
             lp: 0.0,
             flat: 0.0,
-            ratio_ready: false,
             phi: 1.0,
-            surge: 0.0,
-            drop: 0.0,
+            surge: f16::ZERO,
+            drop: f16::ZERO,
+            up_peak: f16::ZERO,
+            down_peak: f16::ZERO,
+            kept: 0,
             newest: bucket,
             counts: [0; RING as usize],
             profile: NONE,
             history: 0,
             fired: 0,
-            owns_profile: false,
-            protected: false,
+            flags: 0,
+            episode_up: 0,
+            episode_down: 0,
             prev: NONE,
             next: NONE,
         };
@@ -80,7 +83,7 @@ impl Baselines {
             self.unlink(victim);
             let old = self.slots[victim as usize];
             self.index.remove(&old.key);
-            if old.owns_profile && old.profile != NONE {
+            if old.has(OWNS_PROFILE) && old.profile != NONE {
                 self.free_profiles.push(old.profile);
                 self.bursts.forget(old.profile);
             }
@@ -102,7 +105,7 @@ impl Baselines {
             if let Some(p) = p {
                 self.profiles[p as usize] = [f16::NAN; WEEK_HOURS];
                 fresh.profile = p;
-                fresh.owns_profile = true;
+                fresh.set(OWNS_PROFILE, true);
             }
         }
         self.slots[idx as usize] = fresh;
@@ -112,7 +115,7 @@ impl Baselines {
     }
 
     fn segment(&self, idx: u32) -> usize {
-        if self.slots[idx as usize].protected {
+        if self.slots[idx as usize].has(PROTECTED_KEY) {
             PROTECTED
         } else {
             PROBATION

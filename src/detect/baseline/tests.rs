@@ -387,3 +387,90 @@ fn extreme_parameters_never_panic() {
         }
     }
 }
+
+/// Fresh signals only: what may open an alert.
+fn fresh(signals: &[Signal]) -> Vec<Signal> {
+    signals.iter().filter(|s| s.fresh).copied().collect()
+}
+
+/// A key with a burst of ×4 for 5 buckets every 3 hours needs more than
+/// such a burst to open an alert; a steady key of the same rate does not.
+/// Far beyond its bursts, the bursty key still opens one.
+#[test]
+fn a_bursty_key_needs_a_larger_surprise_than_a_steady_one() {
+    let bursty = |bucket: u32| if bucket % 180 < 5 { 80 } else { 20 };
+    let (mut steady, mut noisy) = (Run::new(cfg()), Run::new(cfg()));
+    let day = 1440;
+    for bucket in MONDAY..MONDAY + 2 * day {
+        steady.calls(1, bucket, 20 + bucket % 3, Shape::Own);
+        noisy.calls(1, bucket, bursty(bucket) + bucket % 3, Shape::Own);
+    }
+    // The same ×4 for 5 buckets, off the bursty key's own schedule.
+    let at = MONDAY + 2 * day + 90;
+    let (mut on_steady, mut on_noisy) = (Vec::new(), Vec::new());
+    for bucket in MONDAY + 2 * day..at + 5 {
+        let n = |base: u32| if bucket >= at { 80 } else { base };
+        on_steady.extend(steady.calls(1, bucket, n(20 + bucket % 3), Shape::Own));
+        on_noisy.extend(noisy.calls(1, bucket, n(bursty(bucket) + bucket % 3), Shape::Own));
+    }
+    assert!(!fresh(&on_steady).is_empty(), "{on_steady:?}");
+    assert!(fresh(&on_noisy).is_empty(), "{on_noisy:?}");
+    // ×25 is no burst of this key's.
+    let far = noisy.calls(1, at + 5, 500, Shape::Own);
+    assert!(!fresh(&far).is_empty(), "{far:?}");
+}
+
+/// After an alert the key's bar stays raised for a while: the same rise
+/// again within hours opens nothing new, a rise far larger does.
+#[test]
+fn a_repeat_of_the_same_rise_within_hours_opens_nothing_a_larger_one_does() {
+    let mut r = Run::new(cfg());
+    let at = MONDAY + 3000;
+    r.feed(1, MONDAY, at, 10);
+    let first = r.calls(1, at, 45, Shape::Own);
+    assert!(!fresh(&first).is_empty(), "{first:?}");
+    r.feed(1, at + 1, at + 120, 10);
+    let again = r.calls(1, at + 120, 45, Shape::Own);
+    assert!(fresh(&again).is_empty(), "{again:?}");
+    r.feed(1, at + 121, at + 240, 10);
+    let larger = r.calls(1, at + 240, 200, Shape::Own);
+    assert!(!fresh(&larger).is_empty(), "{larger:?}");
+}
+
+/// A day of history is enough for a sustained ×3 to surge: no test waits
+/// a week for the key's own hour of the week.
+#[test]
+fn on_day_two_a_sustained_threefold_rise_surges() {
+    let mut r = Run::new(cfg());
+    let day = 1440;
+    r.feed(1, MONDAY, MONDAY + day + 600, 8);
+    let signals = r.feed(1, MONDAY + day + 600, MONDAY + day + 615, 24);
+    assert!(
+        fresh(&signals).iter().any(|s| s.kind == SignalKind::Surge),
+        "{signals:?}"
+    );
+}
+
+/// A key whose rate swings ×5 over the day, in its first days: the guess
+/// of yesterday's hour widens the tests, and the rhythm raises nothing.
+#[test]
+fn a_daily_rhythm_in_its_first_days_stays_quiet() {
+    let mut r = Run::new(cfg());
+    let rhythm = |bucket: u32| {
+        let t = f64::from(bucket % 1440) / 1440.0 * std::f64::consts::TAU;
+        (30.0 + 20.0 * t.sin()).round() as u32 + bucket % 3
+    };
+    let mut loud = Vec::new();
+    for bucket in MONDAY..MONDAY + 4 * 1440 {
+        let s = r.calls(1, bucket, rhythm(bucket), Shape::Own);
+        if bucket >= MONDAY + 1440 {
+            loud.extend(fresh(&s));
+        }
+    }
+    assert!(
+        loud.is_empty(),
+        "{} signals, first {:?}",
+        loud.len(),
+        loud.first()
+    );
+}
