@@ -115,17 +115,12 @@ impl Detector {
         tenant_key: u64,
         (tenant, agent, tool): (&str, &str, &str),
     ) -> Option<(RuleId, u64)> {
-        let family = |r: RuleId| match r {
-            RuleId::ToolFrequencySpike | RuleId::ToolFrequencyShift => Some(0),
-            RuleId::TrafficDrop => Some(1),
-            _ => None,
-        };
-        let f = family(rule)?;
+        let f = rule.direction()?;
         self.active
             .iter()
             .find(|(_, a)| {
                 a.tenant_key == tenant_key
-                    && family(a.alert.rule) == Some(f)
+                    && a.alert.rule.direction() == Some(f)
                     && a.alert.tenant == tenant
                     && (tool.is_empty() || a.alert.tool == tool)
                     // An agent's row names who called (the kill switch acts
@@ -150,10 +145,7 @@ impl Detector {
         opening: Option<String>,
     ) -> String {
         let kind = match rule {
-            RuleId::ToolFrequencySpike
-            | RuleId::ToolFrequencyShift
-            | RuleId::TrafficDrop
-            | RuleId::ErrorRateSpike => 0,
+            r if r.direction().is_some() || r == RuleId::ErrorRateSpike => 0,
             other => other as u64 + 1,
         };
         let key = tenant_key ^ kind.wrapping_mul(0x9E37_79B9_7F4A_7C15);

@@ -505,10 +505,9 @@ impl Baselines {
             // A ring position from before the key's first call.
             return;
         }
-        let e = self.expect(&s, bucket);
         // A guessed expectation is a band: rises are tested against its
         // top, drops against its bottom.
-        let band = self.band(&s, bucket);
+        let (e, band) = self.expect_and_band(&s, bucket);
         let (e_up, e_down) = (e * band, e / band);
         let phi = f64::from(s.phi).max(1.0);
         let mut signalled = (s.fired | s.kept) & (0x11 << pos) != 0;

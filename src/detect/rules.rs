@@ -67,6 +67,15 @@ impl RuleId {
     pub fn name(self) -> &'static str {
         self.rule().name
     }
+    /// The direction of a baseline rule's change (0 a rise, 1 a drop), or
+    /// `None` for the rules that are no frequency test.
+    pub fn direction(self) -> Option<u8> {
+        match self {
+            RuleId::ToolFrequencySpike | RuleId::ToolFrequencyShift => Some(0),
+            RuleId::TrafficDrop => Some(1),
+            _ => None,
+        }
+    }
 }
 
 /// An alert as it fires: what the sink stores, the metrics show and

@@ -49,19 +49,23 @@ impl Baselines {
         other
     }
 
-    /// The factor the expectation at `bucket` may be off by, beyond the
-    /// key's own noise: 1 where the key's own hour of week is known, more
-    /// where the expectation is a guess — another day's hour, another kind
-    /// of day's, or the flat level that lags every daily rhythm. A guess
-    /// widens the tests (rises against `e × band`, drops against
-    /// `e / band`); it never sets the level.
-    pub(super) fn band(&self, s: &Slot, bucket: u32) -> f64 {
-        match self.shape_and_kind(s, bucket) {
+    /// The expected count at `bucket` (see `expect`) and the factor it may
+    /// be off by, beyond the key's own noise: 1 where the key's own hour of
+    /// week is known, more where the expectation is a guess — another
+    /// day's hour, another kind of day's, or the flat level that lags every
+    /// daily rhythm. A guess widens the tests (rises against `e × band`,
+    /// drops against `e / band`); it never sets the level. One shape
+    /// lookup serves both: this runs on every call.
+    pub(super) fn expect_and_band(&self, s: &Slot, bucket: u32) -> (f64, f64) {
+        let found = self.shape_and_kind(s, bucket);
+        let band = match found {
             Some((_, true)) if !self.young(s, bucket) => 1.0,
             Some((_, true)) => BAND_OTHER_DAY,
             Some((_, false)) => BAND_OTHER_KIND,
             None => BAND_FLAT,
-        }
+        };
+        let shape = found.map(|(shape, _)| self.with_bursts(s, bucket, shape));
+        (self.expect_from(s, shape), band)
     }
 
     /// Whether `bucket`'s hour of week is still in its first visit for this
@@ -87,9 +91,13 @@ impl Baselines {
     /// A shape with recurring within-hour bursts (`bursts`) moves its
     /// jobs' calls from the whole hour to their buckets.
     pub(super) fn expect(&self, s: &Slot, bucket: u32) -> f64 {
-        let lvl = level(f64::from(s.lx), f64::from(s.lp));
-        match self.bucket_shape(s, bucket) {
-            Some(shape) if s.has(RATIO_READY) => shape * lvl,
+        self.expect_from(s, self.bucket_shape(s, bucket))
+    }
+
+    /// `expect` from the bucket's shape, already looked up.
+    fn expect_from(&self, s: &Slot, shape: Option<f64>) -> f64 {
+        match shape {
+            Some(shape) if s.has(RATIO_READY) => shape * level(f64::from(s.lx), f64::from(s.lp)),
             _ => f64::from(s.flat),
         }
     }
@@ -98,11 +106,15 @@ impl Baselines {
     /// buckets, and whether it comes from a day of the same kind.
     pub(super) fn bucket_shape_and_kind(&self, s: &Slot, bucket: u32) -> Option<(f64, bool)> {
         let (shape, same_kind) = self.shape_and_kind(s, bucket)?;
-        let shape = match self.bursts.adjust(s.profile, bucket) {
+        Some((self.with_bursts(s, bucket, shape), same_kind))
+    }
+
+    /// An hour's `shape` with its recurring bursts moved to their buckets.
+    fn with_bursts(&self, s: &Slot, bucket: u32, shape: f64) -> f64 {
+        match self.bursts.adjust(s.profile, bucket) {
             Some(a) => (shape - a.spread).max(0.0) + a.extra,
             None => shape,
-        };
-        Some((shape, same_kind))
+        }
     }
 
     pub(super) fn bucket_shape(&self, s: &Slot, bucket: u32) -> Option<f64> {

@@ -19,7 +19,8 @@ impl Baselines {
         let pos = (bucket % RING) as usize;
         let observed = s.counts[pos];
         // Rises are tested against the top of a guessed expectation's band.
-        let e = self.expect(&s, bucket) * self.band(&s, bucket);
+        let (e, band) = self.expect_and_band(&s, bucket);
+        let e = e * band;
         let need = self.need(s.up_peak, s.episode_up, s.has(UP_ALERTED));
         let mut bits = (s.fired, s.kept);
         if observed >= cfg.min_count && f64::from(observed) >= cfg.min_ratio * e.max(FLOOR) {
@@ -47,7 +48,8 @@ impl Baselines {
             let (mut obs_sum, mut exp_sum) = (0u64, 0.0);
             for b in s.newest.saturating_sub(RING - 1)..=s.newest {
                 let x = s.counts[(b % RING) as usize];
-                let e = self.expect(&s, b) * self.band(&s, b);
+                let (e, band) = self.expect_and_band(&s, b);
+                let e = e * band;
                 cusum = (cusum + self.surge_llr(&s, x, e)).max(0.0);
                 obs_sum += u64::from(x);
                 exp_sum += e;
