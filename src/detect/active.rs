@@ -41,7 +41,7 @@ impl Detector {
         if !self.enabled[rule as usize] {
             return;
         }
-        if self.extend(rule, (sample, at_ms), (tenant, agent, tool), bucket) {
+        if self.extend(rule, sample, (tenant, agent, tool), bucket) {
             return;
         }
         let tenant_key = self.tenant_key(tenant);
@@ -175,7 +175,7 @@ impl Detector {
     pub(super) fn extend(
         &mut self,
         rule: RuleId,
-        (sample, _at_ms): (Option<&str>, i64),
+        sample: Option<&str>,
         (tenant, agent, tool): (&str, &str, &str),
         bucket: i64,
     ) -> bool {

@@ -501,7 +501,7 @@ impl Detector {
         if !s.fresh {
             // Evidence this key ordinarily reaches: it keeps an alert of the
             // key open, and opens none.
-            self.extend(rule, evidence, names, i64::from(s.bucket));
+            self.extend(rule, evidence.0, names, i64::from(s.bucket));
             return;
         }
         self.fire(

@@ -123,7 +123,6 @@ impl DetectStage {
         }
     }
 
-    /// Takes an alert that no longer holds here off `agentaudit_alert_active`.
     /// Counts one of an incident's alerts gone; true when it was the last.
     fn close_incident_alert(&mut self, a: &crate::detect::Alert) -> bool {
         match self.incidents.get_mut(&a.incident_id) {
@@ -139,6 +138,7 @@ impl DetectStage {
         }
     }
 
+    /// Takes an alert that no longer holds here off `agentaudit_alert_active`.
     fn drop_gauge(&mut self, a: &crate::detect::Alert, metrics: &Metrics) {
         if let Some(labels) = self.exported.remove(&a.id_without_window()) {
             let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
