@@ -273,6 +273,11 @@ pub enum Command {
         /// Narrow the draw's longest history (days), for a quick run.
         #[arg(long, default_value_t = 21)]
         max_history_days: u32,
+        /// Run the seeds once as configured, then once with each mechanism
+        /// of the frequency model switched off, and print one row per run:
+        /// what each mechanism earns.
+        #[arg(long)]
+        ablation: bool,
     },
     /// Replay history through the detectors in event time; write per-bucket
     /// scores and the alerts that would have fired (CSV and Parquet).

@@ -300,6 +300,7 @@ fn main() -> anyhow::Result<()> {
             out,
             max_rate,
             max_history_days,
+            ablation,
         } => {
             let cfg = match &config {
                 Some(p) => Config::from_file(p)?,
@@ -323,6 +324,13 @@ fn main() -> anyhow::Result<()> {
                     "agentaudit eval: the range mixes training and test seeds (test from {})",
                     agentaudit::eval::TEST_SEEDS
                 );
+            }
+            if ablation {
+                let rows = agentaudit::eval::ablation(seeds, ranges, &cfg.detect, |name| {
+                    eprintln!("agentaudit eval: ablation run `{name}`");
+                });
+                print!("{rows}");
+                return Ok(());
             }
             let report = agentaudit::eval::run(seeds, ranges, &cfg.detect, |r| {
                 eprintln!(

@@ -306,6 +306,10 @@ pub struct DetectConfig {
     pub max_workflows: usize,
     pub max_active_alerts: usize,
     pub disabled_rules: Vec<String>,
+    /// Mechanisms of the frequency model switched off, for an ablation
+    /// (`agentaudit eval --ablation` measures what each earns): any of
+    /// `crate::detect::baseline::ABLATIONS`. Empty in production.
+    pub ablate: Vec<String>,
     /// Alertmanager base URL (`http://host:9093`): alerts are pushed to its
     /// `/api/v2/alerts` as they fire and resolve.
     pub alertmanager_url: Option<String>,
@@ -335,7 +339,11 @@ impl DetectConfig {
             cusum_threshold: self.cusum_threshold,
             min_drop_expected: self.min_drop_expected,
             alerting_weight: self.alerting_weight,
-            calibration_margin: self.calibration_margin,
+            calibration_margin: if self.ablate.iter().any(|m| m == "calibration") {
+                0.0
+            } else {
+                self.calibration_margin
+            },
             calibration_max: self.calibration_max,
             calibration_decay: 1.0
                 - crate::detect::baseline::alpha_for_halflife(
@@ -344,6 +352,7 @@ impl DetectConfig {
                 ),
             max_keys: self.max_keys,
             max_profiles: self.max_profiles,
+            ablate: crate::detect::baseline::Ablation::from_names(&self.ablate),
             score_closed,
         }
     }
@@ -379,6 +388,7 @@ impl Default for DetectConfig {
             max_workflows: 100_000,
             max_active_alerts: 10_000,
             disabled_rules: Vec::new(),
+            ablate: Vec::new(),
             alertmanager_url: None,
             alertmanager_queue: 10_000,
             warm_hours: 24,
@@ -470,6 +480,19 @@ impl Config {
             return Err(ConfigError::invalid(
                 "detect.calibration_margin / calibration_max / calibration_halflife_secs",
                 "calibration_margin must be 0 (off) or 1 to 10, calibration_max 1 to 16, the half-life one bucket to 90 days",
+            ));
+        }
+        if let Some(bad) = d
+            .ablate
+            .iter()
+            .find(|m| !crate::detect::baseline::ABLATIONS.contains(&m.as_str()))
+        {
+            return Err(ConfigError::invalid(
+                "detect.ablate",
+                format!(
+                    "`{bad}` is not a mechanism; known: {}",
+                    crate::detect::baseline::ABLATIONS.join(", ")
+                ),
             ));
         }
         if d.incident_gap_secs > 7 * 86_400 {

@@ -11,6 +11,19 @@ fn example_config_parses_and_validates() {
 }
 
 #[test]
+fn an_unknown_ablation_is_refused_naming_the_known_ones() {
+    let cfg = Config::from_toml("[detect]\nablate = [\"burst_tables\", \"bursts\"]\n").unwrap();
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("`bursts`") && err.contains("surge_cusum"),
+        "{err}"
+    );
+    let cfg = Config::from_toml("[detect]\nablate = [\"calibration\"]\n").unwrap();
+    cfg.validate().expect("valid");
+    assert_eq!(cfg.detect.baseline_config(false).calibration_margin, 0.0);
+}
+
+#[test]
 fn unknown_key_is_refused_with_its_line() {
     let err = Config::from_toml("[sink]\ndata_dir = \"x\"\nmax_fil_bytes = 3\n").unwrap_err();
     assert!(err.starts_with("line 3:"), "{err}");

@@ -75,6 +75,8 @@ pub struct BaselineConfig {
     pub calibration_max: f64,
     pub max_keys: usize,
     pub max_profiles: usize,
+    /// Mechanisms switched off for an ablation.
+    pub ablate: Ablation,
     /// Score every bucket as it closes. Backtests record those scores; live
     /// detection does not need them.
     pub score_closed: bool,
@@ -98,7 +100,50 @@ impl Default for BaselineConfig {
             calibration_max: 8.0,
             max_keys: 1_000_000,
             max_profiles: 65_536,
+            ablate: Ablation::default(),
             score_closed: false,
+        }
+    }
+}
+
+/// The mechanisms of the model an ablation may switch off, by name:
+/// `agentaudit eval --ablation` measures each one's effect on recall and
+/// false alerts. `calibration` sets `calibration_margin` to 0;
+/// `borrowed_shapes` and `silence_watch` are the detector's.
+pub const ABLATIONS: [&str; 8] = [
+    "burst_tables",
+    "borrowed_shapes",
+    "surge_cusum",
+    "drop_cusum",
+    "single_bucket_drop",
+    "guess_band",
+    "calibration",
+    "silence_watch",
+];
+
+/// Which of the baseline's own mechanisms are off (all on by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Ablation {
+    pub burst_tables: bool,
+    pub borrowed_shapes: bool,
+    pub surge_cusum: bool,
+    pub drop_cusum: bool,
+    pub single_bucket_drop: bool,
+    pub guess_band: bool,
+    pub silence_watch: bool,
+}
+
+impl Ablation {
+    pub fn from_names(names: &[String]) -> Ablation {
+        let off = |m: &str| names.iter().any(|n| n == m);
+        Ablation {
+            burst_tables: off("burst_tables"),
+            borrowed_shapes: off("borrowed_shapes"),
+            surge_cusum: off("surge_cusum"),
+            drop_cusum: off("drop_cusum"),
+            single_bucket_drop: off("single_bucket_drop"),
+            guess_band: off("guess_band"),
+            silence_watch: off("silence_watch"),
         }
     }
 }
@@ -324,6 +369,11 @@ impl Baselines {
         self.evictions
     }
 
+    /// The mechanisms switched off (none outside an ablation).
+    pub fn ablation(&self) -> Ablation {
+        self.cfg.ablate
+    }
+
     /// Shapes in use.
     pub fn profiles(&self) -> usize {
         self.profiles.len() - self.free_profiles.len()
@@ -524,7 +574,11 @@ impl Baselines {
             let leak = 1.0 - cfg.level_alpha;
             let cap = CUSUM_CAP * cfg.cusum_threshold;
             let surge = f64::from(s.surge) * leak + self.surge_llr(&s, observed, e_up);
-            let surge = surge.clamp(0.0, cap);
+            let surge = if cfg.ablate.surge_cusum {
+                0.0
+            } else {
+                surge.clamp(0.0, cap)
+            };
             s.surge = f16::from_f64(surge);
             signalled |= surge >= cfg.cusum_threshold;
             up = up.max(surge / cfg.cusum_threshold);
@@ -537,7 +591,11 @@ impl Baselines {
             } else {
                 f64::from(s.drop) * leak
             };
-            let drop = drop.clamp(0.0, cap);
+            let drop = if cfg.ablate.drop_cusum {
+                0.0
+            } else {
+                drop.clamp(0.0, cap)
+            };
             s.drop = f16::from_f64(drop);
             let e = e_down;
             let var = Self::var(&s, e);
@@ -545,7 +603,10 @@ impl Baselines {
             if testable && e >= cfg.min_drop_expected && x < e {
                 let score = score_down(observed, e, var.max(e));
                 down = score / cfg.min_score;
-                if x * cfg.min_ratio <= e && score >= cfg.min_score {
+                if x * cfg.min_ratio <= e
+                    && score >= cfg.min_score
+                    && !cfg.ablate.single_bucket_drop
+                {
                     signal = Some(score);
                 }
             }
@@ -617,6 +678,7 @@ impl Baselines {
             // A bucket far above expectation may be a job that recurs every
             // hour: from then on its shape keeps bucket-of-hour means.
             if !self.bursts.tracks(s.profile)
+                && !cfg.ablate.burst_tables
                 && warm
                 && observed >= cfg.min_count
                 && x >= 3.0 * e.max(FLOOR)

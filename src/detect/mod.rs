@@ -335,6 +335,9 @@ impl Detector {
     fn shape_for(&self, kind: KeyKind, shared: Option<u32>) -> Shape {
         match (kind, shared) {
             (KeyKind::TenantTool | KeyKind::Tenant, _) => Shape::Own,
+            (KeyKind::AgentTool, Some(_)) if self.baselines.ablation().borrowed_shapes => {
+                Shape::Flat
+            }
             (KeyKind::AgentTool, Some(p)) => Shape::Borrow(p),
             (KeyKind::AgentTool, None) => Shape::Flat,
         }
@@ -374,7 +377,10 @@ impl Detector {
                 .observe(key, b32, 1, shape, &mut self.closed, &mut self.signals);
             match kind {
                 KeyKind::TenantTool => shared = self.baselines.profile_of(key),
-                KeyKind::Tenant => self.watch_silence(key, &e.tenant, bucket, source),
+                KeyKind::Tenant if !self.baselines.ablation().silence_watch => {
+                    self.watch_silence(key, &e.tenant, bucket, source)
+                }
+                KeyKind::Tenant => {}
                 KeyKind::AgentTool => {}
             }
             self.note_busy(before, kind, &e.tenant, &e.agent_id, &e.tool);

@@ -26,6 +26,9 @@ pub struct AttackResult {
     pub magnitude: f64,
     pub minutes: i64,
     pub history_days: u32,
+    /// The hard case of the attacked key ("tenant" for a flood, "new" for a
+    /// new tool): recall on a bursty key is not recall on a steady one.
+    pub key_kind: &'static str,
     pub detected: bool,
     /// From the attack's start to the first alert's detection, in event time.
     pub minutes_to_detect: Option<f64>,
@@ -87,6 +90,15 @@ pub fn seed(world: &World, fired: &[Alert], events: u64, bucket_secs: u64) -> Se
             },
             minutes: (attack.end_ms - attack.start_ms) / MINUTE,
             history_days: attack.history_days,
+            key_kind: match (&attack.kind, attack.tool.as_deref()) {
+                (AttackKind::Flood(_), _) | (_, None) => "tenant",
+                (AttackKind::NewTool(_), _) => "new",
+                (_, Some(tool)) => world
+                    .keys
+                    .iter()
+                    .find(|k| k.tenant == attack.tenant && k.tool == tool)
+                    .map_or("other", |k| k.kind),
+            },
             detected: first.is_some(),
             minutes_to_detect: first.map(|f| (f - attack.start_ms).max(0) as f64 / MINUTE as f64),
             alert_rows: rows,
@@ -274,6 +286,21 @@ impl fmt::Display for Report {
         )?;
         for (kind, n, rate) in self.false_alert_rates() {
             writeln!(f, "| {kind} | {n} | {rate:.2} |")?;
+        }
+        writeln!(
+            f,
+            "\n| rises of x5 or more, >= 10 min, by the key's hard case | detected | of |\n|---|---|---|"
+        )?;
+        let mut by_kind: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
+        for a in self.attacks().filter(|a| {
+            (a.kind == "rise" || a.kind == "flood") && a.magnitude >= 5.0 && a.minutes >= 10
+        }) {
+            let c = by_kind.entry(a.key_kind).or_default();
+            c.0 += usize::from(a.detected);
+            c.1 += 1;
+        }
+        for (kind, (d, n)) in by_kind {
+            writeln!(f, "| {kind} | {d} | {n} |")?;
         }
         let rows = self
             .median_rows_per_incident()

@@ -59,6 +59,7 @@ impl Baselines {
     pub(super) fn expect_and_band(&self, s: &Slot, bucket: u32) -> (f64, f64) {
         let found = self.shape_and_kind(s, bucket);
         let band = match found {
+            _ if self.cfg.ablate.guess_band => 1.0,
             Some((_, true)) if !self.young(s, bucket) => 1.0,
             Some((_, true)) => BAND_OTHER_DAY,
             Some((_, false)) => BAND_OTHER_KIND,

@@ -43,7 +43,7 @@ impl Baselines {
                 );
             }
         }
-        if bits.0 & (0x10 << pos) == 0 {
+        if bits.0 & (0x10 << pos) == 0 && !cfg.ablate.surge_cusum {
             let mut cusum = f64::from(s.surge);
             let (mut obs_sum, mut exp_sum) = (0u64, 0.0);
             for b in s.newest.saturating_sub(RING - 1)..=s.newest {

@@ -449,6 +449,17 @@ fn on_day_two_a_sustained_threefold_rise_surges() {
         fresh(&signals).iter().any(|s| s.kind == SignalKind::Surge),
         "{signals:?}"
     );
+    // The ablation switch takes the surge CUSUM out: nothing finds it.
+    let mut r = Run::new(BaselineConfig {
+        ablate: Ablation::from_names(&["surge_cusum".to_owned()]),
+        ..cfg()
+    });
+    r.feed(1, MONDAY, MONDAY + day + 600, 8);
+    let signals = r.feed(1, MONDAY + day + 600, MONDAY + day + 615, 24);
+    assert!(
+        signals.iter().all(|s| s.kind != SignalKind::Surge),
+        "{signals:?}"
+    );
 }
 
 /// A key whose rate swings ×5 over the day, in its first days: the guess
